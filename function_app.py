@@ -1,0 +1,11 @@
+"""Timbre's Functions app: builds the app and registers one blueprint per domain."""
+
+import azure.durable_functions as df
+
+from functions import agents, fallback, health
+
+app = df.DFApp()
+
+app.register_functions(health.bp)
+app.register_functions(agents.bp)
+app.register_functions(fallback.bp)  # last: the catch-all route

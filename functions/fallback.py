@@ -1,0 +1,33 @@
+"""Unknown routes and wrong methods: a problem+json 404 or 405 instead of the host's empty page.
+
+The catch-all route has the lowest precedence in the host's router, so every declared
+route wins over it.
+"""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from functions.http import Call, endpoint
+from shared.api import ROUTES
+from shared.errors import NotFound
+
+bp = func.Blueprint()
+
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+@endpoint(
+    bp,
+    "{*path}",
+    "GET",
+    methods=ALL_METHODS,
+    summary="Unknown routes",
+    role=None,
+    tag="fallback",
+    documented=False,
+)
+def route_not_found(call: Call) -> None:
+    """Answer 405 for a known route with another method, else 404."""
+    path = call.route.get("path", "")
+    raise ROUTES.unmatched(path, call.method) or NotFound(f"No route /api/{path}")

@@ -1,0 +1,182 @@
+"""HTTP glue shared by every blueprint: declare an operation once, get the whole pipeline.
+
+`endpoint(...)` records the operation in the route table (which the OpenAPI document
+reads) and registers the Functions HTTP trigger. Each request then goes through one
+pipeline: request id -> settings -> body size -> authentication and role -> JSON body
+validation -> handler -> JSON response, with every `DomainError` mapped to
+`application/problem+json` and anything else to a 500 problem that leaks nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import azure.functions as func
+from pydantic import BaseModel
+
+from shared.api import ROUTES, Operation, Reply, check_body_size, dump_json, parse_body
+from shared.auth import Principal, Role
+from shared.config import ConfigurationError
+from shared.errors import ConfigurationInvalid, DomainError, Forbidden, problem_body
+from shared.runtime import Runtime, runtime
+from shared.telemetry import bind_tenant, bound, request_id_from
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as a handler sees it: who calls, with what, on which route."""
+
+    request_id: str
+    method: str
+    principal: Principal | None
+    route: Mapping[str, str]
+    query: Mapping[str, str]
+    body: BaseModel | None
+    runtime: Runtime
+
+    @property
+    def caller(self) -> Principal:
+        """The authenticated principal (operations with a role always have one)."""
+        if self.principal is None:
+            raise Forbidden("This operation needs an authenticated caller")
+        return self.principal
+
+
+Handler = Callable[[Call], BaseModel | Reply | dict[str, Any] | list[Any]]
+
+
+def endpoint(
+    bp: func.Blueprint,
+    route: str,
+    method: str,
+    *,
+    summary: str,
+    role: Role | None,
+    tag: str,
+    body: type[BaseModel] | None = None,
+    response: type[BaseModel] | None = None,
+    status: int = 200,
+    errors: tuple[int, ...] = (),
+    max_body_bytes: int | None = None,
+    documented: bool = True,
+    methods: list[str] | None = None,
+) -> Callable[[Handler], Any]:
+    """Declare an HTTP operation; `role=None` makes it public (no token needed)."""
+
+    def register(handler: Handler) -> Any:
+        operation = Operation(
+            name=handler.__name__,
+            route=route,
+            method=method.upper(),
+            summary=summary,
+            role=role,
+            tag=tag,
+            body=body,
+            response=response,
+            status=status,
+            errors=errors,
+            max_body_bytes=max_body_bytes,
+            documented=documented,
+        )
+        ROUTES.add(operation)
+
+        def trigger(req: func.HttpRequest) -> func.HttpResponse:
+            return respond(req, operation, handler)
+
+        trigger.__name__ = handler.__name__
+        trigger.__qualname__ = handler.__qualname__
+        trigger.__doc__ = handler.__doc__
+        trigger.__module__ = handler.__module__
+        return bp.function_name(name=handler.__name__)(
+            bp.route(
+                route=route,
+                methods=methods or [operation.method],
+                auth_level=func.AuthLevel.ANONYMOUS,
+            )(trigger)
+        )
+
+    return register
+
+
+def respond(req: func.HttpRequest, operation: Operation, handler: Handler) -> func.HttpResponse:
+    """Run one request through the pipeline and map its result or error."""
+    request_id = request_id_from(req.headers)
+    with bound(request_id):
+        try:
+            result = _run(req, operation, handler, request_id)
+        except DomainError as error:
+            if error.status >= 500:
+                log.error(
+                    "request failed",
+                    extra={"event": "http_error", "operation": operation.name, "type": error.slug},
+                )
+            return problem_response(error, request_id)
+        except Exception:
+            log.exception(
+                "unhandled error", extra={"event": "http_unhandled", "operation": operation.name}
+            )
+            return problem_response(
+                DomainError("An unexpected error occurred; quote the request id"), request_id
+            )
+        return _reply(result, operation, request_id)
+
+
+def _run(req: func.HttpRequest, operation: Operation, handler: Handler, request_id: str) -> Any:
+    try:
+        rt = runtime()
+    except ConfigurationError as exc:
+        raise ConfigurationInvalid(
+            "The service's app settings are invalid", settings=exc.problems
+        ) from None
+    raw = req.get_body() or b""
+    limit = operation.max_body_bytes or rt.settings.max_body_bytes
+    check_body_size(req.headers.get("content-length"), len(raw), limit)
+    principal: Principal | None = None
+    if operation.role is not None:
+        principal = rt.authenticator.authenticate(req.headers.get("authorization"))
+        bind_tenant(principal.tenant_id)
+        rt.authenticator.require(principal, operation.role)
+    parsed = (
+        parse_body(req.headers.get("content-type"), raw, operation.body) if operation.body else None
+    )
+    call = Call(
+        request_id=request_id,
+        method=req.method.upper(),
+        principal=principal,
+        route=dict(req.route_params or {}),
+        query=dict(req.params or {}),
+        body=parsed,
+        runtime=rt,
+    )
+    return handler(call)
+
+
+def _reply(result: Any, operation: Operation, request_id: str) -> func.HttpResponse:
+    reply = result if isinstance(result, Reply) else Reply(body=result, status=operation.status)
+    headers = {"x-request-id": request_id, **reply.headers}
+    if operation.role is not None:
+        headers.setdefault("Cache-Control", "no-store")
+    if reply.body is None:
+        return func.HttpResponse(status_code=reply.status, headers=headers)
+    payload = reply.body if isinstance(reply.body, bytes) else dump_json(reply.body)
+    return func.HttpResponse(
+        payload, status_code=reply.status, headers=headers, mimetype=reply.content_type
+    )
+
+
+def problem_response(error: DomainError, request_id: str) -> func.HttpResponse:
+    """An `application/problem+json` response for a domain error."""
+    headers = {"x-request-id": request_id, "Cache-Control": "no-store", **error.headers}
+    return func.HttpResponse(
+        dump_json(problem_body(error, request_id)),
+        status_code=error.status,
+        headers=headers,
+        mimetype=PROBLEM_JSON,
+    )

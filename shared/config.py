@@ -1,0 +1,274 @@
+"""One settings object for the whole app, read from app settings and validated once.
+
+Every field is named by its app setting (the environment variable the Functions host
+sets from `local.settings.json` locally and from the Function App's configuration in
+Azure). A bad configuration fails with one error that lists every missing or invalid
+setting by that name, never with the value (values may be secrets).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared import __version__
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class Environment(StrEnum):
+    """The five deployment environments of the SOP."""
+
+    DEVELOPMENT = "development"
+    STAGING = "staging"
+    TEST = "test"
+    UAT = "uat"
+    PRODUCTION = "production"
+
+
+@dataclass(frozen=True)
+class EnvironmentProfile:
+    """What differs between environments (SOP section 7), before any override."""
+
+    dev_tokens: bool
+    log_level: LogLevel
+    audit_default: bool
+    audit_required: bool
+    mfa_required: bool
+    entra_required: bool
+
+
+PROFILES: dict[Environment, EnvironmentProfile] = {
+    # Staging is the proof-of-concept level: dev tokens, no audit by default.
+    Environment.STAGING: EnvironmentProfile(True, "INFO", False, False, False, False),
+    Environment.DEVELOPMENT: EnvironmentProfile(True, "DEBUG", False, False, False, False),
+    Environment.TEST: EnvironmentProfile(False, "INFO", True, True, False, True),
+    Environment.UAT: EnvironmentProfile(False, "INFO", True, True, False, True),
+    Environment.PRODUCTION: EnvironmentProfile(False, "WARNING", True, True, True, True),
+}
+
+
+class ConfigurationError(Exception):
+    """The app settings are missing or invalid; `problems` names each setting."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("Invalid app settings: " + "; ".join(problems))
+
+
+def _csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Validated app settings. Build it with `get_settings()`, never directly in handlers."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False,
+        extra="ignore",
+        populate_by_name=False,
+        frozen=True,
+        env_ignore_empty=True,  # an empty app setting means "not set"
+    )
+
+    environment: Environment = Field(validation_alias="TIMBRE_ENVIRONMENT")
+    log_level_override: LogLevel | None = Field(None, validation_alias="TIMBRE_LOG_LEVEL")
+    audit_override: bool | None = Field(None, validation_alias="TIMBRE_AUDIT_ENABLED")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, le=100 * 1_048_576, validation_alias="TIMBRE_MAX_BODY_BYTES"
+    )
+
+    # Storage: a connection string locally (Azurite), the service URI with the managed
+    # identity in Azure. Same names as the blob trigger's `connection="TimbreStorage"`.
+    storage_connection_string: str | None = Field(None, validation_alias="TimbreStorage")
+    storage_blob_uri: str | None = Field(None, validation_alias="TimbreStorage__blobServiceUri")
+    storage_queue_uri: str | None = Field(None, validation_alias="TimbreStorage__queueServiceUri")
+    audit_container: str = Field("audit", validation_alias="TIMBRE_AUDIT_CONTAINER")
+
+    # Cosmos DB: the same pattern under the `CosmosDb` connection name.
+    cosmos_connection_string: str | None = Field(None, validation_alias="CosmosDb")
+    cosmos_endpoint: str | None = Field(None, validation_alias="CosmosDb__accountEndpoint")
+    cosmos_database: str = Field("timbre", validation_alias="TIMBRE_COSMOS_DATABASE")
+    cosmos_ca_file: str | None = Field(None, validation_alias="TIMBRE_COSMOS_CA_FILE")
+
+    # Timeouts for every outbound call (seconds).
+    storage_timeout_s: float = Field(
+        10.0, gt=0, le=120, validation_alias="TIMBRE_STORAGE_TIMEOUT_SECONDS"
+    )
+    readiness_timeout_s: float = Field(
+        3.0, gt=0, le=30, validation_alias="TIMBRE_READINESS_TIMEOUT_SECONDS"
+    )
+
+    # Entra ID access tokens.
+    auth_tenants: CsvList = Field(
+        default_factory=list, validation_alias="TIMBRE_AUTH_ALLOWED_TENANTS"
+    )
+    auth_audiences: CsvList = Field(default_factory=list, validation_alias="TIMBRE_AUTH_AUDIENCES")
+    auth_authority: str = Field(
+        "https://login.microsoftonline.com", validation_alias="TIMBRE_AUTH_AUTHORITY"
+    )
+    auth_role_prefix: str = Field("Timbre.", validation_alias="TIMBRE_AUTH_ROLE_PREFIX")
+    auth_leeway_s: int = Field(60, ge=0, le=300, validation_alias="TIMBRE_AUTH_LEEWAY_SECONDS")
+    auth_jwks_timeout_s: float = Field(
+        5.0, gt=0, le=30, validation_alias="TIMBRE_AUTH_JWKS_TIMEOUT_SECONDS"
+    )
+    auth_jwks_max_age_s: int = Field(
+        21_600, ge=60, validation_alias="TIMBRE_AUTH_JWKS_MAX_AGE_SECONDS"
+    )
+    dev_tenant: str = Field("dev-tenant", validation_alias="TIMBRE_DEV_TENANT")
+
+    # Persona agents and their neural voices.
+    agent_elena_voice: str = Field(
+        "en-US-AvaMultilingualNeural", validation_alias="TIMBRE_AGENT_ELENA_VOICE"
+    )
+    agent_marcus_voice: str = Field(
+        "en-US-AndrewMultilingualNeural", validation_alias="TIMBRE_AGENT_MARCUS_VOICE"
+    )
+
+    # AI services (each optional here; the features that need them report what is missing).
+    speech_region: str | None = Field(None, validation_alias="AZURE_SPEECH_REGION")
+    speech_endpoint: str | None = Field(None, validation_alias="AZURE_SPEECH_ENDPOINT")
+    speech_resource_id: str | None = Field(None, validation_alias="AZURE_SPEECH_RESOURCE_ID")
+    openai_endpoint: str | None = Field(None, validation_alias="AZURE_OPENAI_ENDPOINT")
+    openai_chat_deployment: str | None = Field(
+        None, validation_alias="AZURE_OPENAI_CHAT_DEPLOYMENT"
+    )
+    openai_tts_deployment: str | None = Field(None, validation_alias="AZURE_OPENAI_TTS_DEPLOYMENT")
+    translator_endpoint: str | None = Field(None, validation_alias="AZURE_TRANSLATOR_ENDPOINT")
+    translator_region: str | None = Field(None, validation_alias="AZURE_TRANSLATOR_REGION")
+    webpubsub_endpoint: str | None = Field(None, validation_alias="WebPubSub__endpoint")
+    webpubsub_connection_string: str | None = Field(
+        None, validation_alias="WebPubSubConnectionString"
+    )
+    webpubsub_hub: str = Field("timbre", validation_alias="TIMBRE_WEBPUBSUB_HUB")
+
+    @field_validator("auth_tenants", "auth_audiences", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        return _csv(value)
+
+    @field_validator("auth_authority")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+            raise ValueError("must be an https URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        values = {
+            field.validation_alias: getattr(self, name)
+            for name, field in type(self).model_fields.items()
+            if isinstance(field.validation_alias, str)
+        }
+        problems = _cross_problems(values)
+        if problems:
+            raise ValueError(" | ".join(problems))
+        return self
+
+    @property
+    def profile(self) -> EnvironmentProfile:
+        """The environment's defaults."""
+        return PROFILES[self.environment]
+
+    @property
+    def dev_tokens_allowed(self) -> bool:
+        """Dev tokens are accepted in development and staging only."""
+        return self.profile.dev_tokens
+
+    @property
+    def mfa_required(self) -> bool:
+        """Production requires an `amr` claim containing `mfa`."""
+        return self.profile.mfa_required
+
+    @property
+    def log_level(self) -> LogLevel:
+        """The configured log level, or the environment's default."""
+        return self.log_level_override or self.profile.log_level
+
+    @property
+    def audit_enabled(self) -> bool:
+        """Audit is on where the environment requires it, else as configured."""
+        if self.audit_override is None:
+            return self.profile.audit_default
+        return self.audit_override
+
+    @property
+    def version(self) -> str:
+        """The app's version."""
+        return __version__
+
+
+def _cross_problems(values: dict[str, Any]) -> list[str]:
+    """Rules that span settings, over app-setting names (raw or validated values)."""
+
+    def get(name: str) -> Any:
+        return values.get(name) or values.get(name.lower()) or values.get(name.upper())
+
+    problems: list[str] = []
+    if not (get("TimbreStorage") or get("TimbreStorage__blobServiceUri")):
+        problems.append("TimbreStorage or TimbreStorage__blobServiceUri: one is required")
+    if not (get("CosmosDb") or get("CosmosDb__accountEndpoint")):
+        problems.append("CosmosDb or CosmosDb__accountEndpoint: one is required")
+    try:
+        environment = Environment(str(get("TIMBRE_ENVIRONMENT") or "").strip().lower())
+    except ValueError:
+        return problems  # reported by the field itself
+    profile = PROFILES[environment]
+    if profile.entra_required:
+        for name in ("TIMBRE_AUTH_ALLOWED_TENANTS", "TIMBRE_AUTH_AUDIENCES"):
+            if not get(name):
+                problems.append(f"{name}: required in {environment.value}")
+    audit = get("TIMBRE_AUDIT_ENABLED")
+    if profile.audit_required and str(audit).strip().lower() in {"false", "0", "no", "off"}:
+        problems.append(f"TIMBRE_AUDIT_ENABLED: audit cannot be disabled in {environment.value}")
+    if environment is Environment.PRODUCTION:
+        if "AccountKey=" in str(get("TimbreStorage") or ""):
+            problems.append("TimbreStorage: production uses the managed identity, not keys")
+        authority = get("TIMBRE_AUTH_AUTHORITY")
+        if authority and str(authority).rstrip("/") != "https://login.microsoftonline.com":
+            problems.append("TIMBRE_AUTH_AUTHORITY: production trusts Entra ID only")
+    return problems
+
+
+def _describe(error: Any) -> str:
+    loc = error.get("loc") or ()
+    message = str(error.get("msg", "invalid"))
+    if not loc:  # a cross-field check: its message already names the settings
+        return message.removeprefix("Value error, ")
+    name = str(loc[0])
+    if error.get("type") == "missing":
+        return f"{name}: required"
+    return f"{name}: {message}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings; raise ConfigurationError naming every problem."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems: list[str] = []
+        for error in exc.errors(include_input=False, include_url=False):
+            problems.extend(part.strip() for part in _describe(error).split(" | "))
+        if not any(" | " in str(e.get("msg")) or not e.get("loc") for e in exc.errors()):
+            # Field errors stop pydantic before the cross checks: run them on the raw values.
+            raw = {**os.environ, **overrides}
+            problems.extend(p for p in _cross_problems(raw) if p not in problems)
+        raise ConfigurationError(problems) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, validated on first use."""
+    return load_settings()

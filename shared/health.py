@@ -1,0 +1,104 @@
+"""Liveness and readiness: is the process up, and can it reach what it needs?"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from shared.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Probes run here so that a hung dependency cannot hold the request past its timeout.
+# The pool is never shut down with wait: a stuck probe thread ends with its SDK timeout.
+_PROBES = ThreadPoolExecutor(max_workers=4, thread_name_prefix="readiness")
+
+
+class Liveness(BaseModel):
+    """The process answers."""
+
+    status: Literal["ok"] = "ok"
+    version: str
+    environment: str
+
+
+class CheckResult(BaseModel):
+    """One dependency probe."""
+
+    name: str
+    required: bool
+    ok: bool
+    latency_ms: float
+    detail: str | None = Field(None, description="Why it failed (no values, no secrets)")
+
+
+class Readiness(BaseModel):
+    """Whether the app can serve: required dependencies reachable, AI services configured."""
+
+    status: Literal["ready", "not_ready"]
+    checks: list[CheckResult]
+    ai_services: dict[str, bool] = Field(description="Which AI services are configured")
+
+
+def liveness(settings: Settings) -> Liveness:
+    """Status, version and environment."""
+    return Liveness(version=settings.version, environment=settings.environment.value)
+
+
+def ai_services(settings: Settings) -> dict[str, bool]:
+    """Which AI services have their settings (configured, not necessarily reachable)."""
+    return {
+        "speech": bool(settings.speech_region or settings.speech_endpoint),
+        "openai_chat": bool(settings.openai_endpoint and settings.openai_chat_deployment),
+        "openai_tts": bool(settings.openai_endpoint and settings.openai_tts_deployment),
+        "translator": bool(settings.translator_endpoint),
+        "web_pubsub": bool(settings.webpubsub_endpoint or settings.webpubsub_connection_string),
+    }
+
+
+def readiness(
+    probes: Mapping[str, Callable[[], object]],
+    *,
+    timeout_s: float,
+    services: dict[str, bool],
+) -> Readiness:
+    """Run every required probe in parallel, each bounded by `timeout_s`."""
+    started: dict[str, tuple[float, Future[object]]] = {
+        name: (time.perf_counter(), _PROBES.submit(probe)) for name, probe in probes.items()
+    }
+    deadline = time.perf_counter() + timeout_s
+    checks: list[CheckResult] = []
+    for name, (start, future) in started.items():
+        detail: str | None = None
+        try:
+            future.result(timeout=max(0.0, deadline - time.perf_counter()))
+        except FutureTimeout:
+            detail = f"no answer within {timeout_s:g} s"
+        except Exception as exc:
+            detail = f"failed: {type(exc).__name__}"
+        elapsed = (time.perf_counter() - start) * 1000
+        if detail:
+            log.warning(
+                "readiness probe failed",
+                extra={"event": "readiness_failed", "dependency": name, "reason": detail},
+            )
+        checks.append(
+            CheckResult(
+                name=name,
+                required=True,
+                ok=detail is None,
+                latency_ms=round(elapsed, 1),
+                detail=detail,
+            )
+        )
+    return Readiness(
+        status="ready" if all(c.ok for c in checks) else "not_ready",
+        checks=checks,
+        ai_services=services,
+    )

@@ -1,0 +1,115 @@
+"""The process's long-lived objects, built lazily from one Settings and then reused.
+
+Functions call `runtime()`; tests build a `Runtime` of their own settings, or swap the
+process one with `use_runtime`. Nothing here connects until first used.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from shared.agents import AgentCatalog
+from shared.audit import AuditLog
+from shared.config import Settings, get_settings
+from shared.health import Readiness, ai_services, readiness
+from shared.storage import TenantScope, bootstrap, make_blob_service, make_cosmos_client
+from shared.telemetry import configure_logging
+
+if TYPE_CHECKING:
+    from azure.cosmos import ContainerProxy, CosmosClient
+    from azure.storage.blob import BlobServiceClient
+
+    from shared.auth import Authenticator
+
+
+class Runtime:
+    """Clients and services of one process, created on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def blob_service(self) -> BlobServiceClient:
+        """The Blob service client."""
+        return make_blob_service(self.settings)
+
+    @cached_property
+    def cosmos(self) -> CosmosClient:
+        """The Cosmos client."""
+        return make_cosmos_client(self.settings)
+
+    def container(self, name: str) -> ContainerProxy:
+        """One of the app's Cosmos containers."""
+        return self.cosmos.get_database_client(self.settings.cosmos_database).get_container_client(
+            name
+        )
+
+    def tenant_scope(self, container: str, tenant_id: str) -> TenantScope:
+        """A Cosmos container as one tenant sees it."""
+        return TenantScope(self.container(container), tenant_id)
+
+    @cached_property
+    def authenticator(self) -> Authenticator:
+        """The bearer-token authenticator (dev tokens, Entra ID)."""
+        from shared.auth import build_authenticator
+
+        return build_authenticator(self.settings)
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        """The tamper-evident audit log."""
+        return AuditLog(
+            self.blob_service.get_container_client(self.settings.audit_container),
+            enabled=self.settings.audit_enabled,
+        )
+
+    @cached_property
+    def agents(self) -> AgentCatalog:
+        """The persona agents."""
+        return AgentCatalog(self.settings)
+
+    def bootstrap(self) -> list[str]:
+        """Create the database, containers and blob containers the app needs."""
+        return bootstrap(self.settings, self.cosmos, self.blob_service)
+
+    def readiness(self) -> Readiness:
+        """Probe Blob Storage and Cosmos DB in parallel."""
+        settings = self.settings
+        return readiness(
+            {
+                "blob_storage": lambda: self.blob_service.get_container_client(
+                    settings.audit_container
+                ).get_container_properties(),
+                "cosmos_db": lambda: self.cosmos.get_database_client(
+                    settings.cosmos_database
+                ).read(),
+            },
+            timeout_s=settings.readiness_timeout_s,
+            services=ai_services(settings),
+        )
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """The process-wide runtime (settings validated on first call)."""
+    global _runtime  # noqa: PLW0603 (the one process-wide composition root)
+    if _runtime is None:
+        with _lock:
+            if _runtime is None:
+                settings = get_settings()
+                configure_logging(settings.log_level)
+                _runtime = Runtime(settings)
+    return _runtime
+
+
+def use_runtime(value: Runtime | None) -> None:
+    """Replace the process-wide runtime (tests), or drop it to rebuild from settings."""
+    global _runtime  # noqa: PLW0603
+    with _lock:
+        _runtime = value
+        get_settings.cache_clear()

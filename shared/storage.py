@@ -1,0 +1,191 @@
+"""Blob Storage and Cosmos DB: clients created once per process, and the bootstrap.
+
+In Azure both use the managed identity (`DefaultAzureCredential`; `AZURE_CLIENT_ID`
+picks the user-assigned identity); locally they use connection strings for Azurite and
+the local Cosmos server. Every call is bounded by the settings' storage timeout.
+
+Cosmos documents of every container carry `tenantId`, which is also the partition key,
+and every query goes through `TenantScope`, which puts the tenant filter in the query
+text itself (the local server ignores the partition key on queries; a filter in the text
+is correct everywhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from shared.config import Settings
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.cosmos import ContainerProxy, CosmosClient
+    from azure.storage.blob import BlobServiceClient
+
+log = logging.getLogger(__name__)
+
+TENANT_FIELD = "tenantId"
+
+
+@dataclass(frozen=True)
+class CosmosContainerSpec:
+    """A Cosmos container the app needs: its id and partition key path."""
+
+    name: str
+    partition_key: str = "/" + TENANT_FIELD
+
+
+# The containers each capability needs; Bicep creates the same set in Azure.
+COSMOS_CONTAINERS: tuple[CosmosContainerSpec, ...] = (
+    CosmosContainerSpec("ledger"),  # idempotency ledger of side effects
+)
+
+# The blob containers the app needs; the audit container name comes from settings.
+BLOB_CONTAINERS: tuple[str, ...] = ("uploads", "processed")
+
+
+@lru_cache(maxsize=1)
+def credential() -> TokenCredential:
+    """The one Azure credential of the process (managed identity in Azure)."""
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(exclude_interactive_browser_credential=True)
+
+
+def _timeouts(settings: Settings) -> dict[str, Any]:
+    return {
+        "connection_timeout": settings.storage_timeout_s,
+        "read_timeout": settings.storage_timeout_s,
+    }
+
+
+def make_blob_service(settings: Settings) -> BlobServiceClient:
+    """A Blob service client for these settings (the Runtime keeps one per process)."""
+    from azure.storage.blob import BlobServiceClient
+
+    if settings.storage_connection_string:
+        return BlobServiceClient.from_connection_string(
+            settings.storage_connection_string, **_timeouts(settings)
+        )
+    assert settings.storage_blob_uri  # the settings validator guarantees one of the two
+    return BlobServiceClient(settings.storage_blob_uri, credential(), **_timeouts(settings))
+
+
+_ACCOUNT_ENDPOINT = re.compile(r"AccountEndpoint=([^;]+)", re.IGNORECASE)
+_ACCOUNT_KEY = re.compile(r"AccountKey=([^;]+)", re.IGNORECASE)
+
+
+def make_cosmos_client(settings: Settings) -> CosmosClient:
+    """A Cosmos client for these settings (the Runtime keeps one per process)."""
+    from azure.cosmos import CosmosClient
+
+    options: dict[str, Any] = {
+        "connection_timeout": settings.storage_timeout_s,
+        "timeout": settings.storage_timeout_s * 3,
+        # Bounded SDK retries of 429s so a throttled call cannot run for minutes.
+        "retry_total": 3,
+        "retry_backoff_max": 5,
+    }
+    if settings.cosmos_ca_file:
+        options["connection_verify"] = settings.cosmos_ca_file
+    if settings.cosmos_connection_string:
+        endpoint = _ACCOUNT_ENDPOINT.search(settings.cosmos_connection_string)
+        key = _ACCOUNT_KEY.search(settings.cosmos_connection_string)
+        if not (endpoint and key):
+            raise ValueError("CosmosDb: needs AccountEndpoint and AccountKey")
+        return CosmosClient(endpoint.group(1), credential=key.group(1), **options)
+    assert settings.cosmos_endpoint
+    return CosmosClient(settings.cosmos_endpoint, credential=credential(), **options)
+
+
+class TenantScope:
+    """A Cosmos container seen by one tenant: reads, writes and queries stay inside it."""
+
+    def __init__(self, container: ContainerProxy, tenant_id: str) -> None:
+        if not tenant_id:
+            raise ValueError("tenant_id is required")
+        self._container = container
+        self.tenant_id = tenant_id
+
+    def query(
+        self,
+        where: str = "true",
+        parameters: dict[str, Any] | None = None,
+        *,
+        order_by: str | None = None,
+        max_item_count: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Run `SELECT * FROM c WHERE c.tenantId = @tenantId AND (<where>)`."""
+        params: list[dict[str, object]] = [{"name": "@tenantId", "value": self.tenant_id}]
+        for name, value in (parameters or {}).items():
+            if name == "@tenantId":
+                raise ValueError("@tenantId is reserved")
+            params.append({"name": name, "value": value})
+        text = f"SELECT * FROM c WHERE c.{TENANT_FIELD} = @tenantId AND ({where})"
+        if order_by:
+            text += f" ORDER BY {order_by}"
+        return iter(
+            self._container.query_items(
+                text,
+                parameters=params,
+                partition_key=self.tenant_id,
+                max_item_count=max_item_count,
+            )
+        )
+
+    def read(self, item_id: str) -> dict[str, Any] | None:
+        """One document of this tenant, or None."""
+        from azure.cosmos.exceptions import CosmosResourceNotFoundError
+
+        try:
+            item: dict[str, Any] = self._container.read_item(item_id, partition_key=self.tenant_id)
+        except CosmosResourceNotFoundError:
+            return None
+        return item if item.get(TENANT_FIELD) == self.tenant_id else None
+
+    def upsert(self, document: dict[str, Any]) -> dict[str, Any]:
+        """Write a document of this tenant (its tenantId is set here, not by the caller)."""
+        result: dict[str, Any] = self._container.upsert_item(
+            {**document, TENANT_FIELD: self.tenant_id}
+        )
+        return result
+
+    def create(self, document: dict[str, Any]) -> dict[str, Any]:
+        """Create a document of this tenant; CosmosResourceExistsError if the id is taken."""
+        result: dict[str, Any] = self._container.create_item(
+            {**document, TENANT_FIELD: self.tenant_id}
+        )
+        return result
+
+    def delete(self, item_id: str) -> bool:
+        """Delete a document of this tenant; False if there was none."""
+        from azure.cosmos.exceptions import CosmosResourceNotFoundError
+
+        try:
+            self._container.delete_item(item_id, partition_key=self.tenant_id)
+        except CosmosResourceNotFoundError:
+            return False
+        return True
+
+
+def bootstrap(settings: Settings, cosmos: CosmosClient, blobs: BlobServiceClient) -> list[str]:
+    """Create the Cosmos database and containers and the blob containers; list them."""
+    from azure.core.exceptions import ResourceExistsError
+    from azure.cosmos import PartitionKey
+
+    resources: list[str] = []
+    database = cosmos.create_database_if_not_exists(settings.cosmos_database)
+    for spec in COSMOS_CONTAINERS:
+        database.create_container_if_not_exists(spec.name, PartitionKey(path=spec.partition_key))
+        resources.append(f"cosmos:{settings.cosmos_database}/{spec.name}")
+    for name in (*BLOB_CONTAINERS, settings.audit_container):
+        with contextlib.suppress(ResourceExistsError):
+            blobs.create_container(name)
+        resources.append(f"blob:{name}")
+    log.info("bootstrap complete", extra={"event": "bootstrap", "resources": len(resources)})
+    return resources

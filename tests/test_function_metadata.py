@@ -1,0 +1,113 @@
+"""What `func start` would index, proven without the host: every function and binding.
+
+The worker indexes `function_app.app.get_functions()`; each function's JSON is what the
+host reads. These checks fail where the host would refuse a function or where a binding
+points at an app setting that a developer's `local.settings.json` would not have.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from croniter import croniter
+
+from shared.api import ROUTES
+from shared.config import Settings, load_settings
+from tests.host import indexed
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]
+HOST = json.loads((ROOT / "host.json").read_text())
+HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
+SETTING_REF = re.compile(r"^%([A-Za-z0-9_]+)%$")
+
+
+def is_valid_ncrontab(expression: str) -> bool:
+    """Six fields, seconds first, as the Functions timer trigger reads NCRONTAB."""
+    if SETTING_REF.match(expression):
+        resolved = EXAMPLE.get(SETTING_REF.match(expression).group(1))  # type: ignore[union-attr]
+        return resolved is not None and is_valid_ncrontab(resolved)
+    fields = expression.split()
+    return len(fields) == 6 and croniter.is_valid(expression, second_at_beginning=True)
+
+
+def connection_is_configured(name: str) -> bool:
+    """A connection is a setting of that name, or identity-based `<name>__...` settings."""
+    return name in EXAMPLE or any(key.startswith(f"{name}__") for key in EXAMPLE)
+
+
+def functions() -> list[tuple[str, list[dict[str, Any]]]]:
+    return [(name, fn.bindings) for name, fn in indexed().items()]
+
+
+def test_the_app_indexes_functions() -> None:
+    names = [name for name, _ in functions()]
+    assert len(names) >= 7
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize(("name", "bindings"), functions(), ids=[n for n, _ in functions()])
+def test_bindings(name: str, bindings: list[dict[str, Any]]) -> None:
+    triggers = [b for b in bindings if b["type"].endswith("Trigger")]
+    assert len(triggers) == 1, f"{name} needs exactly one trigger"
+    binding_names = [b["name"] for b in bindings]
+    assert len(binding_names) == len(set(binding_names))
+    for binding in bindings:
+        assert binding["direction"] in {"IN", "OUT", "INOUT"}
+        if "connection" in binding:
+            assert connection_is_configured(binding["connection"]), (
+                f"{name}: connection {binding['connection']} is not in local.settings.example.json"
+            )
+        if binding["type"] == "timerTrigger":
+            assert is_valid_ncrontab(binding["schedule"]), f"{name}: bad schedule"
+        if binding["type"] == "httpTrigger":
+            route = binding["route"]
+            assert route and not route.startswith("/") and not route.startswith("api/")
+            assert set(binding["methods"]) <= HTTP_METHODS
+            # Timbre authenticates bearer tokens itself; function keys would be a second,
+            # weaker scheme.
+            assert binding["authLevel"] == "ANONYMOUS"
+            operation = ROUTES.by_name(name)
+            assert operation.route == route
+            assert operation.method in binding["methods"]
+
+
+def test_ncrontab_checker_rejects_what_the_host_rejects() -> None:
+    assert is_valid_ncrontab("0 */5 * * * *")
+    assert is_valid_ncrontab("0 30 2 * * Mon-Fri")
+    assert not is_valid_ncrontab("*/5 * * * *")  # five fields: the host wants six
+    assert not is_valid_ncrontab("0 61 * * * *")
+    assert not is_valid_ncrontab("%NO_SUCH_SETTING%")
+
+
+def test_host_json() -> None:
+    assert HOST["version"] == "2.0"
+    assert HOST["extensionBundle"] == {
+        "id": "Microsoft.Azure.Functions.ExtensionBundle",
+        "version": "[4.*, 5.0.0)",
+    }
+    hub = SETTING_REF.match(HOST["extensions"]["durableTask"]["hubName"])
+    assert hub and EXAMPLE.get(hub.group(1))
+    assert HOST["extensions"]["blobs"]["poisonBlobThreshold"] >= 1
+    assert HOST["extensions"]["http"]["routePrefix"] == "api"
+    assert re.fullmatch(r"\d\d:\d\d:\d\d", HOST["functionTimeout"])
+
+
+def test_example_settings_name_every_app_setting() -> None:
+    aliases = {str(field.validation_alias) for field in Settings.model_fields.values()}
+    missing = sorted(aliases - set(EXAMPLE))
+    assert not missing, f"document these in local.settings.example.json: {missing}"
+    for required in ("FUNCTIONS_WORKER_RUNTIME", "AzureWebJobsStorage"):
+        assert EXAMPLE[required]
+
+
+def test_example_settings_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in EXAMPLE.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings()
+    assert settings.environment.value == "development"
+    assert settings.dev_tokens_allowed and settings.audit_enabled
