@@ -6,7 +6,7 @@ import azure.functions as func
 
 from functions.http import Call, endpoint
 from shared.agents import AgentList, VoiceConfig, VoiceStatus, voice_status
-from shared.auth import Role
+from shared.identity import Role
 
 bp = func.Blueprint()
 

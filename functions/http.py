@@ -18,9 +18,14 @@ import azure.functions as func
 from pydantic import BaseModel
 
 from shared.api import ROUTES, Operation, Reply, check_body_size, dump_json, parse_body
-from shared.auth import Principal, Role
-from shared.config import ConfigurationError
-from shared.errors import ConfigurationInvalid, DomainError, Forbidden, problem_body
+from shared.errors import (
+    ConfigurationError,
+    ConfigurationInvalid,
+    DomainError,
+    Forbidden,
+    problem_body,
+)
+from shared.identity import Principal, Role
 from shared.runtime import Runtime, runtime
 from shared.telemetry import bind_tenant, bound, request_id_from
 

@@ -6,10 +6,14 @@ can change a voice without a deployment.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, Field
 
-from shared.config import Settings
 from shared.errors import NotFound
+
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 
 class AudioFormat(BaseModel):

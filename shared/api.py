@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from shared.auth import Role
 from shared.errors import InvalidRequest, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType
+from shared.identity import Role
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -18,8 +18,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -28,6 +27,9 @@ from jwt import PyJWK, PyJWKSet
 
 from shared.config import Settings
 from shared.errors import DependencyUnavailable, Forbidden, Unauthenticated
+from shared.identity import ROLE_VALUES, Principal, Role
+
+__all__ = ["AuthFailures", "Authenticator", "JwksCache", "Principal", "Role", "build_authenticator"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,59 +40,6 @@ MAX_TOKEN_CHARS = 16_384  # Entra access tokens are a few KiB; bound the parsing
 DEV_TOKEN_PREFIX = "dev_"
 _DEV_USER = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _V1_ISSUER = "https://sts.windows.net/{tid}/"
-
-
-class Role(StrEnum):
-    """Timbre's application roles, ordered: viewer < user < analyst < admin."""
-
-    VIEWER = "viewer"
-    USER = "user"
-    ANALYST = "analyst"
-    ADMIN = "admin"
-
-    @property
-    def rank(self) -> int:
-        """Position in the hierarchy; a higher rank may do what a lower one may."""
-        return _ROLE_ORDER.index(self)
-
-    # Ordered by the hierarchy, not alphabetically as a plain str would be.
-    def __lt__(self, other: str) -> bool:
-        if not isinstance(other, Role):
-            return NotImplemented
-        return self.rank < other.rank
-
-    def __le__(self, other: str) -> bool:
-        if not isinstance(other, Role):
-            return NotImplemented
-        return self.rank <= other.rank
-
-    def __gt__(self, other: str) -> bool:
-        if not isinstance(other, Role):
-            return NotImplemented
-        return self.rank > other.rank
-
-    def __ge__(self, other: str) -> bool:
-        if not isinstance(other, Role):
-            return NotImplemented
-        return self.rank >= other.rank
-
-
-_ROLE_ORDER: tuple[Role, ...] = (Role.VIEWER, Role.USER, Role.ANALYST, Role.ADMIN)
-_ROLE_VALUES = frozenset(role.value for role in Role)
-
-
-@dataclass(frozen=True)
-class Principal:
-    """An authenticated caller: its tenant, its subject and its roles."""
-
-    tenant_id: str
-    subject: str
-    roles: frozenset[Role]
-    method: Literal["dev", "entra"]
-
-    def has_role(self, role: Role) -> bool:
-        """Whether any of the caller's roles is `role` or above it in the hierarchy."""
-        return any(own >= role for own in self.roles)
 
 
 class AuthFailures:
@@ -319,7 +268,7 @@ class Authenticator:
         rest = token.removeprefix(DEV_TOKEN_PREFIX)
         user, role = rest, Role.USER
         head, sep, tail = rest.rpartition("_")
-        if sep and tail.lower() in _ROLE_VALUES:
+        if sep and tail.lower() in ROLE_VALUES:
             user, role = head, Role(tail.lower())
         if not _DEV_USER.fullmatch(user):
             raise self._fail("dev token user name is invalid", "invalid_dev_token")

@@ -18,6 +18,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared import __version__
+from shared.errors import ConfigurationError
+
+__all__ = ["ConfigurationError", "Environment", "Settings", "get_settings", "load_settings"]
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -52,14 +55,6 @@ PROFILES: dict[Environment, EnvironmentProfile] = {
     Environment.UAT: EnvironmentProfile(False, "INFO", True, True, False, True),
     Environment.PRODUCTION: EnvironmentProfile(False, "WARNING", True, True, True, True),
 }
-
-
-class ConfigurationError(Exception):
-    """The app settings are missing or invalid; `problems` names each setting."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("Invalid app settings: " + "; ".join(problems))
 
 
 def _csv(value: Any) -> Any:

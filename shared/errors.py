@@ -136,6 +136,14 @@ class ConfigurationInvalid(DomainError):
     title = "The service is misconfigured"
 
 
+class ConfigurationError(Exception):
+    """The app settings are missing or invalid; `problems` names each setting."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("Invalid app settings: " + "; ".join(problems))
+
+
 def problem_body(error: DomainError, request_id: str) -> dict[str, Any]:
     """The RFC 9457 body for a domain error."""
     body: dict[str, Any] = {

@@ -10,18 +10,20 @@ import threading
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from shared.agents import AgentCatalog
-from shared.audit import AuditLog
-from shared.config import Settings, get_settings
-from shared.health import Readiness, ai_services, readiness
-from shared.storage import TenantScope, bootstrap, make_blob_service, make_cosmos_client
 from shared.telemetry import configure_logging
 
 if TYPE_CHECKING:
     from azure.cosmos import ContainerProxy, CosmosClient
     from azure.storage.blob import BlobServiceClient
 
+    from shared.agents import AgentCatalog
+    from shared.audit import AuditLog
     from shared.auth import Authenticator
+    from shared.config import Settings
+    from shared.health import Readiness
+    from shared.storage import TenantScope
+
+# Services are imported where first used: this module is on every function's cold path.
 
 
 class Runtime:
@@ -33,11 +35,15 @@ class Runtime:
     @cached_property
     def blob_service(self) -> BlobServiceClient:
         """The Blob service client."""
+        from shared.storage import make_blob_service
+
         return make_blob_service(self.settings)
 
     @cached_property
     def cosmos(self) -> CosmosClient:
         """The Cosmos client."""
+        from shared.storage import make_cosmos_client
+
         return make_cosmos_client(self.settings)
 
     def container(self, name: str) -> ContainerProxy:
@@ -48,6 +54,8 @@ class Runtime:
 
     def tenant_scope(self, container: str, tenant_id: str) -> TenantScope:
         """A Cosmos container as one tenant sees it."""
+        from shared.storage import TenantScope
+
         return TenantScope(self.container(container), tenant_id)
 
     @cached_property
@@ -60,6 +68,8 @@ class Runtime:
     @cached_property
     def audit(self) -> AuditLog:
         """The tamper-evident audit log."""
+        from shared.audit import AuditLog
+
         return AuditLog(
             self.blob_service.get_container_client(self.settings.audit_container),
             enabled=self.settings.audit_enabled,
@@ -68,14 +78,20 @@ class Runtime:
     @cached_property
     def agents(self) -> AgentCatalog:
         """The persona agents."""
+        from shared.agents import AgentCatalog
+
         return AgentCatalog(self.settings)
 
     def bootstrap(self) -> list[str]:
         """Create the database, containers and blob containers the app needs."""
+        from shared.storage import bootstrap
+
         return bootstrap(self.settings, self.cosmos, self.blob_service)
 
     def readiness(self) -> Readiness:
         """Probe Blob Storage and Cosmos DB in parallel."""
+        from shared.health import ai_services, readiness
+
         settings = self.settings
         return readiness(
             {
@@ -101,6 +117,8 @@ def runtime() -> Runtime:
     if _runtime is None:
         with _lock:
             if _runtime is None:
+                from shared.config import get_settings
+
                 settings = get_settings()
                 configure_logging(settings.log_level)
                 _runtime = Runtime(settings)
@@ -112,4 +130,6 @@ def use_runtime(value: Runtime | None) -> None:
     global _runtime  # noqa: PLW0603
     with _lock:
         _runtime = value
+        from shared.config import get_settings
+
         get_settings.cache_clear()

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from shared.config import Settings
-
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
     from azure.cosmos import ContainerProxy, CosmosClient
     from azure.storage.blob import BlobServiceClient
+
+    from shared.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,11 @@ def make_cosmos_client(settings: Settings) -> CosmosClient:
         "retry_backoff_max": 5,
     }
     if settings.cosmos_ca_file:
+        from azure.cosmos.documents import SSLConfiguration
+
+        # Without an ssl_config the SDK skips verification for loopback hosts entirely.
         options["connection_verify"] = settings.cosmos_ca_file
+        options["ssl_config"] = SSLConfiguration()
     if settings.cosmos_connection_string:
         endpoint = _ACCOUNT_ENDPOINT.search(settings.cosmos_connection_string)
         key = _ACCOUNT_KEY.search(settings.cosmos_connection_string)

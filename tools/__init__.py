@@ -1,0 +1,1 @@
+"""Development tools for Timbre (local services); never deployed with the app."""
