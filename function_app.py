@@ -2,10 +2,11 @@
 
 import azure.durable_functions as df
 
-from functions import agents, fallback, health
+from functions import agents, audit, fallback, health
 
 app = df.DFApp()
 
 app.register_functions(health.bp)
 app.register_functions(agents.bp)
+app.register_functions(audit.bp)
 app.register_functions(fallback.bp)  # last: the catch-all route

@@ -25,6 +25,7 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
+from pydantic import BaseModel, Field, computed_field
 
 from shared.errors import DependencyUnavailable
 
@@ -66,16 +67,16 @@ class AuditEvent:
                 raise ValueError(f"audit detail {key!r} is too long for an id or a code")
 
 
-@dataclass(frozen=True)
-class ChainReport:
+class ChainReport(BaseModel):
     """The result of verifying one day's log of one tenant."""
 
     tenant_id: str
     day: date
-    records: int
-    head: str
-    problems: list[str]
+    records: int = Field(description="How many records the day holds")
+    head: str = Field(description="SHA-256 of the last record: anchor it to detect truncation")
+    problems: list[str] = Field(description="Each break in the chain, by line number")
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def intact(self) -> bool:
         """True when no line was changed, removed, inserted or reordered."""
@@ -250,7 +251,9 @@ def verify_lines(tenant_id: str, day: date, lines: list[bytes]) -> ChainReport:
         if line != orjson.dumps(record, option=orjson.OPT_SORT_KEYS):
             problems.append(f"line {number}: not in canonical form")
         expected_prev = line_hash(line)
-    return ChainReport(tenant_id, day, len(lines), expected_prev, problems)
+    return ChainReport(
+        tenant_id=tenant_id, day=day, records=len(lines), head=expected_prev, problems=problems
+    )
 
 
 def _jsonl_content_settings() -> Any:

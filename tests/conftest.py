@@ -59,3 +59,39 @@ def app_runtime(app_settings: Settings) -> Runtime:
     runtime = Runtime(app_settings)
     use_runtime(runtime)
     return runtime
+
+
+@pytest.fixture(scope="session")
+def local_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Azurite and the Cosmos server on free loopback ports for the whole session.
+
+    Yields the app settings that point at them; both stop when the session ends.
+    """
+    from tools.local_services import service_environment, start_services
+
+    azurite, cosmos = start_services(tmp_path_factory.mktemp("services"))
+    with azurite, cosmos:
+        yield service_environment(azurite.instance, cosmos.instance)
+
+
+@pytest.fixture
+def live_settings(local_services: dict[str, str], request: pytest.FixtureRequest) -> Settings:
+    """Development settings on the local services, with a database of this test's own."""
+    database = "t" + str(abs(hash(request.node.nodeid)))[:12]
+    return make_settings(
+        TimbreStorage=local_services["TimbreStorage"],
+        CosmosDb=local_services["CosmosDb"],
+        TIMBRE_COSMOS_CA_FILE=local_services["TIMBRE_COSMOS_CA_FILE"],
+        TIMBRE_COSMOS_DATABASE=database,
+        TIMBRE_AUDIT_CONTAINER="audit" + database,
+        TIMBRE_AUDIT_ENABLED="true",
+    )
+
+
+@pytest.fixture
+def live_runtime(live_settings: Settings) -> Runtime:
+    """The process runtime on the local services, bootstrapped."""
+    runtime = Runtime(live_settings)
+    runtime.bootstrap()
+    use_runtime(runtime)
+    return runtime

@@ -9,7 +9,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +26,8 @@ from tools.local_services import (
     RunningService,
     pid_alive,
     port_open,
-    start_azurite,
     start_cosmos,
+    start_services,
 )
 
 pytestmark = pytest.mark.integration
@@ -46,26 +45,9 @@ def _azurite_ports(instance: AzuriteInstance) -> list[int]:
     return [instance.blob_port, instance.queue_port, instance.table_port]
 
 
-def _start_both(
-    directory: Path,
-) -> tuple[RunningService[AzuriteInstance], RunningService[CosmosInstance]]:
-    """Start Azurite and Cosmos in parallel (Azurite takes ~1.2 s, Cosmos ~0.4 s)."""
-    local_services.ensure_installed()
-    with ThreadPoolExecutor(2) as pool:
-        azurite = pool.submit(start_azurite, directory / "azurite")
-        cosmos = pool.submit(start_cosmos, directory / "cosmos")
-        try:
-            return azurite.result(), cosmos.result()
-        except BaseException:
-            for future in (azurite, cosmos):
-                if future.exception() is None:
-                    future.result().stop()
-            raise
-
-
 @pytest.fixture(scope="module")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    azurite, cosmos = _start_both(tmp_path_factory.mktemp("local-services"))
+    azurite, cosmos = start_services(tmp_path_factory.mktemp("local-services"))
     with azurite, cosmos:
         yield Services(azurite, cosmos)
     ports = [*_azurite_ports(azurite.instance), cosmos.instance.port]

@@ -590,6 +590,23 @@ def start_cosmos(
     )
 
 
+def start_services(
+    directory: Path,
+) -> tuple[RunningService[AzuriteInstance], RunningService[CosmosInstance]]:
+    """Start Azurite and the Cosmos server in parallel on free ports (stopped at exit)."""
+    ensure_installed()
+    with ThreadPoolExecutor(2) as pool:
+        azurite = pool.submit(start_azurite, directory / "azurite")
+        cosmos = pool.submit(start_cosmos, directory / "cosmos")
+        try:
+            return azurite.result(), cosmos.result()
+        except BaseException:
+            for future in (azurite, cosmos):
+                if future.exception() is None:
+                    future.result().stop()
+            raise
+
+
 # --------------------------------------------------------------------------- state file / CLI
 
 
