@@ -17,8 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMER = (
-    "import time; t = time.perf_counter(); import {module}; "
-    "print((time.perf_counter() - t) * 1000)"
+    "import time; t = time.perf_counter(); import {module}; print((time.perf_counter() - t) * 1000)"
 )
 SDKS = (
     "azure.storage.blob",
@@ -49,10 +48,7 @@ def sample(module: str) -> float:
 
 def loaded_sdks() -> list[str]:
     """Which heavy SDKs importing `function_app` loads (each should be lazy)."""
-    code = (
-        "import sys, function_app; "
-        f"print(','.join(m for m in {SDKS!r} if m in sys.modules))"
-    )
+    code = f"import sys, function_app; print(','.join(m for m in {SDKS!r} if m in sys.modules))"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )

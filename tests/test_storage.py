@@ -62,8 +62,8 @@ def test_cosmos_certificate_is_verified(live_settings: object, tmp_path: object)
     """A client that trusts another CA refuses the local server's certificate."""
     from pathlib import Path
 
-    from tools.local_services import generate_certificate
     from tests.conftest import make_settings
+    from tools.local_services import generate_certificate
 
     other_cert, _ = generate_certificate(Path(str(tmp_path)))
     settings = make_settings(
