@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from shared.auth import Authenticator
     from shared.config import Settings
     from shared.health import Readiness
+    from shared.ledger import Ledger
     from shared.storage import TenantScope
 
 # Services are imported where first used: this module is on every function's cold path.
@@ -74,6 +75,13 @@ class Runtime:
             self.blob_service.get_container_client(self.settings.audit_container),
             enabled=self.settings.audit_enabled,
         )
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        """The idempotency ledger."""
+        from shared.ledger import Ledger
+
+        return Ledger(self.container("ledger"))
 
     @cached_property
     def agents(self) -> AgentCatalog:
