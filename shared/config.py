@@ -239,9 +239,9 @@ def _cross_problems(values: dict[str, Any]) -> list[str]:
 
 def _describe(error: Any) -> str:
     loc = error.get("loc") or ()
-    message = str(error.get("msg", "invalid"))
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     if not loc:  # a cross-field check: its message already names the settings
-        return message.removeprefix("Value error, ")
+        return message
     name = str(loc[0])
     if error.get("type") == "missing":
         return f"{name}: required"
@@ -256,7 +256,7 @@ def load_settings(**overrides: Any) -> Settings:
         problems: list[str] = []
         for error in exc.errors(include_input=False, include_url=False):
             problems.extend(part.strip() for part in _describe(error).split(" | "))
-        if not any(" | " in str(e.get("msg")) or not e.get("loc") for e in exc.errors()):
+        if all(e.get("loc") for e in exc.errors()):
             # Field errors stop pydantic before the cross checks: run them on the raw values.
             raw = {**os.environ, **overrides}
             problems.extend(p for p in _cross_problems(raw) if p not in problems)
