@@ -1,0 +1,240 @@
+// Timbre's infrastructure for one environment, deployed into one resource group:
+//   az deployment group create -g <group> -f bicep/main.bicep \
+//     -p @bicep/environments/<environment>.parameters.json [-p authAllowedTenants=...]
+// See bicep/README.md. One user-assigned identity is used by everything; every
+// connection is identity-based (no keys, no connection strings).
+
+targetScope = 'resourceGroup'
+
+@description('Deployment environment; the app reads it as TIMBRE_ENVIRONMENT.')
+@allowed([
+  'development'
+  'staging'
+  'test'
+  'uat'
+  'production'
+])
+param timbreEnvironment string
+
+@description('Azure region of every resource.')
+param location string = resourceGroup().location
+
+@description('Prefix of every resource name.')
+@minLength(3)
+@maxLength(10)
+param namePrefix string = 'timbre'
+
+@description('Comma-separated Entra tenant ids whose tokens the API accepts (TIMBRE_AUTH_ALLOWED_TENANTS); required in test, uat and production.')
+param authAllowedTenants string
+
+@description('Comma-separated token audiences the API accepts (TIMBRE_AUTH_AUDIENCES); required in test, uat and production.')
+param authAudiences string
+
+@description('Durable Functions task hub name (TIMBRE_TASK_HUB): letters and digits, starting with a letter.')
+@minLength(3)
+@maxLength(45)
+param taskHubName string
+
+@description('Storage replication: Standard_ZRS in production.')
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_GZRS'
+])
+param storageSku string = 'Standard_LRS'
+
+@description('Days each audit blob stays unchangeable and undeletable (time-based retention with protected append writes); 0 sets no policy. Production always gets a policy.')
+@minValue(0)
+@maxValue(146000)
+param auditImmutabilityDays int
+
+@description('Set true after locking the audit policy (bicep/README.md): a locked policy cannot be updated by a deployment.')
+param auditImmutabilityLocked bool = false
+
+@description('Days deleted blobs and containers can be restored.')
+@minValue(1)
+@maxValue(365)
+param deleteRetentionDays int = 7
+
+@description('Cosmos DB serverless capacity (non-production); false means autoscale provisioned throughput. Fixed at account creation.')
+param cosmosServerless bool = true
+
+@description('Autoscale maximum RU/s of the database when not serverless.')
+@minValue(1000)
+param cosmosAutoscaleMaxThroughput int = 1000
+
+@description('Cosmos DB zone redundancy. Fixed at account creation.')
+param cosmosZoneRedundant bool = false
+
+@description('Memory of each Function App instance in MB.')
+@allowed([
+  512
+  2048
+  4096
+])
+param functionInstanceMemoryMB int = 2048
+
+@description('Upper bound of Function App instances.')
+@minValue(40)
+@maxValue(1000)
+param functionMaximumInstanceCount int = 100
+
+@description('Always-ready instances per trigger group, e.g. [{name: \'http\', instanceCount: 1}].')
+param functionAlwaysReady array = []
+
+@description('Days Log Analytics keeps data.')
+@minValue(30)
+@maxValue(730)
+param logRetentionDays int = 30
+
+@description('The azd service name of the Function App (the azd-service-name tag), as in azure.yaml.')
+param serviceName string = 'api'
+
+var isProduction = timbreEnvironment == 'production'
+var suffix = uniqueString(resourceGroup().id, timbreEnvironment)
+var baseName = '${namePrefix}-${timbreEnvironment}'
+var tags = {
+  application: 'timbre'
+  environment: timbreEnvironment
+}
+
+// The same names the app uses (shared/storage.py and the defaults in shared/config.py);
+// tests/test_bicep.py keeps them in step.
+var appContainerNames = [
+  'uploads'
+  'processed'
+]
+var auditContainerName = 'audit'
+var deploymentContainerName = 'app-package'
+var cosmosDatabaseName = 'timbre'
+var cosmosContainers = [
+  {
+    name: 'ledger'
+    partitionKey: '/tenantId'
+  }
+]
+
+// Production keeps an audit retention policy even if the parameter says 0.
+var auditRetentionDays = isProduction ? max(auditImmutabilityDays, 1) : auditImmutabilityDays
+
+module identity 'modules/identity.bicep' = {
+  name: 'identity'
+  params: {
+    name: 'id-${baseName}-${suffix}'
+    location: location
+    tags: tags
+  }
+}
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  params: {
+    logAnalyticsName: 'log-${baseName}-${suffix}'
+    applicationInsightsName: 'appi-${baseName}-${suffix}'
+    location: location
+    tags: tags
+    retentionInDays: logRetentionDays
+    principalId: identity.outputs.principalId
+  }
+}
+
+module storage 'modules/storage.bicep' = {
+  name: 'storage'
+  params: {
+    name: take('st${namePrefix}${suffix}', 24)
+    location: location
+    tags: tags
+    skuName: storageSku
+    appContainerNames: appContainerNames
+    auditContainerName: auditContainerName
+    auditImmutabilityDays: auditRetentionDays
+    auditImmutabilityLocked: auditImmutabilityLocked
+    deploymentContainerName: deploymentContainerName
+    deleteRetentionDays: deleteRetentionDays
+    principalId: identity.outputs.principalId
+  }
+}
+
+module cosmos 'modules/cosmos.bicep' = {
+  name: 'cosmos'
+  params: {
+    name: 'cosmos-${baseName}-${suffix}'
+    location: location
+    tags: tags
+    serverless: cosmosServerless
+    autoscaleMaxThroughput: cosmosAutoscaleMaxThroughput
+    zoneRedundant: cosmosZoneRedundant
+    databaseName: cosmosDatabaseName
+    containers: cosmosContainers
+    principalId: identity.outputs.principalId
+  }
+}
+
+// Every app setting the Functions host and the app read in Azure. Connections are
+// identity-based: `<connection>__credential=managedidentity` with the identity's client
+// id, and the service URIs (Functions docs, "identity-based connections").
+var appSettings = {
+  // The Functions host's own storage: leases, timers, blob trigger receipts, Durable.
+  AzureWebJobsStorage__credential: 'managedidentity'
+  AzureWebJobsStorage__clientId: identity.outputs.clientId
+  AzureWebJobsStorage__blobServiceUri: storage.outputs.blobEndpoint
+  AzureWebJobsStorage__queueServiceUri: storage.outputs.queueEndpoint
+  AzureWebJobsStorage__tableServiceUri: storage.outputs.tableEndpoint
+  // The app's storage: the `TimbreStorage` connection of triggers and shared/config.py.
+  TimbreStorage__blobServiceUri: storage.outputs.blobEndpoint
+  TimbreStorage__queueServiceUri: storage.outputs.queueEndpoint
+  TimbreStorage__credential: 'managedidentity'
+  TimbreStorage__clientId: identity.outputs.clientId
+  // Cosmos DB: the `CosmosDb` connection.
+  CosmosDb__accountEndpoint: cosmos.outputs.endpoint
+  CosmosDb__credential: 'managedidentity'
+  CosmosDb__clientId: identity.outputs.clientId
+  // DefaultAzureCredential in the app picks the user-assigned identity by this id.
+  AZURE_CLIENT_ID: identity.outputs.clientId
+  TIMBRE_ENVIRONMENT: timbreEnvironment
+  TIMBRE_TASK_HUB: taskHubName
+  TIMBRE_AUDIT_CONTAINER: auditContainerName
+  TIMBRE_COSMOS_DATABASE: cosmosDatabaseName
+  TIMBRE_AUTH_ALLOWED_TENANTS: authAllowedTenants
+  TIMBRE_AUTH_AUDIENCES: authAudiences
+  // Telemetry authenticated with the identity (Application Insights has local auth off).
+  APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.connectionString
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD;ClientId=${identity.outputs.clientId}'
+}
+
+// Later issues add their services here, each as a module beside these that takes
+// identity.outputs.principalId and assigns its own data-plane role on its resource, and
+// each adds its settings to appSettings above (names as in shared/config.py):
+//   Speech (Custom Voice, synthesis)  AZURE_SPEECH_REGION, AZURE_SPEECH_ENDPOINT, AZURE_SPEECH_RESOURCE_ID
+//   Azure OpenAI (chat, TTS)          AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_*_DEPLOYMENT
+//   Translator                        AZURE_TRANSLATOR_ENDPOINT, AZURE_TRANSLATOR_REGION
+//   Web PubSub (realtime voice)       WebPubSub__endpoint
+//   Service Bus (alert notifications) a `<connection>__fullyQualifiedNamespace` setting
+//   Event Grid subscription for Event Grid blob triggers, when the first one exists
+
+module functionApp 'modules/functionapp.bicep' = {
+  name: 'functionapp'
+  params: {
+    planName: 'plan-${baseName}-${suffix}'
+    name: 'func-${baseName}-${suffix}'
+    location: location
+    tags: tags
+    appTags: union(tags, {
+      'azd-service-name': serviceName
+    })
+    identityId: identity.outputs.id
+    deploymentBlobEndpoint: storage.outputs.blobEndpoint
+    deploymentContainerName: deploymentContainerName
+    instanceMemoryMB: functionInstanceMemoryMB
+    maximumInstanceCount: functionMaximumInstanceCount
+    alwaysReady: functionAlwaysReady
+    appSettings: appSettings
+  }
+}
+
+output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
+output AZURE_FUNCTION_APP_URL string = 'https://${functionApp.outputs.defaultHostName}'
+output AZURE_CLIENT_ID string = identity.outputs.clientId
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output AZURE_COSMOS_ENDPOINT string = cosmos.outputs.endpoint

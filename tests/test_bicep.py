@@ -1,0 +1,648 @@
+"""The Bicep infrastructure, checked offline: parsed with pycep-parser, linted by checkov.
+
+No Bicep compiler installs without a download, so these tests read the parsed templates
+and assert what a deployment would get wrong: a missing app setting, a key-based
+connection, a wrong role id, an audit container that can be rewritten, a production
+environment with the dev defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pycep import BicepParser
+
+from shared.config import PROFILES, Environment, Settings, load_settings
+from shared.errors import ConfigurationError
+from shared.storage import BLOB_CONTAINERS, COSMOS_CONTAINERS
+
+ROOT = Path(__file__).resolve().parents[1]
+BICEP = ROOT / "bicep"
+MAIN = BICEP / "main.bicep"
+ENVIRONMENTS = BICEP / "environments"
+
+# Built-in role definition ids, as listed in Microsoft's "Azure built-in roles" reference.
+STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
+STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
+STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
+MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
+# Cosmos DB data-plane role definition (not Azure RBAC), the same id in every account.
+COSMOS_DATA_CONTRIBUTOR = "00000000-0000-0000-0000-000000000002"
+
+# Settings read by the Functions host, binding extensions and the Azure SDK rather than
+# by shared.config.Settings: identity-based connections, task hub, telemetry.
+HOST_SETTINGS = (
+    "AzureWebJobsStorage__credential",
+    "AzureWebJobsStorage__clientId",
+    "AzureWebJobsStorage__blobServiceUri",
+    "AzureWebJobsStorage__queueServiceUri",
+    "AzureWebJobsStorage__tableServiceUri",
+    "TimbreStorage__credential",
+    "TimbreStorage__clientId",
+    "CosmosDb__credential",
+    "CosmosDb__clientId",
+    "AZURE_CLIENT_ID",
+    "TIMBRE_TASK_HUB",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+)
+
+# App settings Flex Consumption no longer takes (they moved to functionAppConfig or went
+# away); the key-based AzureWebJobsStorage connection string is never wanted.
+NOT_ON_FLEX_CONSUMPTION = (
+    "FUNCTIONS_WORKER_RUNTIME",
+    "FUNCTIONS_EXTENSION_VERSION",
+    "WEBSITE_RUN_FROM_PACKAGE",
+    "WEBSITE_CONTENTSHARE",
+    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
+    "AzureWebJobsStorage",
+)
+
+# A module output, known only once deployed: any well-formed value will do here.
+DEPLOYMENT_OUTPUT = "https://resolved-at-deployment.invalid/"
+
+
+@cache
+def parser() -> BicepParser:
+    """One parser for every file (building its grammar is most of the cost)."""
+    return BicepParser()
+
+
+@cache
+def parse(path: Path) -> dict[str, Any]:
+    """The pycep AST of one Bicep file."""
+    ast: dict[str, Any] = parser().parse(file_path=path)
+    return ast
+
+
+def bicep_files() -> list[Path]:
+    """Every Bicep file of the infrastructure."""
+    return sorted(BICEP.rglob("*.bicep"))
+
+
+def ref(*parts: str) -> Any:
+    """The AST of a property access such as `identity.outputs.clientId`."""
+    node: Any = parts[-1]
+    for part in reversed(parts[:-1]):
+        node = {
+            "operator": {
+                "type": "property_accessor",
+                "operands": {"operand_1": part, "operand_2": node},
+            }
+        }
+    return node
+
+
+def body(resource: dict[str, Any]) -> dict[str, Any]:
+    """A resource's body, without the loop or condition around it."""
+    config: dict[str, Any] = resource["config"]
+    while "config" in config and ("loop_type" in config or "condition" in config):
+        config = config["config"]
+    return config
+
+
+def resources_of(path: Path, resource_type: str) -> dict[str, dict[str, Any]]:
+    """The resources of one type in a file, by symbolic name."""
+    found = parse(path).get("resources", {})
+    return {name: res for name, res in found.items() if res["type"] == resource_type}
+
+
+def module(name: str) -> dict[str, Any]:
+    """A module of main.bicep: its `config` (name and params)."""
+    config: dict[str, Any] = parse(MAIN)["modules"][name]["config"]
+    return config
+
+
+def main_variable(name: str) -> Any:
+    """The value of a variable of main.bicep."""
+    return parse(MAIN)["variables"][name]["value"]
+
+
+def app_settings() -> dict[str, Any]:
+    """The app settings main.bicep gives the Function App (name to AST value)."""
+    assert module("functionApp")["params"]["appSettings"] == "appSettings"
+    settings: dict[str, Any] = main_variable("appSettings")
+    return settings
+
+
+def environment_parameters(environment: str) -> dict[str, Any]:
+    """The parameter values of one environment's parameters file."""
+    document = json.loads((ENVIRONMENTS / f"{environment}.parameters.json").read_text())
+    return {name: entry["value"] for name, entry in document["parameters"].items()}
+
+
+def entra_environments() -> list[str]:
+    """Environments where the app accepts Entra ID tokens only."""
+    return [env.value for env, profile in PROFILES.items() if profile.entra_required]
+
+
+def comment_above(path: Path, symbol: str) -> str:
+    """The `//` comment lines right above `resource <symbol> ...` in a file."""
+    lines = path.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"resource {symbol} "))
+    comment: list[str] = []
+    for line in reversed(lines[:start]):
+        if not line.startswith("//"):
+            break
+        comment.insert(0, line.removeprefix("//").strip())
+    return " ".join(comment)
+
+
+def required_in_azure() -> set[str]:
+    """App settings the app needs in Azure, derived from `shared.config.Settings`.
+
+    Settings with no default, the identity-based forms (`<connection>__...`) of the
+    connections it otherwise takes as connection strings, and what the production
+    profile requires (named by the app's own validation).
+    """
+    fields = Settings.model_fields.values()
+    aliases = {f.validation_alias for f in fields if isinstance(f.validation_alias, str)}
+    no_default = {f.validation_alias for f in fields if f.is_required()}
+    identity_based = {a for a in aliases if "__" in a and a.split("__")[0] in aliases}
+    with pytest.raises(ConfigurationError) as missing:
+        load_settings(TIMBRE_ENVIRONMENT="production")
+    by_profile = {
+        problem.split(":")[0]
+        for problem in missing.value.problems
+        if problem.endswith("required in production")
+    }
+    return {str(name) for name in no_default | identity_based | by_profile}
+
+
+def resolve_settings(environment: str) -> dict[str, str]:
+    """The app settings one environment's deployment would set, as strings."""
+    params = parse(MAIN)["parameters"]
+    given = environment_parameters(environment)
+    if environment in entra_environments():  # passed on the command line (README)
+        given.setdefault("authAllowedTenants", "11111111-2222-3333-4444-555555555555")
+        given.setdefault("authAudiences", "api://timbre")
+    values: dict[str, str] = {}
+    for name, expression in app_settings().items():
+        value = expression
+        if isinstance(expression, str) and expression in params:
+            value = given.get(expression, params[expression]["default"])
+        elif isinstance(expression, str) and expression in parse(MAIN)["variables"]:
+            value = main_variable(expression)
+        values[name] = value if isinstance(value, str) else DEPLOYMENT_OUTPUT
+    return values
+
+
+@pytest.mark.parametrize("path", bicep_files(), ids=lambda p: str(p.relative_to(BICEP)))
+def test_every_bicep_file_parses(path: Path) -> None:
+    ast = parse(path)
+    assert ast["globals"]["scope"]["value"] == "resourceGroup"
+    for name, mod in ast.get("modules", {}).items():
+        assert (path.parent / mod["detail"]["path"]).is_file(), name
+
+
+def test_main_uses_every_module() -> None:
+    used = {BICEP / mod["detail"]["path"] for mod in parse(MAIN)["modules"].values()}
+    assert used == set((BICEP / "modules").glob("*.bicep"))
+
+
+def test_function_app_sets_every_setting_the_app_needs_in_azure() -> None:
+    required = required_in_azure()
+    # The derivation finds what the app validates; a rename in shared/config.py shows here.
+    assert {
+        "TIMBRE_ENVIRONMENT",
+        "TimbreStorage__blobServiceUri",
+        "TimbreStorage__queueServiceUri",
+        "CosmosDb__accountEndpoint",
+        "TIMBRE_AUTH_ALLOWED_TENANTS",
+        "TIMBRE_AUTH_AUDIENCES",
+    } <= required
+    missing = (required | set(HOST_SETTINGS)) - set(app_settings())
+    assert not missing, f"main.bicep does not set {sorted(missing)}"
+
+
+@pytest.mark.parametrize("environment", [env.value for env in Environment])
+def test_app_settings_pass_the_app_validation(environment: str) -> None:
+    values = resolve_settings(environment)
+    settings = load_settings(**values)
+    assert settings.environment.value == environment
+    # Identity-based connections, never connection strings with keys.
+    assert settings.storage_connection_string is None
+    assert settings.cosmos_connection_string is None
+    assert settings.storage_blob_uri == DEPLOYMENT_OUTPUT
+    assert settings.cosmos_endpoint == DEPLOYMENT_OUTPUT
+    assert settings.audit_container == main_variable("auditContainerName")
+    assert settings.cosmos_database == main_variable("cosmosDatabaseName")
+
+
+def test_connections_are_identity_based_with_the_one_identity() -> None:
+    settings = app_settings()
+    client_id = ref("identity", "outputs", "clientId")
+    for connection in ("AzureWebJobsStorage", "TimbreStorage", "CosmosDb"):
+        assert settings[f"{connection}__credential"] == "managedidentity"
+        assert settings[f"{connection}__clientId"] == client_id
+    assert settings["AZURE_CLIENT_ID"] == client_id
+    for service in ("blob", "queue", "table"):
+        endpoint = ref("storage", "outputs", f"{service}Endpoint")
+        assert settings[f"AzureWebJobsStorage__{service}ServiceUri"] == endpoint
+    assert settings["TimbreStorage__blobServiceUri"] == ref("storage", "outputs", "blobEndpoint")
+    assert settings["TimbreStorage__queueServiceUri"] == ref("storage", "outputs", "queueEndpoint")
+    assert settings["CosmosDb__accountEndpoint"] == ref("cosmos", "outputs", "endpoint")
+    assert settings["APPLICATIONINSIGHTS_CONNECTION_STRING"] == ref(
+        "monitoring", "outputs", "connectionString"
+    )
+    assert (
+        settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
+        == "Authorization=AAD;ClientId=${identity.outputs.clientId}"
+    )
+    assert settings["TIMBRE_ENVIRONMENT"] == "timbreEnvironment"
+    assert settings["TIMBRE_TASK_HUB"] == "taskHubName"
+    assert settings["TIMBRE_AUTH_ALLOWED_TENANTS"] == "authAllowedTenants"
+    assert settings["TIMBRE_AUTH_AUDIENCES"] == "authAudiences"
+    assert not set(NOT_ON_FLEX_CONSUMPTION) & set(settings)
+
+
+def test_host_json_task_hub_comes_from_the_setting_bicep_sets() -> None:
+    host = json.loads((ROOT / "host.json").read_text())
+    assert host["extensions"]["durableTask"]["hubName"] == "%TIMBRE_TASK_HUB%"
+
+
+def test_function_app_is_flex_consumption_python_311_run_as_the_identity() -> None:
+    path = BICEP / "modules" / "functionapp.bicep"
+    (plan,) = resources_of(path, "Microsoft.Web/serverfarms").values()
+    assert body(plan)["sku"] == {"name": "FC1", "tier": "FlexConsumption"}
+    assert body(plan)["properties"]["reserved"] is True
+    (site,) = resources_of(path, "Microsoft.Web/sites").values()
+    config = body(site)
+    assert config["kind"] == "functionapp,linux"
+    assert config["identity"]["type"] == "UserAssigned"
+    assert list(config["identity"]["userAssignedIdentities"]) == ["'${identityId}'"]
+    properties = config["properties"]
+    assert properties["httpsOnly"] is True
+    assert properties["siteConfig"]["minTlsVersion"] == "1.2"
+    # Every entry of the appSettings object becomes an app setting.
+    loop = properties["siteConfig"]["appSettings"]
+    assert "appSettings" in json.dumps(loop["loop_type"])
+    assert loop["config"] == {"name": ref("setting", "key"), "value": ref("setting", "value")}
+    app_config = properties["functionAppConfig"]
+    assert app_config["runtime"] == {"name": "python", "version": "3.11"}
+    storage = app_config["deployment"]["storage"]
+    assert storage["type"] == "blobContainer"
+    assert storage["value"] == "${deploymentBlobEndpoint}${deploymentContainerName}"
+    assert storage["authentication"] == {
+        "type": "UserAssignedIdentity",
+        "userAssignedIdentityResourceId": "identityId",
+    }
+    assert app_config["scaleAndConcurrency"] == {
+        "instanceMemoryMB": "instanceMemoryMB",
+        "maximumInstanceCount": "maximumInstanceCount",
+        "alwaysReady": "alwaysReady",
+    }
+    params = module("functionApp")["params"]
+    assert params["identityId"] == ref("identity", "outputs", "id")
+    assert params["deploymentBlobEndpoint"] == ref("storage", "outputs", "blobEndpoint")
+    assert params["deploymentContainerName"] == "deploymentContainerName"
+    assert module("storage")["params"]["deploymentContainerName"] == "deploymentContainerName"
+    assert params["instanceMemoryMB"] == "functionInstanceMemoryMB"
+    assert params["alwaysReady"] == "functionAlwaysReady"
+
+
+def test_one_user_assigned_identity_for_everything() -> None:
+    identities = [
+        name
+        for path in bicep_files()
+        for name in resources_of(path, "Microsoft.ManagedIdentity/userAssignedIdentities")
+    ]
+    assert len(identities) == 1
+    modules = parse(MAIN)["modules"]
+    assert [n for n, m in modules.items() if m["detail"]["path"] == "modules/identity.bicep"] == [
+        "identity"
+    ]
+    for path in bicep_files():
+        for name, resource in parse(path).get("resources", {}).items():
+            identity = body(resource).get("identity")
+            assert identity is None or identity["type"] == "UserAssigned", (path.name, name)
+    # Every role assignment goes to that identity.
+    receivers = {
+        name: mod["config"]["params"]["principalId"]
+        for name, mod in modules.items()
+        if "principalId" in mod["config"]["params"]
+    }
+    assert set(receivers) == {"monitoring", "storage", "cosmos"}
+    assert all(value == ref("identity", "outputs", "principalId") for value in receivers.values())
+
+
+def test_storage_account_refuses_shared_keys_and_public_blobs() -> None:
+    path = BICEP / "modules" / "storage.bicep"
+    (account,) = resources_of(path, "Microsoft.Storage/storageAccounts").values()
+    properties = body(account)["properties"]
+    assert properties["allowSharedKeyAccess"] is False
+    assert properties["defaultToOAuthAuthentication"] is True
+    assert properties["minimumTlsVersion"] == "TLS1_2"
+    assert properties["allowBlobPublicAccess"] is False
+    assert properties["supportsHttpsTrafficOnly"] is True
+    containers = resources_of(path, "Microsoft.Storage/storageAccounts/blobServices/containers")
+    assert len(containers) == 3
+    assert all(body(c)["properties"]["publicAccess"] == "None" for c in containers.values())
+
+
+def test_blob_containers_are_the_ones_the_app_uses() -> None:
+    assert main_variable("appContainerNames") == list(BLOB_CONTAINERS)
+    assert main_variable("auditContainerName") == Settings.model_fields["audit_container"].default
+    assert main_variable("auditContainerName") not in BLOB_CONTAINERS
+    params = module("storage")["params"]
+    assert params["appContainerNames"] == "appContainerNames"
+    assert params["auditContainerName"] == "auditContainerName"
+    assert app_settings()["TIMBRE_AUDIT_CONTAINER"] == "auditContainerName"
+    containers = resources_of(
+        BICEP / "modules" / "storage.bicep",
+        "Microsoft.Storage/storageAccounts/blobServices/containers",
+    )
+    names = {body(c)["name"] for c in containers.values()}
+    assert names == {"containerName", "auditContainerName", "deploymentContainerName"}
+
+
+def test_audit_container_is_append_only() -> None:
+    path = BICEP / "modules" / "storage.bicep"
+    policies = resources_of(
+        path, "Microsoft.Storage/storageAccounts/blobServices/containers/immutabilityPolicies"
+    )
+    (policy,) = policies.values()
+    containers = resources_of(path, "Microsoft.Storage/storageAccounts/blobServices/containers")
+    assert body(containers["auditContainer"])["name"] == "auditContainerName"
+    assert body(policy)["parent"] == "auditContainer"
+    assert body(policy)["name"] == "default"
+    assert body(policy)["properties"] == {
+        "immutabilityPeriodSinceCreationInDays": "auditImmutabilityDays",
+        "allowProtectedAppendWrites": True,
+    }
+    # Deployed whenever a retention is set, until an operator has locked it.
+    assert policy["config"]["condition"] == {
+        "operator": {
+            "type": "and",
+            "operands": {
+                "operand_1": {
+                    "operator": {
+                        "type": "greater_than",
+                        "operands": {"operand_1": "auditImmutabilityDays", "operand_2": 0},
+                    }
+                },
+                "operand_2": {
+                    "operator": {
+                        "type": "not",
+                        "operands": {"bool_value": "auditImmutabilityLocked"},
+                    }
+                },
+            },
+        }
+    }
+
+
+def test_production_always_has_an_audit_policy() -> None:
+    assert main_variable("isProduction") == {
+        "operator": {
+            "type": "equals",
+            "operands": {"operand_1": "timbreEnvironment", "operand_2": "production"},
+        }
+    }
+    assert main_variable("auditRetentionDays") == {
+        "operator": {
+            "type": "conditional",
+            "operands": {
+                "condition": "isProduction",
+                "true_value": {
+                    "function": {
+                        "type": "max",
+                        "parameters": {"arg_1": "auditImmutabilityDays", "arg_2": 1},
+                    }
+                },
+                "false_value": "auditImmutabilityDays",
+            },
+        }
+    }
+    assert module("storage")["params"]["auditImmutabilityDays"] == "auditRetentionDays"
+    # Every environment where the app requires audit keeps it unchangeable for a while.
+    for env, profile in PROFILES.items():
+        if profile.audit_required:
+            assert environment_parameters(env.value)["auditImmutabilityDays"] > 0, env
+
+
+def test_cosmos_has_keys_disabled_and_the_app_containers() -> None:
+    path = BICEP / "modules" / "cosmos.bicep"
+    (account,) = resources_of(path, "Microsoft.DocumentDB/databaseAccounts").values()
+    properties = body(account)["properties"]
+    assert properties["disableLocalAuth"] is True
+    assert properties["disableKeyBasedMetadataWriteAccess"] is True
+    assert properties["minimalTlsVersion"] == "Tls12"
+    assert properties["locations"][0]["isZoneRedundant"] == "zoneRedundant"
+    assert properties["capabilities"] == {
+        "operator": {
+            "type": "conditional",
+            "operands": {
+                "condition": "serverless",
+                "true_value": [{"name": "EnableServerless"}],
+                "false_value": [],
+            },
+        }
+    }
+    (database,) = resources_of(path, "Microsoft.DocumentDB/databaseAccounts/sqlDatabases").values()
+    assert body(database)["name"] == "databaseName"
+    assert body(database)["properties"]["options"]["operator"]["operands"]["false_value"] == {
+        "autoscaleSettings": {"maxThroughput": "autoscaleMaxThroughput"}
+    }
+    (containers,) = resources_of(
+        path, "Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers"
+    ).values()
+    assert containers["config"]["loop_type"]["detail"]["array_name"] == "containers"
+    resource = body(containers)["properties"]["resource"]
+    assert resource["id"] == ref("container", "name")
+    assert resource["partitionKey"]["paths"] == [ref("container", "partitionKey")]
+
+    params = module("cosmos")["params"]
+    assert params["containers"] == "cosmosContainers"
+    assert params["databaseName"] == "cosmosDatabaseName"
+    assert params["serverless"] == "cosmosServerless"
+    assert params["zoneRedundant"] == "cosmosZoneRedundant"
+    assert main_variable("cosmosDatabaseName") == Settings.model_fields["cosmos_database"].default
+    assert main_variable("cosmosContainers") == [
+        {"name": spec.name, "partitionKey": spec.partition_key} for spec in COSMOS_CONTAINERS
+    ]
+    assert all(spec.partition_key == "/tenantId" for spec in COSMOS_CONTAINERS)
+
+
+EXPECTED_ROLES = {
+    "storage.bicep": {
+        "account": {
+            STORAGE_BLOB_DATA_OWNER: "Storage Blob Data Owner",
+            STORAGE_QUEUE_DATA_CONTRIBUTOR: "Storage Queue Data Contributor",
+            STORAGE_TABLE_DATA_CONTRIBUTOR: "Storage Table Data Contributor",
+        }
+    },
+    "monitoring.bicep": {
+        "appInsights": {MONITORING_METRICS_PUBLISHER: "Monitoring Metrics Publisher"}
+    },
+}
+
+
+@pytest.mark.parametrize("file_name", sorted(EXPECTED_ROLES))
+def test_role_assignments_grant_the_documented_built_in_roles(file_name: str) -> None:
+    path = BICEP / "modules" / file_name
+    ast = parse(path)
+    granted: dict[str, dict[str, str]] = {}
+    for symbol, assignment in resources_of(path, "Microsoft.Authorization/roleAssignments").items():
+        config = body(assignment)
+        role_variable = config["properties"]["roleDefinitionId"]
+        role_id = ast["variables"][role_variable]["value"]["function"]
+        assert role_id["type"] == "subscription_resource_id"
+        assert role_id["parameters"]["resource_type"] == "Microsoft.Authorization/roleDefinitions"
+        guid = role_id["parameters"]["resource_name_1"]
+        scope = config["scope"]
+        assert config["name"] == {
+            "function": {
+                "type": "guid",
+                "parameters": {
+                    "base_string": ref(scope, "id"),
+                    "extra_string_1": "principalId",
+                    "extra_string_2": role_variable,
+                },
+            }
+        }, symbol
+        assert config["properties"]["principalId"] == "principalId"
+        assert config["properties"]["principalType"] == "ServicePrincipal"
+        role_name = EXPECTED_ROLES[file_name][scope].get(guid, "?")
+        assert f"Role: {role_name}" in comment_above(path, symbol), symbol
+        granted.setdefault(scope, {})[guid] = role_name
+    assert granted == EXPECTED_ROLES[file_name]
+
+
+def test_cosmos_data_contributor_role_is_assigned_on_the_account() -> None:
+    path = BICEP / "modules" / "cosmos.bicep"
+    assignments = resources_of(path, "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments")
+    assert list(assignments) == ["dataContributor"]
+    config = body(assignments["dataContributor"])
+    assert config["parent"] == "account"
+    role_variable = config["properties"]["roleDefinitionId"]
+    assert parse(path)["variables"][role_variable]["value"] == (
+        f"${{account.id}}/sqlRoleDefinitions/{COSMOS_DATA_CONTRIBUTOR}"
+    )
+    assert config["properties"]["scope"] == ref("account", "id")
+    assert config["properties"]["principalId"] == "principalId"
+    assert config["name"] == {
+        "function": {
+            "type": "guid",
+            "parameters": {
+                "base_string": ref("account", "id"),
+                "extra_string_1": "principalId",
+                "extra_string_2": role_variable,
+            },
+        }
+    }
+    assert "Role: Cosmos DB Built-in Data Contributor" in comment_above(path, "dataContributor")
+
+
+def test_every_environment_has_a_parameters_file_main_accepts() -> None:
+    files = {
+        p.name.removesuffix(".parameters.json") for p in ENVIRONMENTS.glob("*.parameters.json")
+    }
+    assert files == {env.value for env in Environment}
+    params = parse(MAIN)["parameters"]
+    for environment in sorted(files):
+        document = json.loads((ENVIRONMENTS / f"{environment}.parameters.json").read_text())
+        assert document["$schema"].endswith("/deploymentParameters.json#")
+        assert document["contentVersion"] == "1.0.0.0"
+        values = environment_parameters(environment)
+        assert values["timbreEnvironment"] == environment
+        assert set(values) <= set(params), environment
+        without_default = {name for name, p in params.items() if p["default"] is None}
+        if environment in entra_environments():
+            # Tenants and audiences come on the command line; an empty one breaks the app.
+            for name in ("authAllowedTenants", "authAudiences"):
+                assert values.get(name, "given at deployment"), (environment, name)
+            without_default -= {"authAllowedTenants", "authAudiences"}
+        assert without_default <= set(values), (environment, without_default - set(values))
+        for name, value in values.items():
+            assert_within_decorators(name, value, params[name]["decorators"])
+        assert re.fullmatch(r"[A-Za-z][A-Za-z0-9]{2,44}", values["taskHubName"])
+
+
+def assert_within_decorators(name: str, value: Any, decorators: list[dict[str, Any]]) -> None:
+    """Check a parameter value against its @allowed, @min/@maxValue, @min/@maxLength."""
+    for decorator in decorators:
+        kind, argument = decorator["type"], decorator["argument"]
+        if kind == "allowed":
+            assert value in argument, (name, value)
+        elif kind == "min_value":
+            assert value >= argument, (name, value)
+        elif kind == "max_value":
+            assert value <= argument, (name, value)
+        elif kind == "min_length":
+            assert len(value) >= argument, (name, value)
+        elif kind == "max_length":
+            assert len(value) <= argument, (name, value)
+
+
+def test_production_differs_where_it_matters() -> None:
+    production = environment_parameters("production")
+    assert production["storageSku"] == "Standard_ZRS"
+    assert production["cosmosServerless"] is False
+    assert production["cosmosZoneRedundant"] is True
+    assert production["cosmosAutoscaleMaxThroughput"] >= 1000
+    assert production["functionAlwaysReady"]
+    assert all(group["instanceCount"] >= 1 for group in production["functionAlwaysReady"])
+    defaults = parse(MAIN)["parameters"]
+    for env in Environment:
+        if env is not Environment.PRODUCTION:
+            values = environment_parameters(env.value)
+            assert (
+                values.get("cosmosServerless", defaults["cosmosServerless"]["default"]) is True
+            ), env
+
+
+CHECKOV_SKIP = re.compile(r"^\s*-\s*(CKV2?_[A-Z]+_\d+)\s*#\s*(\S.{20,})$")
+
+
+def run_checkov(directory: Path, *args: str) -> dict[str, Any]:
+    """Run checkov on a directory of Bicep files and return its JSON report."""
+    checkov = Path(sys.executable).with_name("checkov")
+    assert checkov.is_file(), "checkov is in requirements-dev.txt: run scripts/setup.sh"
+    result = subprocess.run(
+        [str(checkov), "-d", str(directory), "-o", "json", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    output = json.loads(result.stdout)
+    report: dict[str, Any] = output[0] if isinstance(output, list) else output
+    assert report["summary"]["parsing_errors"] == 0, result.stdout[-2000:]
+    return report
+
+
+@pytest.mark.integration
+def test_checkov_passes_with_only_the_explained_skips(tmp_path: Path) -> None:
+    config = BICEP / ".checkov.yaml"
+    lines = [line for line in config.read_text().splitlines() if re.match(r"^\s*-\s*CKV", line)]
+    skips = {m.group(1) for m in map(CHECKOV_SKIP.match, lines) if m}
+    assert len(skips) == len(lines), "every skipped check needs a reason after #"
+
+    # checkov also reads .checkov.yaml from the scanned directory by itself.
+    report = run_checkov(BICEP)
+    failed = [
+        (c["check_id"], c["file_path"], c["resource"]) for c in report["results"]["failed_checks"]
+    ]
+    assert not failed
+    scanned = {c["file_path"] for c in report["results"]["passed_checks"]}
+    assert {
+        "/modules/storage.bicep",
+        "/modules/cosmos.bicep",
+        "/modules/functionapp.bicep",
+    } <= scanned
+
+    # Without the skips, exactly the skipped checks fail: no skip is stale.
+    bare_copy = tmp_path / "bicep"
+    shutil.copytree(BICEP, bare_copy, ignore=shutil.ignore_patterns(".checkov.yaml"))
+    bare = run_checkov(bare_copy, "--framework", "bicep", "--skip-download")
+    assert {c["check_id"] for c in bare["results"]["failed_checks"]} == skips
