@@ -2,11 +2,12 @@
 
 import azure.durable_functions as df
 
-from functions import agents, audit, fallback, health
+from functions import agents, audit, fallback, health, ingestion
 
 app = df.DFApp()
 
 app.register_functions(health.bp)
 app.register_functions(agents.bp)
 app.register_functions(audit.bp)
+app.register_functions(ingestion.bp)
 app.register_functions(fallback.bp)  # last: the catch-all route

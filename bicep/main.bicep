@@ -113,6 +113,10 @@ var cosmosContainers = [
     name: 'ledger'
     partitionKey: '/tenantId'
   }
+  {
+    name: 'recordings'
+    partitionKey: '/tenantId'
+  }
 ]
 
 // Production keeps an audit retention policy even if the parameter says 0.
@@ -198,6 +202,8 @@ var appSettings = {
   TIMBRE_COSMOS_DATABASE: cosmosDatabaseName
   TIMBRE_AUTH_ALLOWED_TENANTS: authAllowedTenants
   TIMBRE_AUTH_AUDIENCES: authAudiences
+  // Flex Consumption runs blob triggers from Event Grid only (see uploadEvents below).
+  TIMBRE_BLOB_TRIGGER_SOURCE: 'EventGrid'
   // Telemetry authenticated with the identity (Application Insights has local auth off).
   APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.connectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD;ClientId=${identity.outputs.clientId}'
@@ -211,7 +217,6 @@ var appSettings = {
 //   Translator                        AZURE_TRANSLATOR_ENDPOINT, AZURE_TRANSLATOR_REGION
 //   Web PubSub (realtime voice)       WebPubSub__endpoint
 //   Service Bus (alert notifications) a `<connection>__fullyQualifiedNamespace` setting
-//   Event Grid subscription for Event Grid blob triggers, when the first one exists
 
 module functionApp 'modules/functionapp.bicep' = {
   name: 'functionapp'
@@ -233,6 +238,20 @@ module functionApp 'modules/functionapp.bicep' = {
   }
 }
 
+// The storage account's Event Grid system topic, which the blob trigger `ingest_upload`
+// subscribes to once the code is published (its webhook key exists only then): see
+// bicep/README.md, "Blob trigger subscription".
+resource uploadEvents 'Microsoft.EventGrid/systemTopics@2025-02-15' = {
+  name: '${storage.outputs.name}-events'
+  location: location
+  tags: tags
+  properties: {
+    source: resourceId('Microsoft.Storage/storageAccounts', storage.outputs.name)
+    topicType: 'Microsoft.Storage.StorageAccounts'
+  }
+}
+
+output AZURE_EVENTGRID_SYSTEM_TOPIC string = uploadEvents.name
 output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
 output AZURE_FUNCTION_APP_URL string = 'https://${functionApp.outputs.defaultHostName}'
 output AZURE_CLIENT_ID string = identity.outputs.clientId

@@ -39,7 +39,7 @@ _TAIL_BYTES = 65_536
 MAX_RECORD_BYTES = 16_384
 _ACTION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 _DETAIL_KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._:@/-]{1,200}$")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_.:@/-]{1,200}$")
 
 Scalar = str | int | float | bool | None
 Outcome = Literal["success", "failure", "denied"]

@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared import __version__
+from shared.audio.criteria import AudioThresholds
 from shared.errors import ConfigurationError
 
 __all__ = ["ConfigurationError", "Environment", "Settings", "get_settings", "load_settings"]
@@ -90,6 +91,20 @@ class Settings(BaseSettings):
     storage_blob_uri: str | None = Field(None, validation_alias="TimbreStorage__blobServiceUri")
     storage_queue_uri: str | None = Field(None, validation_alias="TimbreStorage__queueServiceUri")
     audit_container: str = Field("audit", validation_alias="TIMBRE_AUDIT_CONTAINER")
+
+    # Audio ingestion.
+    blob_trigger_source: Literal["EventGrid", "LogsAndContainerScan"] = Field(
+        "LogsAndContainerScan", validation_alias="TIMBRE_BLOB_TRIGGER_SOURCE"
+    )
+    upload_max_bytes: int = Field(
+        104_857_600, ge=1024, le=2_147_483_648, validation_alias="TIMBRE_UPLOAD_MAX_BYTES"
+    )
+    audio_thresholds: AudioThresholds = Field(
+        default_factory=AudioThresholds, validation_alias="TIMBRE_AUDIO_THRESHOLDS"
+    )
+    training_min_utterances: int = Field(
+        300, ge=1, validation_alias="TIMBRE_TRAINING_MIN_UTTERANCES"
+    )
 
     # Cosmos DB: the same pattern under the `CosmosDb` connection name.
     cosmos_connection_string: str | None = Field(None, validation_alias="CosmosDb")

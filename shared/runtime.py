@@ -19,9 +19,12 @@ if TYPE_CHECKING:
     from shared.agents import AgentCatalog
     from shared.audit import AuditLog
     from shared.auth import Authenticator
+    from shared.blobs import AzureBlobStore
     from shared.config import Settings
     from shared.health import Readiness
+    from shared.ingestion import IngestionService
     from shared.ledger import Ledger
+    from shared.recordings import RecordingStore
     from shared.storage import TenantScope
 
 # Services are imported where first used: this module is on every function's cold path.
@@ -82,6 +85,33 @@ class Runtime:
         from shared.ledger import Ledger
 
         return Ledger(self.container("ledger"))
+
+    @cached_property
+    def blob_store(self) -> AzureBlobStore:
+        """Blob Storage behind the small BlobStore interface."""
+        from shared.blobs import AzureBlobStore
+
+        return AzureBlobStore(self.blob_service)
+
+    def recordings(self, tenant_id: str) -> RecordingStore:
+        """A tenant's recording reports and transcripts."""
+        from shared.recordings import RecordingStore
+
+        return RecordingStore(self.tenant_scope("recordings", tenant_id))
+
+    @cached_property
+    def ingestion(self) -> IngestionService:
+        """Audio ingestion: uploads to canonical audio and quality reports."""
+        from shared.ingestion import IngestionService
+
+        return IngestionService(
+            self.blob_store,
+            self.ledger,
+            self.recordings,
+            self.audit,
+            max_bytes=self.settings.upload_max_bytes,
+            thresholds=self.settings.audio_thresholds,
+        )
 
     @cached_property
     def agents(self) -> AgentCatalog:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
+    from azure.core.paging import ItemPaged
     from azure.cosmos import ContainerProxy, CosmosClient
     from azure.storage.blob import BlobServiceClient
 
@@ -43,6 +43,7 @@ class CosmosContainerSpec:
 # The containers each capability needs; Bicep creates the same set in Azure.
 COSMOS_CONTAINERS: tuple[CosmosContainerSpec, ...] = (
     CosmosContainerSpec("ledger"),  # idempotency ledger of side effects
+    CosmosContainerSpec("recordings"),  # quality reports, transcripts, per voice
 )
 
 # The blob containers the app needs; the audit container name comes from settings.
@@ -123,7 +124,7 @@ class TenantScope:
         *,
         order_by: str | None = None,
         max_item_count: int | None = None,
-    ) -> Iterator[dict[str, Any]]:
+    ) -> ItemPaged[dict[str, Any]]:
         """Run `SELECT * FROM c WHERE c.tenantId = @tenantId AND (<where>)`."""
         params: list[dict[str, object]] = [{"name": "@tenantId", "value": self.tenant_id}]
         for name, value in (parameters or {}).items():
@@ -133,14 +134,28 @@ class TenantScope:
         text = f"SELECT * FROM c WHERE c.{TENANT_FIELD} = @tenantId AND ({where})"
         if order_by:
             text += f" ORDER BY {order_by}"
-        return iter(
-            self._container.query_items(
-                text,
-                parameters=params,
-                partition_key=self.tenant_id,
-                max_item_count=max_item_count,
-            )
+        return self._container.query_items(
+            text,
+            parameters=params,
+            partition_key=self.tenant_id,
+            max_item_count=max_item_count,
         )
+
+    def page(
+        self,
+        where: str = "true",
+        parameters: dict[str, Any] | None = None,
+        *,
+        order_by: str | None = None,
+        page_size: int = 50,
+        continuation: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of a tenant query and the token of the next page (None at the end)."""
+        pages = self.query(where, parameters, order_by=order_by, max_item_count=page_size).by_page(
+            continuation
+        )
+        items = list(next(pages, []))
+        return items, pages.continuation_token
 
     def read(self, item_id: str) -> dict[str, Any] | None:
         """One document of this tenant, or None."""

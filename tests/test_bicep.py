@@ -646,3 +646,12 @@ def test_checkov_passes_with_only_the_explained_skips(tmp_path: Path) -> None:
     shutil.copytree(BICEP, bare_copy, ignore=shutil.ignore_patterns(".checkov.yaml"))
     bare = run_checkov(bare_copy, "--framework", "bicep", "--skip-download")
     assert {c["check_id"] for c in bare["results"]["failed_checks"]} == skips
+
+
+def test_blob_trigger_runs_from_event_grid_with_its_system_topic() -> None:
+    # Flex Consumption supports only the Event Grid source for blob triggers.
+    assert app_settings()["TIMBRE_BLOB_TRIGGER_SOURCE"] == "EventGrid"
+    topics = resources_of(BICEP / "main.bicep", "Microsoft.EventGrid/systemTopics")
+    assert len(topics) == 1
+    properties = body(next(iter(topics.values())))["properties"]
+    assert properties["topicType"] == "Microsoft.Storage.StorageAccounts"

@@ -1,0 +1,145 @@
+"""Audio ingestion: the uploads blob trigger, its poison queue, and the recordings API."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import re
+
+import azure.functions as func
+
+# The SDK-type binding hands the function a BlobClient instead of the blob's content, so
+# that the host never loads an upload of unbounded size into memory. Its price: it imports
+# azure.storage.blob (and azure.identity) when the app is indexed (see README, cold start).
+import azurefunctions.extensions.bindings.blob as blob_binding
+
+from functions.http import Call, endpoint
+from shared.errors import InvalidRequest
+from shared.identity import Role
+from shared.recordings import DatasetSummary, RecordingPage
+from shared.runtime import runtime
+from shared.telemetry import bound
+
+log = logging.getLogger(__name__)
+bp = func.Blueprint()
+
+# Event Grid is required on Flex Consumption; the polling scan works locally with Azurite.
+# Read at indexing time (a decorator argument); Settings validates the same setting.
+_SOURCE = os.environ.get("TIMBRE_BLOB_TRIGGER_SOURCE", "LogsAndContainerScan")
+TRIGGER_SOURCE = (
+    func.BlobSource.EVENT_GRID
+    if func.BlobSource.EVENT_GRID.value == _SOURCE
+    else func.BlobSource.LOGS_AND_CONTAINER_SCAN
+)
+POISON_QUEUE = "webjobs-blobtrigger-poison"
+_VOICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+@bp.function_name("ingest_upload")
+@bp.blob_trigger(
+    arg_name="upload", path="uploads/{name}", connection="TimbreStorage", source=TRIGGER_SOURCE
+)
+def ingest_upload(upload: blob_binding.BlobClient, context: func.Context) -> None:
+    """Turn an uploaded file into a canonical WAV and a quality report (once per version)."""
+    with bound(context.invocation_id):
+        result = runtime().ingestion.ingest(upload.blob_name)
+        log.info("ingestion finished", extra={"event": "ingest_done", "outcome": result.outcome})
+
+
+@bp.function_name("record_poison_upload")
+@bp.queue_trigger(arg_name="message", queue_name=POISON_QUEUE, connection="AzureWebJobsStorage")
+def record_poison_upload(message: func.QueueMessage, context: func.Context) -> None:
+    """After the host gave up on an upload, record it as rejected; the message is consumed."""
+    with bound(context.invocation_id):
+        try:
+            poison = json.loads(message.get_body())
+            container, name = poison["ContainerName"], poison["BlobName"]
+        except (ValueError, KeyError, TypeError):
+            log.error("unreadable poison message", extra={"event": "poison_unreadable"})
+            return
+        if container != "uploads":
+            log.error("poison blob of another container", extra={"event": "poison_foreign"})
+            return
+        result = runtime().ingestion.record_poison(name, poison.get("ETag"))
+        log.warning("poison upload recorded", extra={"event": "poison", "outcome": result.outcome})
+
+
+def _voice_id(call: Call) -> str:
+    voice_id = call.route["voice_id"]
+    if not _VOICE_ID.match(voice_id):
+        raise InvalidRequest("voice_id is letters, digits, - and _ (1-64)")
+    return voice_id
+
+
+def _page_size(call: Call) -> int:
+    raw = call.query.get("page_size", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 200:
+        raise InvalidRequest("page_size must be a whole number from 1 to 200")
+    return int(raw)
+
+
+def _continuation(call: Call) -> str | None:
+    raw = call.query.get("continuation")
+    if not raw:
+        return None
+    try:
+        padded = raw.encode() + b"=" * (-len(raw) % 4)
+        wrapped = json.loads(base64.b64decode(padded, altchars=b"-_", validate=True))
+        token = wrapped["cosmos"]
+        if not isinstance(token, str):
+            raise TypeError(token)
+    except (binascii.Error, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise InvalidRequest("continuation is not a token this API returned") from None
+    return token
+
+
+def _wrap_continuation(token: str | None) -> str | None:
+    """The database's continuation token, wrapped so that a forged one is told apart."""
+    if token is None:
+        return None
+    return base64.urlsafe_b64encode(json.dumps({"cosmos": token}).encode()).decode().rstrip("=")
+
+
+@endpoint(
+    bp,
+    "v1/voices/{voice_id}/recordings",
+    "GET",
+    role=Role.USER,
+    tag="recordings",
+    response=RecordingPage,
+    errors=(400,),
+    summary="Quality reports of a voice's recordings, paged (page_size, continuation)",
+)
+def list_recordings(call: Call) -> RecordingPage:
+    """One page of reports, transcripts joined; `next` is the continuation of the next page."""
+    voice_id = _voice_id(call)
+    store = call.runtime.recordings(call.caller.tenant_id)
+    from azure.core.exceptions import HttpResponseError
+
+    try:
+        page = store.page(voice_id, page_size=_page_size(call), continuation=_continuation(call))
+    except (ValueError, HttpResponseError) as exc:
+        if isinstance(exc, HttpResponseError) and exc.status_code != 400:
+            raise
+        raise InvalidRequest("continuation is not a token this API returned") from None
+    page.next = _wrap_continuation(page.next)
+    return page
+
+
+@endpoint(
+    bp,
+    "v1/voices/{voice_id}/dataset",
+    "GET",
+    role=Role.USER,
+    tag="recordings",
+    response=DatasetSummary,
+    errors=(400,),
+    summary="Dataset summary of a voice: counts, accepted duration, training minimum",
+)
+def dataset_summary(call: Call) -> DatasetSummary:
+    """Whether the voice's accepted recordings meet the training minimum."""
+    store = call.runtime.recordings(call.caller.tenant_id)
+    return store.summary(_voice_id(call), call.runtime.settings.training_min_utterances)

@@ -1,0 +1,56 @@
+"""The types that flow between decoding, conversion and quality measurement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+CANONICAL_RATE = 24_000
+CANONICAL_CHANNELS = 1
+
+
+class SourceFormat(BaseModel):
+    """What the uploaded file is, as found from its content (never from its name)."""
+
+    container: str = Field(description="wav, flac, ogg, mp3, mp4 or webm")
+    codec: str = Field(
+        description="e.g. pcm_s16le, pcm_f32le, ulaw, alaw, ima_adpcm, flac, vorbis, opus, mp3, aac"
+    )
+    sample_rate: int
+    channels: int
+    bit_depth: int | None = Field(
+        description="Bits per sample of PCM sources; None for lossy codecs"
+    )
+    frames: int = Field(description="Sample frames per channel")
+    duration_s: float
+
+
+class AudioRejected(Exception):
+    """The file cannot be used; `reason` is a machine-readable code, `detail` a sentence."""
+
+    def __init__(self, reason: str, detail: str, source: SourceFormat | None = None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.source = source
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    """Decoded samples, shape (frames, channels).
+
+    int16 for 16-bit PCM sources (read as int16: 10x faster than as float), float32 in
+    [-1, 1] for everything else. Every sample is finite (checked by the decoder).
+    """
+
+    source: SourceFormat
+    samples: np.ndarray[Any, Any]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def rate(self) -> int:
+        """Sample rate of the samples."""
+        return self.source.sample_rate

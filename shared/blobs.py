@@ -1,0 +1,170 @@
+"""A small interface over Blob Storage for the services that read and write files.
+
+`AzureBlobStore` is the real one (the Runtime's BlobServiceClient, with its timeouts);
+`MemoryBlobStore` is the in-memory twin the service tests use. Both pass one contract
+test suite (tests/test_blobs.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from azure.storage.blob import BlobServiceClient
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What a blob's properties say, read without downloading it."""
+
+    name: str
+    size: int
+    etag: str
+    metadata: dict[str, str]
+
+
+class BlobChanged(Exception):
+    """The blob is no longer the version that was asked for (or is gone)."""
+
+
+class BlobStore(Protocol):
+    """Read, write and delete blobs by container and name."""
+
+    def properties(self, container: str, name: str) -> BlobInfo | None:
+        """The blob's size, ETag and metadata; None if it does not exist."""
+        ...
+
+    def read(self, container: str, name: str, *, etag: str) -> bytes:
+        """The content of exactly this version; BlobChanged if it changed or went away."""
+        ...
+
+    def write(
+        self,
+        container: str,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        """Create or replace a block blob."""
+        ...
+
+    def delete(self, container: str, name: str) -> bool:
+        """Delete a blob; False if there was none."""
+        ...
+
+
+class AzureBlobStore:
+    """BlobStore over azure-storage-blob."""
+
+    def __init__(self, service: BlobServiceClient) -> None:
+        self._service = service
+
+    def properties(self, container: str, name: str) -> BlobInfo | None:
+        """The blob's size, ETag and metadata; None if it does not exist."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            props = self._service.get_blob_client(container, name).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return BlobInfo(name, int(props.size), str(props.etag), dict(props.metadata or {}))
+
+    def read(self, container: str, name: str, *, etag: str) -> bytes:
+        """The content of exactly this version; BlobChanged if it changed or went away."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        blob = self._service.get_blob_client(container, name)
+        try:
+            return blob.download_blob(
+                etag=etag, match_condition=MatchConditions.IfNotModified, max_concurrency=2
+            ).readall()
+        except (ResourceModifiedError, ResourceNotFoundError):
+            raise BlobChanged(name) from None
+
+    def write(
+        self,
+        container: str,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        """Create or replace a block blob."""
+        from azure.storage.blob import ContentSettings
+
+        self._service.get_blob_client(container, name).upload_blob(
+            data,
+            overwrite=True,
+            content_settings=ContentSettings(content_type=content_type),
+            metadata=metadata,
+        )
+
+    def delete(self, container: str, name: str) -> bool:
+        """Delete a blob; False if there was none."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self._service.get_blob_client(container, name).delete_blob()
+        except ResourceNotFoundError:
+            return False
+        return True
+
+
+@dataclass
+class _MemoryBlob:
+    data: bytes
+    etag: str
+    content_type: str
+    metadata: dict[str, str]
+
+
+@dataclass
+class MemoryBlobStore:
+    """BlobStore in memory, for service tests."""
+
+    blobs: dict[tuple[str, str], _MemoryBlob] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _version: int = 0
+
+    def properties(self, container: str, name: str) -> BlobInfo | None:
+        """The blob's size, ETag and metadata; None if it does not exist."""
+        blob = self.blobs.get((container, name))
+        if blob is None:
+            return None
+        return BlobInfo(name, len(blob.data), blob.etag, dict(blob.metadata))
+
+    def read(self, container: str, name: str, *, etag: str) -> bytes:
+        """The content of exactly this version; BlobChanged if it changed or went away."""
+        blob = self.blobs.get((container, name))
+        if blob is None or blob.etag != etag:
+            raise BlobChanged(name)
+        return blob.data
+
+    def write(
+        self,
+        container: str,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        """Create or replace a block blob."""
+        with self._lock:
+            self._version += 1
+            digest = hashlib.sha256(data).hexdigest()[:8]
+            etag = f'"0x{self._version:04X}{digest}"'
+            self.blobs[(container, name)] = _MemoryBlob(
+                data, etag, content_type, dict(metadata or {})
+            )
+
+    def delete(self, container: str, name: str) -> bool:
+        """Delete a blob; False if there was none."""
+        return self.blobs.pop((container, name), None) is not None
