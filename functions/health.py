@@ -33,7 +33,7 @@ def health(call: Call) -> Liveness:
     role=None,
     tag="health",
     response=Readiness,
-    errors=(503,),
+    also=(503,),
     summary="Readiness: storage and Cosmos reachable, AI services configured",
 )
 def health_ready(call: Call) -> Reply:

@@ -22,7 +22,6 @@ from shared.errors import (
     ConfigurationError,
     ConfigurationInvalid,
     DomainError,
-    Forbidden,
     problem_body,
 )
 from shared.identity import Principal, Role
@@ -49,8 +48,8 @@ class Call:
     @property
     def caller(self) -> Principal:
         """The authenticated principal (operations with a role always have one)."""
-        if self.principal is None:
-            raise Forbidden("This operation needs an authenticated caller")
+        if self.principal is None:  # a public operation asked for its caller: a bug
+            raise RuntimeError("caller used on an operation without a role")
         return self.principal
 
 
@@ -68,6 +67,7 @@ def endpoint(
     body: type[BaseModel] | None = None,
     response: type[BaseModel] | None = None,
     status: int = 200,
+    also: tuple[int, ...] = (),
     errors: tuple[int, ...] = (),
     max_body_bytes: int | None = None,
     documented: bool = True,
@@ -86,6 +86,7 @@ def endpoint(
             body=body,
             response=response,
             status=status,
+            also=also,
             errors=errors,
             max_body_bytes=max_body_bytes,
             documented=documented,
@@ -115,7 +116,7 @@ def respond(req: func.HttpRequest, operation: Operation, handler: Handler) -> fu
     request_id = request_id_from(req.headers)
     with bound(request_id):
         try:
-            result = _run(req, operation, handler, request_id)
+            return _reply(_run(req, operation, handler, request_id), operation, request_id)
         except DomainError as error:
             if error.status >= 500:
                 log.error(
@@ -130,15 +131,18 @@ def respond(req: func.HttpRequest, operation: Operation, handler: Handler) -> fu
             return problem_response(
                 DomainError("An unexpected error occurred; quote the request id"), request_id
             )
-        return _reply(result, operation, request_id)
 
 
 def _run(req: func.HttpRequest, operation: Operation, handler: Handler, request_id: str) -> Any:
     try:
         rt = runtime()
     except ConfigurationError as exc:
+        # The names go to the log for the operator, not to an anonymous caller.
+        log.critical(
+            "invalid app settings: %s", "; ".join(exc.problems), extra={"event": "config_invalid"}
+        )
         raise ConfigurationInvalid(
-            "The service's app settings are invalid", settings=exc.problems
+            "The service's app settings are invalid; the operator's log names them"
         ) from None
     raw = req.get_body() or b""
     limit = operation.max_body_bytes or rt.settings.max_body_bytes

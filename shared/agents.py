@@ -126,11 +126,12 @@ class VoiceStatus(BaseModel):
 
 def voice_status(settings: Settings) -> VoiceStatus:
     """What realtime voice needs and which of it is configured (no secrets, no values)."""
-    speech = bool(settings.speech_region or settings.speech_endpoint)
+    configured = settings.configured_services
+    speech = configured["speech"]
     checks = [
         (
             "web_pubsub",
-            bool(settings.webpubsub_endpoint or settings.webpubsub_connection_string),
+            configured["web_pubsub"],
             ["WebPubSub__endpoint", "WebPubSubConnectionString"],
             "Carries the realtime session between client and Timbre",
             "Set WebPubSub__endpoint (managed identity) or WebPubSubConnectionString",
@@ -151,7 +152,7 @@ def voice_status(settings: Settings) -> VoiceStatus:
         ),
         (
             "chat_model",
-            bool(settings.openai_endpoint and settings.openai_chat_deployment),
+            configured["openai_chat"],
             ["AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_CHAT_DEPLOYMENT"],
             "The agents' answers",
             "Set both AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_CHAT_DEPLOYMENT",

@@ -35,6 +35,7 @@ class Operation:
     body: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     status: int = 200
+    also: tuple[int, ...] = ()  # other statuses whose body is the response model
     errors: tuple[int, ...] = ()
     max_body_bytes: int | None = None
     documented: bool = True

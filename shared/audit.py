@@ -39,7 +39,8 @@ _TAIL_BYTES = 65_536
 MAX_RECORD_BYTES = 16_384
 _ACTION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 _DETAIL_KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_.:@/-]{1,200}$")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
+_DETAIL_TEXT = re.compile(r"^[A-Za-z0-9_.:,/+-]{0,200}$")  # codes and ids, never prose
 
 Scalar = str | int | float | bool | None
 Outcome = Literal["success", "failure", "denied"]
@@ -63,8 +64,8 @@ class AuditEvent:
         for key, value in self.details.items():
             if not _DETAIL_KEY.match(key) or not isinstance(value, Scalar):
                 raise ValueError(f"audit detail {key!r} must be a scalar under a snake_case key")
-            if isinstance(value, str) and len(value) > 200:
-                raise ValueError(f"audit detail {key!r} is too long for an id or a code")
+            if isinstance(value, str) and not _DETAIL_TEXT.match(value):
+                raise ValueError(f"audit detail {key!r} must be an id or a code, not text")
 
 
 class ChainReport(BaseModel):
@@ -155,6 +156,8 @@ class AuditLog:
                 raise ValueError("audit record too large")
             if self._append(blob, line + b"\n", tail.position):
                 with self._lock:
+                    if len(self._tails) > 1_024:  # one entry per tenant and day: stay small
+                        self._tails.clear()
                     self._tails[name] = _Tail(
                         tail.position + len(line) + 1, tail.seq + 1, line_hash(line)
                     )
@@ -165,16 +168,18 @@ class AuditLog:
         raise DependencyUnavailable("The audit log is too busy to append to; try again", retry=True)
 
     def _append(self, blob: Any, data: bytes, position: int) -> bool:
-        from azure.core.exceptions import HttpResponseError, ResourceModifiedError
+        from azure.core.exceptions import AzureError, HttpResponseError, ResourceModifiedError
 
         try:
             blob.append_block(data, appendpos_condition=position)
         except ResourceModifiedError:
             return False
-        except HttpResponseError as exc:
-            if exc.status_code == 412:
+        except AzureError as exc:
+            if isinstance(exc, HttpResponseError) and exc.status_code == 412:
                 return False
-            raise
+            with self._lock:
+                self._tails.pop(blob.blob_name, None)  # never trust a tail after a failure
+            raise _unavailable(exc) from exc
         return True
 
     def _tail(self, name: str, blob: Any) -> _Tail:
@@ -182,7 +187,7 @@ class AuditLog:
             cached = self._tails.get(name)
         if cached is not None:
             return cached
-        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 
         try:
             try:
@@ -197,17 +202,15 @@ class AuditLog:
                 return _Tail(0, 0, GENESIS)
             start = max(0, size - _TAIL_BYTES)
             data = blob.download_blob(offset=start, length=size - start).readall()
-        except (ResourceNotFoundError, ResourceExistsError):
-            raise
-        except Exception as exc:
+        except AzureError as exc:
             raise _unavailable(exc) from exc
         last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
-        try:
-            seq = int(orjson.loads(last)["seq"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise DependencyUnavailable(
-                "The audit log's last record is unreadable; run verify"
-            ) from None
+        seq = _seq_of(last)
+        if seq is None:
+            # A damaged or planted last line must not stop auditing: chain on to its hash
+            # at the next position (verify reports the bad line itself).
+            log.warning("audit tail unreadable", extra={"event": "audit_tail_damaged"})
+            seq = len(self._lines_of(blob))
         return _Tail(size, seq, line_hash(last))
 
     def read(self, tenant_id: str, day: date) -> list[dict[str, Any]]:
@@ -215,13 +218,18 @@ class AuditLog:
         return [orjson.loads(line) for line in self._lines(tenant_id, day)]
 
     def _lines(self, tenant_id: str, day: date) -> list[bytes]:
-        from azure.core.exceptions import ResourceNotFoundError
+        return self._lines_of(self._container.get_blob_client(self.blob_name(tenant_id, day)))
 
-        blob = self._container.get_blob_client(self.blob_name(tenant_id, day))
+    @staticmethod
+    def _lines_of(blob: Any) -> list[bytes]:
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
         try:
             data = blob.download_blob().readall()
         except ResourceNotFoundError:
             return []
+        except AzureError as exc:
+            raise _unavailable(exc) from exc
         return [line for line in data.split(b"\n") if line]
 
     def verify(self, tenant_id: str, day: date) -> ChainReport:
@@ -237,7 +245,9 @@ def verify_lines(tenant_id: str, day: date, lines: list[bytes]) -> ChainReport:
         try:
             record = orjson.loads(line)
         except orjson.JSONDecodeError:
-            problems.append(f"line {number}: not valid JSON")
+            record = None
+        if not isinstance(record, dict):
+            problems.append(f"line {number}: not a JSON record")
             expected_prev = line_hash(line)
             continue
         if record.get("prev") != expected_prev:
@@ -254,6 +264,16 @@ def verify_lines(tenant_id: str, day: date, lines: list[bytes]) -> ChainReport:
     return ChainReport(
         tenant_id=tenant_id, day=day, records=len(lines), head=expected_prev, problems=problems
     )
+
+
+def _seq_of(line: bytes) -> int | None:
+    """The sequence number of a stored line, None when the line is not a record."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    seq = record.get("seq") if isinstance(record, dict) else None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
 
 
 def _jsonl_content_settings() -> Any:

@@ -248,6 +248,11 @@ class Authenticator:
     def require(self, principal: Principal, role: Role) -> None:
         """Raise Forbidden unless the principal holds `role` or a higher one."""
         if not principal.has_role(role):
+            self._failures.record("forbidden")
+            logger.warning(
+                "authorization failed",
+                extra={"event": "auth_failure", "reason": "forbidden", "needed": role.value},
+            )
             raise Forbidden(f"This action requires the '{role.value}' role")
 
     def _fail(self, detail: str, reason: str) -> Unauthenticated:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -170,9 +171,13 @@ class Settings(BaseSettings):
 
     @field_validator("auth_authority")
     @classmethod
-    def _strip_slash(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://127.0.0.1", "http://localhost")):
-            raise ValueError("must be an https URL")
+    def _authority(cls, value: str) -> str:
+        url = urlsplit(value)
+        loopback = url.scheme == "http" and url.hostname in {"127.0.0.1", "localhost", "::1"}
+        if url.scheme != "https" and not loopback:
+            raise ValueError("must be an https URL (plain http only on loopback, for tests)")
+        if not url.hostname or url.username or url.password or url.query or url.fragment:
+            raise ValueError("must be a plain URL: scheme, host and path")
         return value.rstrip("/")
 
     @model_validator(mode="after")
@@ -213,6 +218,17 @@ class Settings(BaseSettings):
         if self.audit_override is None:
             return self.profile.audit_default
         return self.audit_override
+
+    @property
+    def configured_services(self) -> dict[str, bool]:
+        """Which AI services have their settings (configured, not necessarily reachable)."""
+        return {
+            "speech": bool(self.speech_region or self.speech_endpoint),
+            "openai_chat": bool(self.openai_endpoint and self.openai_chat_deployment),
+            "openai_tts": bool(self.openai_endpoint and self.openai_tts_deployment),
+            "translator": bool(self.translator_endpoint),
+            "web_pubsub": bool(self.webpubsub_endpoint or self.webpubsub_connection_string),
+        }
 
     @property
     def version(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,8 +18,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Probes run here so that a hung dependency cannot hold the request past its timeout.
-# The pool is never shut down with wait: a stuck probe thread ends with its SDK timeout.
+# A probe still running from an earlier request is awaited again rather than started
+# twice, so a dependency that hangs ties up one thread, not one per readiness call.
 _PROBES = ThreadPoolExecutor(max_workers=4, thread_name_prefix="readiness")
+_lock = threading.Lock()
+
+
+def _submit(
+    in_flight: dict[str, Future[object]], name: str, probe: Callable[[], object]
+) -> Future[object]:
+    with _lock:
+        running = in_flight.get(name)
+        if running is not None and not running.done():
+            return running
+        future = _PROBES.submit(probe)
+        in_flight[name] = future
+        return future
 
 
 class Liveness(BaseModel):
@@ -52,26 +67,21 @@ def liveness(settings: Settings) -> Liveness:
     return Liveness(version=settings.version, environment=settings.environment.value)
 
 
-def ai_services(settings: Settings) -> dict[str, bool]:
-    """Which AI services have their settings (configured, not necessarily reachable)."""
-    return {
-        "speech": bool(settings.speech_region or settings.speech_endpoint),
-        "openai_chat": bool(settings.openai_endpoint and settings.openai_chat_deployment),
-        "openai_tts": bool(settings.openai_endpoint and settings.openai_tts_deployment),
-        "translator": bool(settings.translator_endpoint),
-        "web_pubsub": bool(settings.webpubsub_endpoint or settings.webpubsub_connection_string),
-    }
-
-
 def readiness(
     probes: Mapping[str, Callable[[], object]],
     *,
     timeout_s: float,
     services: dict[str, bool],
+    in_flight: dict[str, Future[object]],
 ) -> Readiness:
-    """Run every required probe in parallel, each bounded by `timeout_s`."""
+    """Run every required probe in parallel, each bounded by `timeout_s`.
+
+    `in_flight` (kept by the caller, one per set of clients) holds probes still running
+    from earlier calls; those are awaited again instead of being started twice.
+    """
     started: dict[str, tuple[float, Future[object]]] = {
-        name: (time.perf_counter(), _PROBES.submit(probe)) for name, probe in probes.items()
+        name: (time.perf_counter(), _submit(in_flight, name, probe))
+        for name, probe in probes.items()
     }
     deadline = time.perf_counter() + timeout_s
     checks: list[CheckResult] = []

@@ -105,12 +105,12 @@ class IngestionService:
         try:
             result = self._process(path, info)
         except BlobChanged:
-            self._ledger.release(path.tenant_id, key)
+            self._ledger.release(path.tenant_id, key, claim)
             return IngestResult(Outcome.SUPERSEDED)
         except Exception:
-            self._ledger.release(path.tenant_id, key)  # let the host retry this version
+            self._ledger.release(path.tenant_id, key, claim)  # let the host retry this version
             raise
-        self._ledger.complete(path.tenant_id, key, {"verdict": result.verdict})
+        self._ledger.complete(path.tenant_id, key, claim, {"verdict": result.verdict})
         return result
 
     def record_poison(self, blob_name: str, etag: str | None) -> IngestResult:
@@ -129,8 +129,9 @@ class IngestionService:
             detail="processing failed repeatedly; upload the file again",
         )
         result = self._store(path, version, "rejected", [reason])
-        key = _ledger_key(path, version.etag)
-        self._ledger.complete(path.tenant_id, key, {"verdict": "rejected"})
+        self._ledger.settle(
+            path.tenant_id, _ledger_key(path, version.etag), {"verdict": "rejected"}
+        )
         return result
 
     def _process(self, path: UploadPath, info: BlobInfo) -> IngestResult:

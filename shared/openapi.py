@@ -6,7 +6,7 @@ from http import HTTPStatus
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from shared.api import RouteTable
 
@@ -48,13 +48,16 @@ def _problem(status: int) -> dict[str, Any]:
 
 def build_openapi(routes: RouteTable, *, version: str, server_url: str = "/") -> dict[str, Any]:
     """The OpenAPI 3.1 document of every documented operation."""
-    models: set[type[BaseModel]] = set()
+    # Request bodies are documented as validated, responses as serialized (computed
+    # fields such as ChainReport.intact appear only in the latter).
+    uses: set[tuple[type[BaseModel], JsonSchemaMode]] = set()
     for op in routes.operations:
-        models.update(m for m in (op.body, op.response) if m is not None)
-    ordered = sorted(models, key=lambda m: m.__name__)
-    refs, schema = models_json_schema(
-        [(m, "validation") for m in ordered], ref_template="#/components/schemas/{model}"
-    )
+        if op.body is not None:
+            uses.add((op.body, "validation"))
+        if op.response is not None:
+            uses.add((op.response, "serialization"))
+    ordered = sorted(uses, key=lambda use: (use[0].__name__, use[1]))
+    refs, schema = models_json_schema(ordered, ref_template="#/components/schemas/{model}")
     components: dict[str, Any] = dict(schema.get("$defs", {}))
     components["Problem"] = PROBLEM_SCHEMA
 
@@ -73,12 +76,12 @@ def build_openapi(routes: RouteTable, *, version: str, server_url: str = "/") ->
             "responses": {},
         }
         if op.response is not None:
-            ref = refs[(op.response, "validation")]
-            content = {"application/json": {"schema": ref}}
-            item["responses"][str(op.status)] = {
-                "description": HTTPStatus(op.status).phrase,
-                "content": content,
-            }
+            ref = refs[(op.response, "serialization")]
+            for status in (op.status, *op.also):
+                item["responses"][str(status)] = {
+                    "description": HTTPStatus(status).phrase,
+                    "content": {"application/json": {"schema": ref}},
+                }
         else:
             item["responses"][str(op.status)] = {"description": HTTPStatus(op.status).phrase}
         statuses = set(op.errors) | {500}
@@ -93,7 +96,7 @@ def build_openapi(routes: RouteTable, *, version: str, server_url: str = "/") ->
             item["security"] = [{"bearer": []}]
             item["x-timbre-role"] = op.role.value
             item["description"] = f"Requires role `{op.role.value}` or higher."
-            statuses |= {401, 403}
+            statuses |= {401, 403, 503}  # 503: the identity provider's keys are unreachable
         else:
             item["security"] = []
         for status in sorted(statuses):

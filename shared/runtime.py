@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from shared.telemetry import configure_logging
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from azure.cosmos import ContainerProxy, CosmosClient
     from azure.storage.blob import BlobServiceClient
 
@@ -35,6 +37,7 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.probes_in_flight: dict[str, Future[object]] = {}
 
     @cached_property
     def blob_service(self) -> BlobServiceClient:
@@ -128,7 +131,7 @@ class Runtime:
 
     def readiness(self) -> Readiness:
         """Probe Blob Storage and Cosmos DB in parallel."""
-        from shared.health import ai_services, readiness
+        from shared.health import readiness
 
         settings = self.settings
         return readiness(
@@ -141,7 +144,8 @@ class Runtime:
                 ).read(),
             },
             timeout_s=settings.readiness_timeout_s,
-            services=ai_services(settings),
+            services=settings.configured_services,
+            in_flight=self.probes_in_flight,
         )
 
 

@@ -59,9 +59,14 @@ def credential() -> TokenCredential:
 
 
 def _timeouts(settings: Settings) -> dict[str, Any]:
+    # The SDK's default retry backs off 15-24 s between three attempts (~90 s for one
+    # call); two quick retries keep a whole call within about 3x the timeout plus 3 s.
+    from azure.storage.blob import LinearRetry
+
     return {
         "connection_timeout": settings.storage_timeout_s,
         "read_timeout": settings.storage_timeout_s,
+        "retry_policy": LinearRetry(backoff=1, retry_total=2, random_jitter_range=1),
     }
 
 
@@ -108,6 +113,26 @@ def make_cosmos_client(settings: Settings) -> CosmosClient:
     return CosmosClient(settings.cosmos_endpoint, credential=credential(), **options)
 
 
+_ORDER_BY = re.compile(r"^c\.[A-Za-z_][A-Za-z0-9_.]*( (ASC|DESC))?$")
+
+
+def _check_fragment(where: str) -> None:
+    """Refuse a filter that could escape its parentheses (and so the tenant clause)."""
+    depth = 0
+    in_string = False
+    for ch in where:
+        if ch == "'":
+            in_string = not in_string
+        elif not in_string and ch == "(":
+            depth += 1
+        elif not in_string and ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise ValueError("where clause closes a parenthesis it did not open")
+    if depth or in_string or "--" in where or ";" in where:
+        raise ValueError("where clause is not a balanced filter")
+
+
 class TenantScope:
     """A Cosmos container seen by one tenant: reads, writes and queries stay inside it."""
 
@@ -125,7 +150,14 @@ class TenantScope:
         order_by: str | None = None,
         max_item_count: int | None = None,
     ) -> ItemPaged[dict[str, Any]]:
-        """Run `SELECT * FROM c WHERE c.tenantId = @tenantId AND (<where>)`."""
+        """Run `SELECT * FROM c WHERE c.tenantId = @tenantId AND (<where>)`.
+
+        `where` and `order_by` are constant text written in code, with values passed as
+        `@parameters`; a `where` that could close the parenthesis is refused.
+        """
+        _check_fragment(where)
+        if order_by is not None and not _ORDER_BY.match(order_by):
+            raise ValueError("order_by must be c.<field> [ASC|DESC]")
         params: list[dict[str, object]] = [{"name": "@tenantId", "value": self.tenant_id}]
         for name, value in (parameters or {}).items():
             if name == "@tenantId":
@@ -155,7 +187,8 @@ class TenantScope:
             continuation
         )
         items = list(next(pages, []))
-        return items, pages.continuation_token
+        token: str | None = pages.continuation_token  # type: ignore[attr-defined]
+        return items, token
 
     def read(self, item_id: str) -> dict[str, Any] | None:
         """One document of this tenant, or None."""

@@ -53,8 +53,8 @@ def request_id_from(headers: Mapping[str, str]) -> str:
 def bound(request_id: str, tenant_id: str = "-") -> Iterator[None]:
     """Tag every log line written inside the block with the request (or invocation) id.
 
-    The fields are set on every record by a record factory: never pass `request_id` or
-    `tenant_id` in `extra=` (logging refuses to overwrite them); bind them here instead.
+    Every record gets `ctx_request_id` and `ctx_tenant_id` from a record factory; `extra=`
+    stays free for a handler's own fields (`tenant`, `voice_id`, `request_id`...).
     """
     token = _current.set(LogContext(request_id=request_id, tenant_id=tenant_id))
     try:
@@ -74,15 +74,16 @@ _base_factory = logging.getLogRecordFactory()
 def _record_with_context(*args: Any, **kwargs: Any) -> logging.LogRecord:
     record = _base_factory(*args, **kwargs)
     context = _current.get()
-    record.request_id = context.request_id
-    record.tenant_id = context.tenant_id
+    # Names no caller passes in `extra=`: logging refuses to overwrite an attribute the
+    # factory set, and would raise KeyError inside the caller.
+    record.ctx_request_id = context.request_id
+    record.ctx_tenant_id = context.tenant_id
     return record
 
 
 def _install() -> None:
     # A record factory (not a handler filter) so that handlers added later, such as the
-    # Functions worker's or OpenTelemetry's, see the fields too. `extra=` still wins: it
-    # is applied after the factory.
+    # Functions worker's or OpenTelemetry's, see the fields too.
     if getattr(logging.getLogRecordFactory(), "__name__", "") != _record_with_context.__name__:
         logging.setLogRecordFactory(_record_with_context)
 

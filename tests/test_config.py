@@ -113,11 +113,29 @@ def test_production_refuses_keys_and_foreign_authorities() -> None:
     ]
 
 
-def test_plain_http_authority_only_on_loopback() -> None:
+@pytest.mark.parametrize(
+    "authority",
+    [
+        "http://login.example.com",
+        "http://localhost.evil.example",
+        "http://127.0.0.1.nip.io",
+        "http://localhost@evil.example",
+        "https://user:pw@login.example.com",
+        "ftp://127.0.0.1",
+    ],
+)
+def test_plain_http_authority_only_on_loopback(authority: str) -> None:
     problems = problems_of(
         TIMBRE_ENVIRONMENT="development",
         TimbreStorage="x",
         CosmosDb="y",
-        TIMBRE_AUTH_AUTHORITY="http://login.example.com",
+        TIMBRE_AUTH_AUTHORITY=authority,
     )
-    assert problems == ["TIMBRE_AUTH_AUTHORITY: must be an https URL"]
+    assert len(problems) == 1 and problems[0].startswith("TIMBRE_AUTH_AUTHORITY: must be")
+
+
+@pytest.mark.parametrize(
+    "authority", ["http://127.0.0.1:8080", "http://localhost/x", "https://a.b"]
+)
+def test_accepted_authorities(authority: str) -> None:
+    assert make_settings(TIMBRE_AUTH_AUTHORITY=authority).auth_authority == authority

@@ -36,6 +36,21 @@ class TestHealth:
         # Bounded by the readiness timeout (2 s in tests), the probes running in parallel.
         assert elapsed < 4.5
 
+    def test_repeated_readiness_calls_do_not_pile_up_probes(self, app_runtime: Runtime) -> None:
+        for _ in range(5):
+            body = json_body(request("GET", "/api/health/ready"))
+            assert {c["name"] for c in body["checks"] if not c["ok"]} == {
+                "blob_storage",
+                "cosmos_db",
+            }
+        # Each dependency has at most one probe running, and each ends within its bounded
+        # retries (no SDK default of ~90 s of back-off).
+        started = time.perf_counter()
+        assert set(app_runtime.probes_in_flight) == {"blob_storage", "cosmos_db"}
+        for future in list(app_runtime.probes_in_flight.values()):
+            future.exception(timeout=15)
+        assert time.perf_counter() - started < 15
+
     def test_readiness_lists_which_ai_services_are_configured(self) -> None:
         use_runtime(
             Runtime(

@@ -141,7 +141,7 @@ class TestRequestBodies:
         body = assert_problem(response, 500, "internal-error")
         assert "AccountKey" not in response.get_body().decode()
         assert "quote the request id" in str(body["detail"])
-        assert any(r.request_id == body["request_id"] for r in caplog.records)  # type: ignore[attr-defined]
+        assert any(r.ctx_request_id == body["request_id"] for r in caplog.records)  # type: ignore[attr-defined]
 
 
 @pytest.mark.usefixtures("app_runtime")
@@ -171,7 +171,7 @@ class TestRequestIds:
             response = request("GET", "/api/v1/agents", headers={"x-request-id": "req-42"})
         assert response.status_code == 401
         failures = [r for r in caplog.records if getattr(r, "event", "") == "auth_failure"]
-        assert failures and all(r.request_id == "req-42" for r in failures)  # type: ignore[attr-defined]
+        assert failures and all(r.ctx_request_id == "req-42" for r in failures)  # type: ignore[attr-defined]
 
 
 @pytest.mark.usefixtures("app_runtime")
@@ -242,12 +242,44 @@ class TestAuthentication:
         assert "admin" in str(body["detail"])
 
 
-def test_invalid_settings_give_a_500_problem_naming_them(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_invalid_settings_give_a_500_problem_and_name_them_in_the_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("TIMBRE_ENVIRONMENT", "production")
     monkeypatch.setenv("TIMBRE_MAX_BODY_BYTES", "lots")
-    response = request("GET", "/api/health")
-    body = assert_problem(response, 500, "configuration-invalid")
-    settings = body["settings"]
-    assert any(s.startswith("TIMBRE_MAX_BODY_BYTES") for s in settings)  # type: ignore[attr-defined]
-    assert any(s.startswith("TIMBRE_AUTH_AUDIENCES") for s in settings)  # type: ignore[attr-defined]
-    assert "lots" not in response.get_body().decode()
+    with caplog.at_level(logging.CRITICAL):
+        response = request("GET", "/api/health")
+    assert_problem(response, 500, "configuration-invalid")
+    assert "TIMBRE_" not in response.get_body().decode()  # nothing for anonymous callers
+    logged = next(r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL)
+    assert "TIMBRE_MAX_BODY_BYTES" in logged and "TIMBRE_AUTH_AUDIENCES" in logged
+    assert "lots" not in logged
+
+
+def test_handlers_may_log_their_own_extra_fields(
+    app_runtime: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Logging with extra request_id/tenant fields never breaks a request."""
+    chatty = Operation(name="chatty", route="v1/c", method="GET", summary="t", role=None, tag="t")
+
+    def handler(call: object) -> dict[str, bool]:
+        logging.getLogger("functions.test").warning(
+            "hi", extra={"request_id": "mine", "tenant_id": "t", "tenant": "t"}
+        )
+        return {"ok": True}
+
+    req = func.HttpRequest(method="GET", url="/api/v1/c", headers={"x-request-id": "r-1"}, body=b"")
+    with caplog.at_level(logging.WARNING):
+        response = respond(req, chatty, handler)
+    assert response.status_code == 200
+    record = next(r for r in caplog.records if r.getMessage() == "hi")
+    assert record.ctx_request_id == "r-1"  # type: ignore[attr-defined]
+    assert record.request_id == "mine"  # type: ignore[attr-defined]
+
+
+@pytest.mark.usefixtures("app_runtime")
+def test_an_unserializable_result_is_still_a_problem_response() -> None:
+    odd = Operation(name="odd", route="v1/o", method="GET", summary="t", role=None, tag="t")
+    req = func.HttpRequest(method="GET", url="/api/v1/o", headers={}, body=b"")
+    response = respond(req, odd, lambda call: {1: {"a"}})  # orjson refuses both
+    assert_problem(response, 500, "internal-error")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.ledger import ClaimState, Ledger
+from shared.ledger import ClaimState, LeaseLost, Ledger
 from shared.runtime import Runtime
 
 pytestmark = pytest.mark.integration
@@ -39,23 +39,23 @@ def test_first_claim_acquires_and_a_duplicate_sees_it_running(ledger: Ledger) ->
 
 
 def test_completed_work_is_reported_with_its_result(ledger: Ledger) -> None:
-    ledger.claim("tenant-a", KEY)
-    ledger.complete("tenant-a", KEY, {"report_id": "r-1"})
+    claim = ledger.claim("tenant-a", KEY)
+    ledger.complete("tenant-a", KEY, claim, {"report_id": "r-1"})
     claim = ledger.claim("tenant-a", KEY)
     assert claim.state is ClaimState.COMPLETED
     assert claim.result == {"report_id": "r-1"}
 
 
 def test_a_released_claim_can_be_retried(ledger: Ledger) -> None:
-    ledger.claim("tenant-a", KEY)
-    ledger.release("tenant-a", KEY)
+    claim = ledger.claim("tenant-a", KEY)
+    ledger.release("tenant-a", KEY, claim)
     assert ledger.claim("tenant-a", KEY).state is ClaimState.ACQUIRED
 
 
 def test_release_never_undoes_completed_work(ledger: Ledger) -> None:
-    ledger.claim("tenant-a", KEY)
-    ledger.complete("tenant-a", KEY, {"n": 1})
-    ledger.release("tenant-a", KEY)
+    claim = ledger.claim("tenant-a", KEY)
+    ledger.complete("tenant-a", KEY, claim, {"n": 1})
+    ledger.release("tenant-a", KEY, claim)
     assert ledger.claim("tenant-a", KEY).state is ClaimState.COMPLETED
 
 
@@ -80,3 +80,24 @@ def test_concurrent_deliveries_acquire_once(ledger: Ledger) -> None:
         states = list(pool.map(lambda _: ledger.claim("tenant-a", KEY).state, range(16)))
     assert states.count(ClaimState.ACQUIRED) == 1
     assert states.count(ClaimState.IN_PROGRESS) == 15
+
+
+def test_a_worker_whose_lease_was_taken_over_cannot_release_or_complete(
+    ledger: Ledger, clock: Clock
+) -> None:
+    stale = ledger.claim("tenant-a", KEY)
+    clock.now += timedelta(minutes=6)
+    fresh = ledger.claim("tenant-a", KEY)
+    assert fresh.state is ClaimState.ACQUIRED
+    ledger.release("tenant-a", KEY, stale)  # the late worker gives up: nothing happens
+    assert ledger.claim("tenant-a", KEY).state is ClaimState.IN_PROGRESS
+    with pytest.raises(LeaseLost):
+        ledger.complete("tenant-a", KEY, stale, {"by": "stale"})
+    ledger.complete("tenant-a", KEY, fresh, {"by": "fresh"})
+    assert ledger.claim("tenant-a", KEY).result == {"by": "fresh"}
+
+
+def test_settle_records_an_outcome_without_a_claim(ledger: Ledger) -> None:
+    ledger.settle("tenant-a", KEY, {"verdict": "rejected"})
+    claim = ledger.claim("tenant-a", KEY)
+    assert (claim.state, claim.result) == (ClaimState.COMPLETED, {"verdict": "rejected"})

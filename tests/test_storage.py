@@ -50,6 +50,18 @@ def test_tenant_parameter_cannot_be_overridden(live_runtime: Runtime) -> None:
         list(scope.query("true", {"@tenantId": "tenant-beta"}))
 
 
+@pytest.mark.parametrize(
+    "where", ["true) OR (true", "true)) OR ((true", "c.a = 'x' -- ", "true; DROP", "(true"]
+)
+def test_a_filter_cannot_escape_the_tenant_clause(live_runtime: Runtime, where: str) -> None:
+    live_runtime.tenant_scope("ledger", "tenant-beta").upsert({"id": "secret"})
+    scope = live_runtime.tenant_scope("ledger", "tenant-alpha")
+    with pytest.raises(ValueError):
+        list(scope.query(where))
+    with pytest.raises(ValueError):
+        list(scope.query("true", order_by="c.id; DROP"))
+
+
 def test_readiness_is_200_when_storage_and_cosmos_answer(live_runtime: Runtime) -> None:
     response = request("GET", "/api/health/ready")
     body = json_body(response)

@@ -58,7 +58,7 @@ def k_weighting_stages(rate: int) -> tuple[FloatArray, FloatArray, FloatArray, F
     return shelf_b, shelf_a, rlb_b, rlb_a
 
 
-def k_weighting_response(freqs_hz: FloatArray, rate: int) -> np.ndarray[Any, Any]:
+def k_weighting_response(freqs_hz: np.ndarray[Any, Any], rate: int) -> np.ndarray[Any, Any]:
     """Complex frequency response of the K-weighting filter at `freqs_hz` for `rate`."""
     shelf_b, shelf_a, rlb_b, rlb_a = k_weighting_stages(rate)
     b = np.convolve(shelf_b, rlb_b)
@@ -90,7 +90,7 @@ def _plan(rate: int) -> tuple[int, int, int, int, np.ndarray[Any, Any]]:
     """(segment, overlap, segments per hop, fft size, response at the rfft bins)."""
     segment = (rate + 5) // 10  # 100 ms, rounded as libebur128 does
     # How long the impulse response lasts: its energy tail, read on a long aliasing-free grid.
-    probe = 1 << 18
+    probe = 1 << 15  # the response has decayed to nothing long before 32,768 samples
     h = np.fft.irfft(k_weighting_response(np.fft.rfftfreq(probe, 1.0 / rate), rate), probe)
     energy = h * h
     tail = np.cumsum(energy[::-1])[::-1] / energy.sum()
@@ -116,7 +116,9 @@ def segment_energies(samples: np.ndarray[Any, Any], rate: int) -> FloatArray:
     n_blocks = -(-(n_segments * segment) // hop)
     padded = np.zeros(overlap + n_blocks * hop + (fft_size - overlap - hop))
     scale = 1.0 / 32768.0 if samples.dtype == np.int16 else 1.0
-    np.multiply(samples[: n_segments * segment], scale, out=padded[overlap : overlap + n_segments * segment])
+    np.multiply(
+        samples[: n_segments * segment], scale, out=padded[overlap : overlap + n_segments * segment]
+    )
     blocks = np.lib.stride_tricks.sliding_window_view(padded, fft_size)[::hop][:n_blocks]
     spectra = np.fft.rfft(blocks, axis=1)
     spectra *= response

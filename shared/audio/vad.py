@@ -24,14 +24,16 @@ _MAX_OVERHANG = 3  # frames of overhang after speech, mode 3 at 30 ms
 _SILENT_FRAME_ENERGY = 0.0  # frames of exact zeros: the VAD skips them
 
 
-def speech_frames(canonical: np.ndarray[Any, Any], rate: int) -> np.ndarray[Any, np.dtype[np.bool_]]:
+def speech_frames(
+    canonical: np.ndarray[Any, Any], rate: int
+) -> np.ndarray[Any, np.dtype[np.bool_]]:
     """One flag per complete 30 ms frame of `canonical` (int16 mono): True where speech.
 
     Frame i covers [i * 30 ms, (i + 1) * 30 ms) of the input; a trailing partial frame is
     not classified.
     """
-    import soxr
-
+    # Both are untyped extension wrappers (no stubs): typed as Any here.
+    soxr: Any = importlib.import_module("soxr")
     vad_module: Any = importlib.import_module("_webrtcvad")
     if rate == VAD_RATE:
         audio = np.ascontiguousarray(canonical, dtype=np.int16)

@@ -1,0 +1,1 @@
+"""Audio tests: decoding, conversion, quality measurement and its accuracy."""

@@ -234,7 +234,9 @@ def test_loudness_of_a_minus_20_dbfs_sine() -> None:
     0.717 dB with the 24 kHz derivation)."""
     for rate in (48_000, RATE):
         x = sine(997.0, 0.1, 5.0, rate)
-        gain_db = float(20 * np.log10(np.abs(loudness.k_weighting_response(np.array([997.0]), rate)))[0])
+        gain_db = float(
+            20 * np.log10(np.abs(loudness.k_weighting_response(np.array([997.0]), rate)))[0]
+        )
         expected = -0.691 + 10 * math.log10(0.01 / 2) + gain_db
         measured = loudness.integrated_loudness(x, rate)
         assert measured == pytest.approx(expected, abs=0.005)
