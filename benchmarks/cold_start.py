@@ -19,6 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMER = (
     "import time; t = time.perf_counter(); import {module}; print((time.perf_counter() - t) * 1000)"
 )
+# The uploads trigger binds a BlobClient (SDK-type binding) so the host never loads an
+# upload's content; the extension imports azure.storage.blob and azure.identity when the
+# app is indexed. Measured separately so the rest of the app's cost stays visible.
+BLOB_BINDING = "azurefunctions.extensions.bindings.blob"
 SDKS = (
     "azure.storage.blob",
     "azure.cosmos",
@@ -62,16 +66,21 @@ def main() -> None:
     args = parser.parse_args()
     sample("function_app")  # warm the file cache and __pycache__ once
     floor: list[float] = []
+    binding: list[float] = []
     app: list[float] = []
     for _ in range(args.runs):
         floor.append(sample("azure.durable_functions"))
+        binding.append(sample(f"azure.durable_functions, {BLOB_BINDING}"))
         app.append(sample("function_app"))
-    floor_ms, app_ms = statistics.median(floor), statistics.median(app)
-    print(f"runs per side                    {args.runs}")
-    print(f"import azure.durable_functions   median {floor_ms:7.1f} ms")
-    print(f"import function_app              median {app_ms:7.1f} ms")
-    print(f"ratio function_app / floor       {app_ms / floor_ms:7.2f}  (target <= 1.5)")
-    print(f"heavy SDKs loaded at import      {', '.join(loaded_sdks()) or 'none'}")
+    floor_ms, binding_ms, app_ms = (statistics.median(v) for v in (floor, binding, app))
+    print(f"runs per side                            {args.runs}")
+    print(f"import azure.durable_functions           median {floor_ms:7.1f} ms")
+    print(f"  + blob SDK-type binding extension      median {binding_ms:7.1f} ms")
+    print(f"import function_app                      median {app_ms:7.1f} ms")
+    print(f"ratio function_app / durable             {app_ms / floor_ms:7.2f}  (target <= 1.5)")
+    print(f"ratio function_app / durable + binding   {app_ms / binding_ms:7.2f}")
+    print(f"cost of the blob binding at indexing     {binding_ms - floor_ms:7.1f} ms")
+    print(f"heavy SDKs loaded at import              {', '.join(loaded_sdks()) or 'none'}")
 
 
 if __name__ == "__main__":

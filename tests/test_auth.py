@@ -29,8 +29,9 @@ from shared.auth import (
     Role,
     build_authenticator,
 )
-from shared.config import Settings, load_settings
+from shared.config import Settings
 from shared.errors import DependencyUnavailable, Forbidden, Unauthenticated
+from tests.conftest import make_settings as base_settings
 
 TENANT = "11111111-2222-3333-4444-555555555555"
 OTHER_TENANT = "99999999-8888-7777-6666-555555555555"
@@ -110,8 +111,6 @@ def endpoint(signing_key: rsa.RSAPrivateKey) -> JwksEndpoint:
 def make_settings(environment: str = "uat", **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "TIMBRE_ENVIRONMENT": environment,
-        "TimbreStorage": "UseDevelopmentStorage=true",
-        "CosmosDb": "AccountEndpoint=https://127.0.0.1:1/;AccountKey=a2V5;",
         "TIMBRE_AUTH_ALLOWED_TENANTS": TENANT,
         "TIMBRE_AUTH_AUDIENCES": f"{AUDIENCE},22222222-0000-0000-0000-000000000000",
         "TIMBRE_AUTH_JWKS_TIMEOUT_SECONDS": JWKS_TIMEOUT_S,
@@ -119,8 +118,11 @@ def make_settings(environment: str = "uat", **overrides: Any) -> Settings:
     }
     if environment != "production":
         values["TIMBRE_AUTH_AUTHORITY"] = AUTHORITY
+    else:  # production refuses storage keys: the identity-based form
+        values["TimbreStorage"] = ""
+        values["TimbreStorage__blobServiceUri"] = "https://acct.blob.core.windows.net"
     values.update(overrides)
-    return load_settings(**values)
+    return base_settings(**values)
 
 
 @dataclass

@@ -139,3 +139,23 @@ def test_plain_http_authority_only_on_loopback(authority: str) -> None:
 )
 def test_accepted_authorities(authority: str) -> None:
     assert make_settings(TIMBRE_AUTH_AUTHORITY=authority).auth_authority == authority
+
+
+@pytest.mark.parametrize(
+    ("environment", "level"), [("development", "DEBUG"), ("production", "WARNING")]
+)
+def test_the_process_runtime_sets_the_environments_log_level(
+    monkeypatch: pytest.MonkeyPatch, environment: str, level: str
+) -> None:
+    import logging
+
+    from shared.runtime import runtime
+
+    monkeypatch.setenv("TIMBRE_ENVIRONMENT", environment)
+    monkeypatch.setenv("TimbreStorage__blobServiceUri", "https://acct.blob.core.windows.net")
+    monkeypatch.setenv("CosmosDb__accountEndpoint", "https://acct.documents.azure.com")
+    for name, value in ENTRA.items():
+        monkeypatch.setenv(name, value)
+    assert runtime().settings.environment.value == environment
+    assert logging.getLogger("shared").level == logging.getLevelName(level)
+    assert logging.getLogger("azure").level >= logging.WARNING

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,3 +55,41 @@ class DecodedAudio:
     def rate(self) -> int:
         """Sample rate of the samples."""
         return self.source.sample_rate
+
+
+Samples = np.ndarray[Any, Any]
+
+
+class DecodedStream:
+    """Decoded samples delivered in blocks, so that a long file is never held decoded whole.
+
+    Iterate once: each block has shape (frames, channels) and the dtype `DecodedAudio`
+    would have (int16 for 16-bit PCM, float32 otherwise). The checks that need the whole
+    stream (the decoded length against the declared one, finite samples, some audio at
+    all) run as the blocks go by and raise `AudioRejected` by the end of the iteration,
+    exactly as `decode` would have raised them; then `source` is final (its `frames` the
+    decoded count, as in `DecodedAudio`).
+    """
+
+    def __init__(
+        self,
+        source: SourceFormat,
+        blocks: Generator[Samples, None, SourceFormat],
+        warnings: tuple[str, ...] = (),
+    ) -> None:
+        self.source = source
+        self.warnings = warnings
+        self._blocks = blocks
+
+    @property
+    def rate(self) -> int:
+        """Sample rate of the samples."""
+        return self.source.sample_rate
+
+    @property
+    def channels(self) -> int:
+        """Channels of each block."""
+        return self.source.channels
+
+    def __iter__(self) -> Iterator[Samples]:
+        self.source = yield from self._blocks
