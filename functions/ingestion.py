@@ -1,6 +1,8 @@
-"""Audio ingestion: the uploads blob trigger, its poison queue, and the recordings API."""
+"""Audio ingestion: the uploads blob trigger, its poison queue, and the recordings API.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: the worker recognises the SDK-type binding
+by the trigger parameter's annotation, which must be the class itself.
+"""
 
 import base64
 import binascii

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,32 @@ def test_example_settings_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert settings.environment.value == "development"
     assert settings.dev_tokens_allowed and settings.audit_enabled
+
+
+def test_blob_triggers_bind_a_client_never_the_content() -> None:
+    """The host loads a plain blob binding's content whole; an SDK type it never reads."""
+    import inspect
+
+    from azurefunctions.extensions.base import SdkType
+
+    blob_triggers = [
+        (name, fn) for name, fn in indexed().items() if fn.trigger["type"] == "blobTrigger"
+    ]
+    assert blob_triggers
+    for name, fn in blob_triggers:
+        # Both the raw annotation (deferred-binding detection) and the resolved type hint
+        # (what the worker's function loader reads) must be the SDK type.
+        raw = inspect.signature(fn.call).parameters[fn.trigger["name"]].annotation
+        hinted = typing.get_type_hints(fn.call)[fn.trigger["name"]]
+        for annotation in (raw, hinted):
+            assert isinstance(annotation, type) and issubclass(annotation, SdkType), name
+        assert fn.trigger["source"] in {"EventGrid", "LogsAndContainerScan"}
+
+
+def test_every_function_signature_resolves_as_the_worker_reads_it() -> None:
+    """The worker resolves annotations with typing.get_type_hints; none may fail."""
+    for name, fn in indexed().items():
+        hints = typing.get_type_hints(fn.call)
+        for binding in fn.bindings:
+            if binding["name"] != "$return":
+                assert binding["name"] in hints, f"{name}: {binding['name']} has no type"

@@ -10,6 +10,10 @@ The container is found from the content (magic bytes), never from the file name:
 - ``mp4`` (M4A/AAC) and ``webm`` (Opus, Vorbis): PyAV (FFmpeg), imported only when such a
   file arrives (the import costs 80-100 ms of cold start).
 
+`decode` returns the whole signal; `decode_stream` hands the same samples over in blocks
+(libsndfile reads them block by block as they are consumed), so that converting a long
+file never holds it decoded whole: the same checks, the same rejections.
+
 Everything that can be decided from metadata is decided before the samples are decoded:
 empty, unknown, unsupported, a header cut short, a container declaring more audio than
 the file holds, and a declared duration over ``max_duration_s``. Where a container
@@ -44,19 +48,21 @@ per page) damage is detected.
 from __future__ import annotations
 
 import io
+import math
 import struct
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import numpy as np
 import soundfile as sf  # type: ignore[import-untyped]
 
-from shared.audio.model import AudioRejected, DecodedAudio, SourceFormat
+from shared.audio.model import AudioRejected, DecodedAudio, DecodedStream, Samples, SourceFormat
 
 if TYPE_CHECKING:
     from types import ModuleType
 
-__all__ = ["decode", "probe", "sniff"]
+__all__ = ["decode", "decode_stream", "probe", "sniff"]
 
 # WAV format tags (fmt chunk, or the first two bytes of the WAVE_FORMAT_EXTENSIBLE GUID).
 _WAVE_PCM: Final = 0x0001
@@ -114,7 +120,10 @@ _FFMPEG_BENIGN_LOG: Final = ("estimating duration from bitrate",)
 
 # A declared length this large means "unknown" (libsndfile's SF_COUNT_MAX and friends).
 _UNKNOWN_FRAMES: Final = 1 << 40
-_READ_BLOCK: Final = 1 << 18
+# Frames per block read from libsndfile (and per slice of a signal decoded whole).
+STREAM_BLOCK: Final = 1 << 15
+
+Blocks = Generator[Samples, None, SourceFormat]
 
 
 def sniff(data: bytes) -> str | None:
@@ -162,16 +171,108 @@ def decode(data: bytes, *, max_duration_s: float) -> DecodedAudio:
     int16 for 16-bit PCM sources (WAV and FLAC), float32 in [-1, 1] otherwise; every
     sample is finite and the decoded length matches the declared length.
     """
+    decoding = _start(data, max_duration_s)
+    if decoding.blocks is None:
+        assert decoding.whole is not None
+        return _finish(decoding.source, decoding.whole, decoding.warnings)
+    parts: list[Samples] = []
+    blocks = decoding.blocks
+    while True:
+        try:
+            parts.append(next(blocks))
+        except StopIteration as stop:
+            source: SourceFormat = stop.value
+            break
+    if len(parts) == 1:
+        samples = parts[0]
+    elif parts:
+        samples = np.concatenate(parts)
+    else:
+        samples = np.zeros((0, decoding.source.channels), dtype=np.float32)
+    return _finish(source, samples, decoding.warnings)
+
+
+def decode_stream(data: bytes, *, max_duration_s: float) -> DecodedStream:
+    """Like `decode`, but the samples come in blocks as they are consumed (`DecodedStream`).
+
+    Whatever can be decided before decoding raises `AudioRejected` here; the rest (what
+    `decode` finds while or after decoding) is raised while the blocks are iterated.
+    """
+    decoding = _start(data, max_duration_s)
+    blocks = decoding.blocks
+    if blocks is None:
+        assert decoding.whole is not None
+        blocks = _slices(decoding.source, decoding.whole)
+    return DecodedStream(decoding.source, _checked(blocks), decoding.warnings)
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    """A decode under way: the samples whole (a view of the WAV, or PyAV's output), or a
+    generator of blocks that ends by returning the source (its checks passed)."""
+
+    source: SourceFormat
+    warnings: tuple[str, ...] = ()
+    whole: Samples | None = None
+    blocks: Blocks | None = None
+
+
+def _start(data: bytes, max_duration_s: float) -> _Decoding:
     container = _container(data)
     if container == "wav":
-        return _decode_wav(data, max_duration_s)
+        return _start_wav(data, max_duration_s)
     if container == "mp3":
-        return _decode_mp3(data, max_duration_s)
+        return _start_mp3(data, max_duration_s)
     if container in ("flac", "ogg"):
-        return _decode_soundfile(data, container, max_duration_s)
+        return _start_soundfile(data, container, max_duration_s)
     source, samples = _av_run(data, container, max_duration_s=max_duration_s, decode_samples=True)
     assert samples is not None
-    return _finish(source, samples, ())
+    return _Decoding(source, whole=samples)
+
+
+def _slices(source: SourceFormat, whole: Samples) -> Blocks:
+    for start in range(0, whole.shape[0], STREAM_BLOCK):
+        yield whole[start : start + STREAM_BLOCK]
+    return source
+
+
+def _checked(blocks: Blocks) -> Blocks:
+    """`_finish`'s checks on a stream of blocks, raised where `_finish` would raise them.
+
+    A block holding NaN or infinity is passed on as zeros (the stream is rejected once its
+    length is known, after the decoder's own checks, as `decode` rejects it).
+    """
+    frames = 0
+    finite = True
+    while True:
+        try:
+            block = next(blocks)
+        except StopIteration as stop:
+            source: SourceFormat = stop.value
+            break
+        frames += block.shape[0]
+        if block.dtype.kind == "f" and not _all_finite(block):
+            finite = False
+            block = np.zeros_like(block)
+        yield block
+    decoded = _with_length(source, frames)
+    if frames == 0:
+        raise AudioRejected("empty_file", "The file holds no audio frames.", decoded)
+    if not finite:
+        raise _non_finite(decoded)
+    return decoded
+
+
+def _all_finite(block: Samples) -> bool:
+    # A sum is a cheap pass and finite when every sample is; when it is not (NaN, inf, or an
+    # overflow of huge but finite samples), the samples decide.
+    return math.isfinite(float(block.sum())) or bool(np.isfinite(block).all())
+
+
+def _non_finite(source: SourceFormat) -> AudioRejected:
+    return AudioRejected(
+        "non_finite_samples", "The audio contains NaN or infinite samples.", source
+    )
 
 
 # --- common -------------------------------------------------------------------------------
@@ -213,9 +314,7 @@ def _finish(
     if frames == 0:
         raise AudioRejected("empty_file", "The file holds no audio frames.", decoded)
     if samples.dtype.kind == "f" and not bool(np.isfinite(samples).all()):
-        raise AudioRejected(
-            "non_finite_samples", "The audio contains NaN or infinite samples.", decoded
-        )
+        raise _non_finite(decoded)
     return DecodedAudio(source=decoded, samples=samples, warnings=warnings)
 
 
@@ -326,7 +425,7 @@ def _wav_fmt(data: bytes, body: int, chunk_size: int) -> _WavFmt:
     return _WavFmt(codec, bits, channels, rate, align, per_block)
 
 
-def _decode_wav(data: bytes, max_duration_s: float) -> DecodedAudio:
+def _start_wav(data: bytes, max_duration_s: float) -> _Decoding:
     header = _wav_header(data)
     source = header.source
     _check_duration(source, max_duration_s)
@@ -347,8 +446,9 @@ def _decode_wav(data: bytes, max_duration_s: float) -> DecodedAudio:
         samples = np.frombuffer(
             data, dtype="<i2", count=source.frames * channels, offset=header.data_offset
         ).reshape(source.frames, channels)
-        return _finish(source, samples, warnings)
-    with _open_soundfile(data, "wav") as handle:
+        return _Decoding(source, warnings, whole=samples)
+    handle = _open_soundfile(data, "wav")
+    try:
         if handle.channels != channels or handle.samplerate != source.sample_rate:
             raise AudioRejected(
                 "corrupt", "The WAV header is inconsistent (libsndfile reads it differently)."
@@ -358,14 +458,20 @@ def _decode_wav(data: bytes, max_duration_s: float) -> DecodedAudio:
             expected = int(handle.frames)  # from the fact chunk, which libsndfile honours
             source = _with_length(source, expected)
             _check_duration(source, max_duration_s)
-        samples = _read(handle, expected, "float32")
-    if samples.shape[0] != expected:
+    except BaseException:
+        handle.close()
+        raise
+    return _Decoding(source, warnings, blocks=_wav_blocks(handle, source, expected))
+
+
+def _wav_blocks(handle: Any, source: SourceFormat, expected: int) -> Blocks:
+    with handle:
+        decoded = yield from _read_blocks(handle, expected, "float32")
+    if decoded != expected:
         raise AudioRejected(
-            "corrupt",
-            f"Decoded {samples.shape[0]} frames; the WAV header declares {expected}.",
-            source,
+            "corrupt", f"Decoded {decoded} frames; the WAV header declares {expected}.", source
         )
-    return _finish(source, samples, warnings)
+    return source
 
 
 # --- libsndfile (FLAC, Ogg, and WAV codecs other than 16-bit PCM) --------------------------
@@ -450,26 +556,31 @@ def _ogg_damage(handle: Any, source: SourceFormat) -> None:
         raise AudioRejected("truncated", "The Ogg stream ends without its last page.", source)
 
 
-def _read(handle: Any, frames: int, dtype: str) -> np.ndarray[Any, Any]:
+def _read_blocks(handle: Any, frames: int, dtype: str) -> Generator[Samples, None, int]:
+    """Blocks of up to STREAM_BLOCK frames: `frames` of them if that is a usable declared
+    length (fewer if the file ends first), else to the end. Returns the count read."""
+    known = 0 < frames < _UNKNOWN_FRAMES
+    decoded = 0
+    while True:
+        wanted = min(STREAM_BLOCK, frames - decoded) if known else STREAM_BLOCK
+        if wanted <= 0:
+            break
+        try:
+            block: Samples = handle.read(wanted, dtype=dtype, always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as error:
+            raise _soundfile_rejection(error, str(handle.format).lower()) from error
+        if block.shape[0] == 0:
+            break
+        decoded += block.shape[0]
+        yield block
+        if known and block.shape[0] < wanted:
+            break  # the file ended before its declared length
+    return decoded
+
+
+def _start_soundfile(data: bytes, container: str, max_duration_s: float) -> _Decoding:
+    handle = _open_soundfile(data, container)
     try:
-        if 0 < frames < _UNKNOWN_FRAMES:
-            samples: np.ndarray[Any, Any] = handle.read(frames, dtype=dtype, always_2d=True)
-            return samples
-        blocks = []  # no usable declared length: read to the end in blocks
-        while True:
-            block = handle.read(_READ_BLOCK, dtype=dtype, always_2d=True)
-            if block.shape[0] == 0:
-                break
-            blocks.append(block)
-        if not blocks:
-            return np.zeros((0, int(handle.channels)), dtype=dtype)
-        return np.concatenate(blocks)
-    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as error:
-        raise _soundfile_rejection(error, str(handle.format).lower()) from error
-
-
-def _decode_soundfile(data: bytes, container: str, max_duration_s: float) -> DecodedAudio:
-    with _open_soundfile(data, container) as handle:
         source = _soundfile_source(handle, container)
         _check_duration(source, max_duration_s)
         if container == "ogg":
@@ -484,11 +595,24 @@ def _decode_soundfile(data: bytes, container: str, max_duration_s: float) -> Dec
             assert av_samples is not None
             if source.bit_depth == 16:
                 av_samples = _float_to_int16(av_samples)
-            return _finish(av_source, av_samples, ())
-        samples = _read(handle, declared, dtype)
+            handle.close()
+            return _Decoding(av_source, whole=av_samples)
+    except BaseException:
+        handle.close()
+        raise
+    blocks = _soundfile_blocks(handle, source, dtype, max_duration_s)
+    return _Decoding(source, blocks=blocks)
+
+
+def _soundfile_blocks(
+    handle: Any, source: SourceFormat, dtype: str, max_duration_s: float
+) -> Blocks:
+    container = source.container
+    declared = source.frames
+    with handle:
+        decoded = yield from _read_blocks(handle, declared, dtype)
         if container == "ogg":
             _ogg_damage(handle, source)
-    decoded = int(samples.shape[0])
     if declared and decoded != declared:
         reason = "truncated" if container == "flac" and decoded < declared else "corrupt"
         raise AudioRejected(
@@ -496,7 +620,7 @@ def _decode_soundfile(data: bytes, container: str, max_duration_s: float) -> Dec
         )
     if not declared:
         _check_duration(_with_length(source, decoded), max_duration_s)
-    return _finish(source, samples, ())
+    return source
 
 
 # --- MP3 ----------------------------------------------------------------------------------
@@ -674,7 +798,7 @@ def _mp3_trailer(data: bytes, pos: int) -> bool:
     return tail.startswith(_MP3_TRAILERS) or not tail.strip(b"\x00")
 
 
-def _decode_mp3(data: bytes, max_duration_s: float) -> DecodedAudio:
+def _start_mp3(data: bytes, max_duration_s: float) -> _Decoding:
     info = _mp3_header_info(data)
     source = info.source
     _check_duration(source, max_duration_s)
@@ -697,10 +821,11 @@ def _decode_mp3(data: bytes, max_duration_s: float) -> DecodedAudio:
             data, "mp3", max_duration_s=max_duration_s, decode_samples=True, declared=source
         )
         assert samples is not None
-        return _finish(decoded, samples, ())
+        return _Decoding(decoded, whole=samples)
     # From the first frame on: libsndfile does not recognise an MP3 whose ID3 tag is
     # followed by padding (the frames from there on have just been checked).
-    with _open_soundfile(data[info.start :] if info.start else data, "mp3") as handle:
+    handle = _open_soundfile(data[info.start :] if info.start else data, "mp3")
+    try:
         declared = int(handle.frames)
         if declared != source.frames:
             raise AudioRejected(
@@ -708,15 +833,23 @@ def _decode_mp3(data: bytes, max_duration_s: float) -> DecodedAudio:
                 f"mpg123 reads {declared} frames; the MP3 header declares {source.frames}.",
                 source,
             )
-        samples = _read(handle, declared, "float32")
-    if samples.shape[0] != declared:
+    except BaseException:
+        handle.close()
+        raise
+    return _Decoding(source, blocks=_mp3_blocks(handle, source, declared))
+
+
+def _mp3_blocks(handle: Any, source: SourceFormat, declared: int) -> Blocks:
+    with handle:
+        decoded = yield from _read_blocks(handle, declared, "float32")
+    if decoded != declared:
         raise AudioRejected(
             "corrupt",
-            f"Decoded {samples.shape[0]} frames; the MP3 declares {declared} "
+            f"Decoded {decoded} frames; the MP3 declares {declared} "
             "(the decoder dropped damaged frames).",
             source,
         )
-    return _finish(source, samples, ())
+    return source
 
 
 # --- PyAV (MP4/AAC, WebM/Opus, and MP3 without an exact length) ----------------------------
