@@ -2,7 +2,7 @@
 
 import azure.durable_functions as df
 
-from functions import agents, audit, fallback, health, ingestion
+from functions import agents, audit, fallback, health, ingestion, voices
 
 app = df.DFApp()
 
@@ -10,4 +10,5 @@ app.register_functions(health.bp)
 app.register_functions(agents.bp)
 app.register_functions(audit.bp)
 app.register_functions(ingestion.bp)
+app.register_functions(voices.bp)
 app.register_functions(fallback.bp)  # last: the catch-all route

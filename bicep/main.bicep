@@ -117,6 +117,10 @@ var cosmosContainers = [
     name: 'recordings'
     partitionKey: '/tenantId'
   }
+  {
+    name: 'voices'
+    partitionKey: '/tenantId'
+  }
 ]
 
 // Production keeps an audit retention policy even if the parameter says 0.

@@ -9,8 +9,12 @@ validation -> handler -> JSON response, with every `DomainError` mapped to
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +26,7 @@ from shared.errors import (
     ConfigurationError,
     ConfigurationInvalid,
     DomainError,
+    InvalidRequest,
     problem_body,
 )
 from shared.identity import Principal, Role
@@ -189,3 +194,46 @@ def problem_response(error: DomainError, request_id: str) -> func.HttpResponse:
         headers=headers,
         mimetype=PROBLEM_JSON,
     )
+
+
+def _page_size(call: Call) -> int:
+    raw = call.query.get("page_size", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 200:
+        raise InvalidRequest("page_size must be a whole number from 1 to 200")
+    return int(raw)
+
+
+def _continuation(call: Call) -> str | None:
+    raw = call.query.get("continuation")
+    if not raw:
+        return None
+    try:
+        padded = raw.encode() + b"=" * (-len(raw) % 4)
+        wrapped = json.loads(base64.b64decode(padded, altchars=b"-_", validate=True))
+        token = wrapped["cosmos"]
+        if not isinstance(token, str):
+            raise TypeError(token)
+    except (binascii.Error, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise InvalidRequest("continuation is not a token this API returned") from None
+    return token
+
+
+def wrap_continuation(token: str | None) -> str | None:
+    """The database's continuation token, wrapped so that a forged one is told apart."""
+    if token is None:
+        return None
+    return base64.urlsafe_b64encode(json.dumps({"cosmos": token}).encode()).decode().rstrip("=")
+
+
+@contextmanager
+def paging(call: Call) -> Iterator[tuple[int, str | None]]:
+    """`page_size` (1-200, default 50) and the unwrapped `continuation` of a paged query;
+    a token the database refuses becomes a 400 too."""
+    from azure.core.exceptions import HttpResponseError
+
+    try:
+        yield _page_size(call), _continuation(call)
+    except (ValueError, HttpResponseError) as exc:
+        if isinstance(exc, HttpResponseError) and exc.status_code != 400:
+            raise
+        raise InvalidRequest("continuation is not a token this API returned") from None

@@ -4,12 +4,9 @@ No `from __future__ import annotations` here: the worker recognises the SDK-type
 by the trigger parameter's annotation, which must be the class itself.
 """
 
-import base64
-import binascii
 import json
 import logging
 import os
-import re
 
 import azure.functions as func
 
@@ -18,8 +15,8 @@ import azure.functions as func
 # azure.storage.blob (and azure.identity) when the app is indexed (see README, cold start).
 import azurefunctions.extensions.bindings.blob as blob_binding
 
-from functions.http import Call, endpoint
-from shared.errors import InvalidRequest
+from functions.http import Call, endpoint, paging, wrap_continuation
+from functions.voices import voice_id
 from shared.identity import Role
 from shared.recordings import DatasetSummary, RecordingPage
 from shared.runtime import runtime
@@ -37,7 +34,6 @@ TRIGGER_SOURCE = (
     else func.BlobSource.LOGS_AND_CONTAINER_SCAN
 )
 POISON_QUEUE = "webjobs-blobtrigger-poison"
-_VOICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 @bp.function_name("ingest_upload")
@@ -69,42 +65,6 @@ def record_poison_upload(message: func.QueueMessage, context: func.Context) -> N
         log.warning("poison upload recorded", extra={"event": "poison", "outcome": result.outcome})
 
 
-def _voice_id(call: Call) -> str:
-    voice_id = call.route["voice_id"]
-    if not _VOICE_ID.match(voice_id):
-        raise InvalidRequest("voice_id is letters, digits, - and _ (1-64)")
-    return voice_id
-
-
-def _page_size(call: Call) -> int:
-    raw = call.query.get("page_size", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 200:
-        raise InvalidRequest("page_size must be a whole number from 1 to 200")
-    return int(raw)
-
-
-def _continuation(call: Call) -> str | None:
-    raw = call.query.get("continuation")
-    if not raw:
-        return None
-    try:
-        padded = raw.encode() + b"=" * (-len(raw) % 4)
-        wrapped = json.loads(base64.b64decode(padded, altchars=b"-_", validate=True))
-        token = wrapped["cosmos"]
-        if not isinstance(token, str):
-            raise TypeError(token)
-    except (binascii.Error, UnicodeDecodeError, ValueError, KeyError, TypeError):
-        raise InvalidRequest("continuation is not a token this API returned") from None
-    return token
-
-
-def _wrap_continuation(token: str | None) -> str | None:
-    """The database's continuation token, wrapped so that a forged one is told apart."""
-    if token is None:
-        return None
-    return base64.urlsafe_b64encode(json.dumps({"cosmos": token}).encode()).decode().rstrip("=")
-
-
 @endpoint(
     bp,
     "v1/voices/{voice_id}/recordings",
@@ -117,17 +77,11 @@ def _wrap_continuation(token: str | None) -> str | None:
 )
 def list_recordings(call: Call) -> RecordingPage:
     """One page of reports, transcripts joined; `next` is the continuation of the next page."""
-    voice_id = _voice_id(call)
+    voice = voice_id(call)
     store = call.runtime.recordings(call.caller.tenant_id)
-    from azure.core.exceptions import HttpResponseError
-
-    try:
-        page = store.page(voice_id, page_size=_page_size(call), continuation=_continuation(call))
-    except (ValueError, HttpResponseError) as exc:
-        if isinstance(exc, HttpResponseError) and exc.status_code != 400:
-            raise
-        raise InvalidRequest("continuation is not a token this API returned") from None
-    page.next = _wrap_continuation(page.next)
+    with paging(call) as (page_size, continuation):
+        page = store.page(voice, page_size=page_size, continuation=continuation)
+    page.next = wrap_continuation(page.next)
     return page
 
 
@@ -144,4 +98,4 @@ def list_recordings(call: Call) -> RecordingPage:
 def dataset_summary(call: Call) -> DatasetSummary:
     """Whether the voice's accepted recordings meet the training minimum."""
     store = call.runtime.recordings(call.caller.tenant_id)
-    return store.summary(_voice_id(call), call.runtime.settings.training_min_utterances)
+    return store.summary(voice_id(call), call.runtime.settings.training_min_utterances)

@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         300, ge=1, validation_alias="TIMBRE_TRAINING_MIN_UTTERANCES"
     )
 
+    # Enrollment and consent.
+    consent_lifetime_days: int = Field(
+        365, ge=1, le=3650, validation_alias="TIMBRE_CONSENT_LIFETIME_DAYS"
+    )
+    upload_url_minutes: int = Field(60, ge=5, le=1440, validation_alias="TIMBRE_UPLOAD_URL_MINUTES")
+
     # Cosmos DB: the same pattern under the `CosmosDb` connection name.
     cosmos_connection_string: str | None = Field(None, validation_alias="CosmosDb")
     cosmos_endpoint: str | None = Field(None, validation_alias="CosmosDb__accountEndpoint")

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from shared.ledger import Ledger
     from shared.recordings import RecordingStore
     from shared.storage import TenantScope
+    from shared.voices import VoiceService
 
 # Services are imported where first used: this module is on every function's cold path.
 
@@ -114,6 +115,23 @@ class Runtime:
             self.audit,
             max_bytes=self.settings.upload_max_bytes,
             thresholds=self.settings.audio_thresholds,
+        )
+
+    @cached_property
+    def voices(self) -> VoiceService:
+        """Voice profiles, consent and upload URLs."""
+        from datetime import timedelta
+
+        from shared.sas import SasIssuer
+        from shared.voices import VoiceService
+
+        return VoiceService(
+            lambda tenant_id: self.tenant_scope("voices", tenant_id),
+            self.recordings,
+            self.audit,
+            SasIssuer(self.blob_service),
+            consent_lifetime=timedelta(days=self.settings.consent_lifetime_days),
+            upload_url_lifetime=timedelta(minutes=self.settings.upload_url_minutes),
         )
 
     @cached_property

@@ -44,6 +44,7 @@ class CosmosContainerSpec:
 COSMOS_CONTAINERS: tuple[CosmosContainerSpec, ...] = (
     CosmosContainerSpec("ledger"),  # idempotency ledger of side effects
     CosmosContainerSpec("recordings"),  # quality reports, transcripts, per voice
+    CosmosContainerSpec("voices"),  # voice profiles and their consent
 )
 
 # The blob containers the app needs; the audit container name comes from settings.

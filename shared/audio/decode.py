@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import struct
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 import numpy as np
 import soundfile as sf  # type: ignore[import-untyped]
 
+from shared.audio import parallel
 from shared.audio.model import AudioRejected, DecodedAudio, DecodedStream, Samples, SourceFormat
 
 if TYPE_CHECKING:
@@ -121,7 +123,7 @@ _FFMPEG_BENIGN_LOG: Final = ("estimating duration from bitrate",)
 # A declared length this large means "unknown" (libsndfile's SF_COUNT_MAX and friends).
 _UNKNOWN_FRAMES: Final = 1 << 40
 # Frames per block read from libsndfile (and per slice of a signal decoded whole).
-STREAM_BLOCK: Final = 1 << 15
+STREAM_BLOCK: Final = 1 << 16
 
 Blocks = Generator[Samples, None, SourceFormat]
 
@@ -175,34 +177,61 @@ def decode(data: bytes, *, max_duration_s: float) -> DecodedAudio:
     if decoding.blocks is None:
         assert decoding.whole is not None
         return _finish(decoding.source, decoding.whole, decoding.warnings)
-    parts: list[Samples] = []
-    blocks = decoding.blocks
-    while True:
-        try:
-            parts.append(next(blocks))
-        except StopIteration as stop:
-            source: SourceFormat = stop.value
-            break
-    if len(parts) == 1:
-        samples = parts[0]
-    elif parts:
-        samples = np.concatenate(parts)
-    else:
+    samples, source = _gather(decoding.blocks, decoding.source.frames)
+    if samples is None:
         samples = np.zeros((0, decoding.source.channels), dtype=np.float32)
     return _finish(source, samples, decoding.warnings)
 
 
-def decode_stream(data: bytes, *, max_duration_s: float) -> DecodedStream:
+def _gather(blocks: Blocks, declared: int) -> tuple[Samples | None, SourceFormat]:
+    """The blocks in one array (filled in place when the length is declared: no second
+    copy of the signal), and the generator's final source."""
+    whole: Samples | None = None
+    filled = 0
+    parts: list[Samples] = []
+    while True:
+        try:
+            block = next(blocks)
+        except StopIteration as stop:
+            source: SourceFormat = stop.value
+            break
+        if whole is None and not parts and 0 < declared < _UNKNOWN_FRAMES:
+            whole = np.empty((declared, block.shape[1]), dtype=block.dtype)
+        if whole is not None and filled + block.shape[0] <= whole.shape[0]:
+            whole[filled : filled + block.shape[0]] = block
+            filled += block.shape[0]
+            continue
+        if whole is not None:  # longer than declared after all
+            parts.append(whole[:filled])
+            whole = None
+        parts.append(block)
+    if whole is not None:
+        return whole[:filled], source
+    if not parts:
+        return None, source
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), source
+
+
+def decode_stream(data: bytes, *, max_duration_s: float, read_ahead: bool = False) -> DecodedStream:
     """Like `decode`, but the samples come in blocks as they are consumed (`DecodedStream`).
 
     Whatever can be decided before decoding raises `AudioRejected` here; the rest (what
     `decode` finds while or after decoding) is raised while the blocks are iterated.
+
+    `read_ahead`: compressed files (FLAC, Ogg, MP3) are decoded in a thread of their own,
+    a few blocks ahead of the consumer, from an in-memory file descriptor (Linux memfd;
+    where there is none, no read-ahead): libsndfile then decodes without the GIL, and an
+    MP3 is decoded while the blocks before it are converted. The same samples, the same
+    checks and rejections.
     """
-    decoding = _start(data, max_duration_s)
+    ahead = read_ahead and _memory_file_supported()
+    decoding = _start(data, max_duration_s, from_fd=ahead)
     blocks = decoding.blocks
     if blocks is None:
         assert decoding.whole is not None
         blocks = _slices(decoding.source, decoding.whole)
+    elif decoding.from_fd:
+        blocks = parallel.read_ahead(blocks)
     return DecodedStream(decoding.source, _checked(blocks), decoding.warnings)
 
 
@@ -215,16 +244,18 @@ class _Decoding:
     warnings: tuple[str, ...] = ()
     whole: Samples | None = None
     blocks: Blocks | None = None
+    from_fd: bool = False  # libsndfile reads a file descriptor (no Python callbacks)
 
 
-def _start(data: bytes, max_duration_s: float) -> _Decoding:
+def _start(data: bytes, max_duration_s: float, *, from_fd: bool = False) -> _Decoding:
+    """`from_fd`: compressed files are opened from an in-memory file descriptor."""
     container = _container(data)
     if container == "wav":
         return _start_wav(data, max_duration_s)
     if container == "mp3":
-        return _start_mp3(data, max_duration_s)
+        return _start_mp3(data, max_duration_s, from_fd)
     if container in ("flac", "ogg"):
-        return _start_soundfile(data, container, max_duration_s)
+        return _start_soundfile(data, container, max_duration_s, from_fd)
     source, samples = _av_run(data, container, max_duration_s=max_duration_s, decode_samples=True)
     assert samples is not None
     return _Decoding(source, whole=samples)
@@ -477,13 +508,41 @@ def _wav_blocks(handle: Any, source: SourceFormat, expected: int) -> Blocks:
 # --- libsndfile (FLAC, Ogg, and WAV codecs other than 16-bit PCM) --------------------------
 
 
-def _open_soundfile(data: bytes, container: str) -> Any:
+def _open_soundfile(data: bytes, container: str, *, from_fd: bool = False) -> Any:
+    """libsndfile on `data`: through a Python file object, or (`from_fd`) from a Linux
+    memfd holding a copy of it."""
     if container == "ogg":
         _ogg_codec(data)  # unsupported Ogg codecs are named, not left to libsndfile
     try:
-        return sf.SoundFile(io.BytesIO(data))
+        if not from_fd:
+            return sf.SoundFile(io.BytesIO(data))
+        descriptor = _memory_file(data)
+        try:
+            # libsndfile gets a descriptor of its own: it closes it (closefd) when the
+            # handle closes, and also when opening fails.
+            return sf.SoundFile(os.dup(descriptor), closefd=True)
+        finally:
+            os.close(descriptor)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as error:
         raise _soundfile_rejection(error, container) from error
+
+
+def _memory_file_supported() -> bool:
+    return hasattr(os, "memfd_create")
+
+
+def _memory_file(data: bytes) -> int:
+    """A Linux memfd holding `data`, positioned at its start."""
+    descriptor = os.memfd_create("timbre-upload", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view) :]
+        os.lseek(descriptor, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
 
 
 def _soundfile_rejection(error: Exception, container: str) -> AudioRejected:
@@ -578,8 +637,10 @@ def _read_blocks(handle: Any, frames: int, dtype: str) -> Generator[Samples, Non
     return decoded
 
 
-def _start_soundfile(data: bytes, container: str, max_duration_s: float) -> _Decoding:
-    handle = _open_soundfile(data, container)
+def _start_soundfile(
+    data: bytes, container: str, max_duration_s: float, from_fd: bool
+) -> _Decoding:
+    handle = _open_soundfile(data, container, from_fd=from_fd)
     try:
         source = _soundfile_source(handle, container)
         _check_duration(source, max_duration_s)
@@ -601,7 +662,7 @@ def _start_soundfile(data: bytes, container: str, max_duration_s: float) -> _Dec
         handle.close()
         raise
     blocks = _soundfile_blocks(handle, source, dtype, max_duration_s)
-    return _Decoding(source, blocks=blocks)
+    return _Decoding(source, blocks=blocks, from_fd=from_fd)
 
 
 def _soundfile_blocks(
@@ -798,7 +859,7 @@ def _mp3_trailer(data: bytes, pos: int) -> bool:
     return tail.startswith(_MP3_TRAILERS) or not tail.strip(b"\x00")
 
 
-def _start_mp3(data: bytes, max_duration_s: float) -> _Decoding:
+def _start_mp3(data: bytes, max_duration_s: float, from_fd: bool) -> _Decoding:
     info = _mp3_header_info(data)
     source = info.source
     _check_duration(source, max_duration_s)
@@ -824,7 +885,7 @@ def _start_mp3(data: bytes, max_duration_s: float) -> _Decoding:
         return _Decoding(decoded, whole=samples)
     # From the first frame on: libsndfile does not recognise an MP3 whose ID3 tag is
     # followed by padding (the frames from there on have just been checked).
-    handle = _open_soundfile(data[info.start :] if info.start else data, "mp3")
+    handle = _open_soundfile(data[info.start :] if info.start else data, "mp3", from_fd=from_fd)
     try:
         declared = int(handle.frames)
         if declared != source.frames:
@@ -836,7 +897,7 @@ def _start_mp3(data: bytes, max_duration_s: float) -> _Decoding:
     except BaseException:
         handle.close()
         raise
-    return _Decoding(source, blocks=_mp3_blocks(handle, source, declared))
+    return _Decoding(source, blocks=_mp3_blocks(handle, source, declared), from_fd=from_fd)
 
 
 def _mp3_blocks(handle: Any, source: SourceFormat, declared: int) -> Blocks:

@@ -9,7 +9,8 @@ Filtering is exact up to a truncation of the impulse response below 1e-12 of its
 overlap-save FFT convolution with the filter's frequency response evaluated at the FFT
 bins (the response is IIR, but it has decayed to nothing after ~1,300 samples at
 24 kHz). Hops are whole 100 ms gating segments, so the block energies come straight out
-of the FFT blocks without flattening the filtered signal.
+of the FFT blocks without flattening the filtered signal; the blocks are filtered a few
+at a time, so memory does not grow with the length of the signal.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ _ABSOLUTE_GATE_LUFS = -70.0
 _RELATIVE_GATE_LU = -10.0
 _TAIL_ENERGY = 1e-12  # impulse-response energy beyond the overlap, relative to the total
 _MIN_FFT = 8192
+# FFT blocks filtered at once (about 10 s at 24 kHz, 7 MB of buffers): few calls, so
+# that little Python runs between the FFTs when loudness runs in a second thread.
+_GROUP = 32
 
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -105,7 +109,9 @@ def _plan(rate: int) -> tuple[int, int, int, int, np.ndarray[Any, Any]]:
 def segment_energies(samples: np.ndarray[Any, Any], rate: int) -> FloatArray:
     """Sum of squares of the K-weighted signal over each complete 100 ms segment.
 
-    `samples`: mono, int16 (scaled by 1/32768) or float in full-scale units.
+    `samples`: mono, int16 (scaled by 1/32768) or float in full-scale units. The FFT
+    blocks are taken `_GROUP` at a time from a small window of the signal: no float64
+    copy of the whole signal is made.
     """
     segment, overlap, hop_segments, fft_size, response = _plan(rate)
     n = samples.shape[0]
@@ -113,19 +119,36 @@ def segment_energies(samples: np.ndarray[Any, Any], rate: int) -> FloatArray:
     if n_segments == 0:
         return np.zeros(0)
     hop = hop_segments * segment
-    n_blocks = -(-(n_segments * segment) // hop)
-    padded = np.zeros(overlap + n_blocks * hop + (fft_size - overlap - hop))
+    used = n_segments * segment  # the signal up to the last complete segment
+    n_blocks = -(-used // hop)
     scale = 1.0 / 32768.0 if samples.dtype == np.int16 else 1.0
-    np.multiply(
-        samples[: n_segments * segment], scale, out=padded[overlap : overlap + n_segments * segment]
-    )
-    blocks = np.lib.stride_tricks.sliding_window_view(padded, fft_size)[::hop][:n_blocks]
-    spectra = np.fft.rfft(blocks, axis=1)
-    spectra *= response
-    filtered = np.fft.irfft(spectra, fft_size, axis=1)[:, overlap : overlap + hop]
-    shaped = filtered.reshape(n_blocks, hop_segments, segment)
-    energies: FloatArray = np.einsum("ijk,ijk->ij", shaped, shaped).ravel()[:n_segments]
-    return energies
+    energies = np.empty(n_blocks * hop_segments)
+    # Block b filters [b * hop - overlap, b * hop - overlap + fft_size) of the signal (zeros
+    # outside [0, used)) and keeps its last `hop` outputs.
+    group = min(_GROUP, n_blocks)
+    window = np.zeros((group - 1) * hop + fft_size)
+    for first in range(0, n_blocks, group):
+        count = min(group, n_blocks - first)
+        begin = first * hop - overlap
+        length = (count - 1) * hop + fft_size
+        lo = max(begin, 0)
+        hi = min(begin + length, used)
+        window[: lo - begin] = 0.0
+        np.multiply(samples[lo:hi], scale, out=window[lo - begin : hi - begin])
+        window[hi - begin : length] = 0.0
+        blocks = np.lib.stride_tricks.sliding_window_view(window[:length], fft_size)[::hop]
+        spectra = np.fft.rfft(blocks, axis=1)
+        spectra *= response
+        filtered = np.fft.irfft(spectra, fft_size, axis=1)[:, overlap : overlap + hop]
+        shaped = filtered.reshape(count, hop_segments, segment)
+        start = first * hop_segments
+        np.einsum(
+            "ijk,ijk->ij",
+            shaped,
+            shaped,
+            out=energies[start : start + count * hop_segments].reshape(count, hop_segments),
+        )
+    return energies[:n_segments]
 
 
 def integrated_loudness(samples: np.ndarray[Any, Any], rate: int) -> float | None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from shared.audio.convert import to_canonical, wav_bytes
+import numpy as np
+
+from shared.audio.convert import WAV_HEADER_BYTES, to_canonical, wav_bytes
 from shared.audio.criteria import AudioThresholds, Reason, Verdict, verdict_of
-from shared.audio.decode import decode
+from shared.audio.decode import decode_stream
 from shared.audio.model import AudioRejected, SourceFormat
+from shared.audio.parallel import Background
 from shared.audio.quality import QualityMetrics, measure
 from shared.audio.verdict import judge
 
@@ -27,23 +30,37 @@ class ProcessedAudio:
 
 
 def process_audio(data: bytes, thresholds: AudioThresholds | None = None) -> ProcessedAudio:
-    """Decode, convert and judge one upload; bad input ends as a rejection, never an exception."""
+    """Decode, convert and judge one upload; bad input ends as a rejection, never an exception.
+
+    The upload is decoded block by block straight into the conversion (a long MP3 is never
+    held decoded whole); the canonical WAV is built first, and the report measured on its
+    samples (a view of the WAV's bytes), so no second copy of them outlives the conversion.
+    The SHA-256 and a compressed file's decoder (beside the conversion), then the loudness
+    filter (beside the VAD) run in threads of their own (see `shared.audio.parallel`).
+    """
     limits = thresholds or AudioThresholds()
-    digest = hashlib.sha256(data).hexdigest()
+    digest = Background(lambda: hashlib.sha256(data).hexdigest())  # GIL-free, alongside
     try:
-        decoded = decode(data, max_duration_s=limits.max_duration_s)
+        stream = decode_stream(data, max_duration_s=limits.max_duration_s, read_ahead=True)
+        conversion = to_canonical(stream)
     except AudioRejected as rejected:
         reason = Reason(code=rejected.reason, severity="reject", detail=rejected.detail)
-        return ProcessedAudio(digest, len(data), "rejected", [reason], source=rejected.source)
-    conversion = to_canonical(decoded)
-    metrics = measure(conversion.samples, decoded)
-    reasons = judge(decoded.source, metrics, limits, silent_channels=conversion.silent_channels)
+        return ProcessedAudio(
+            digest.result(), len(data), "rejected", [reason], source=rejected.source
+        )
+    source = stream.source
+    canonical_wav = wav_bytes(conversion.samples)
+    silent, clipping = conversion.silent_channels, conversion.clipping_ratio
+    del conversion  # its samples are in the WAV now
+    samples = np.frombuffer(canonical_wav, dtype="<i2", offset=WAV_HEADER_BYTES)
+    metrics = measure(samples, clipping=clipping)
+    reasons = judge(source, metrics, limits, silent_channels=silent)
     return ProcessedAudio(
-        sha256=digest,
+        sha256=digest.result(),
         size_bytes=len(data),
         verdict=verdict_of(reasons),
         reasons=reasons,
-        source=decoded.source,
+        source=source,
         metrics=metrics,
-        canonical_wav=wav_bytes(conversion.samples),
+        canonical_wav=canonical_wav,
     )

@@ -3,8 +3,10 @@
 `measure` is the public entry point. Conventions: full scale is 1.0 (int16 / 32768), so a
 full-scale sine has an RMS of -3.01 dBFS; levels of digital silence read -120 dBFS.
 Methods: VAD in `shared.audio.vad`, SNR in `shared.audio.snr`, loudness (ITU-R BS.1770-4)
-in `shared.audio.loudness`. Vectorized numpy (the VAD is one C call per 30 ms frame):
-60 s take ~55 ms on the 2-core development machine.
+in `shared.audio.loudness`. Vectorized numpy in blocks (the VAD is one C call per 30 ms
+frame), with no float copy of the whole signal: 60 s take ~30 ms of CPU on the 2-core
+development machine (~20 ms of wall time, loudness running in a second thread), and
+memory does not grow beyond the 16 kHz int16 copy the VAD reads.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from shared.audio import loudness, snr, vad
 from shared.audio.model import CANONICAL_RATE, DecodedAudio
+from shared.audio.parallel import Background
 
 LEVEL_FLOOR_DB = -120.0
 SNR_DISAGREEMENT_DB = 5.0
@@ -28,6 +31,8 @@ FLOAT_FULL_SCALE = 0.999
 _OVERHANG_SHORT = 2
 _OVERHANG_LONG = 3
 _LONG_SPEECH_FRAMES = 6
+
+BoolArray = np.ndarray[Any, np.dtype[np.bool_]]
 
 
 class QualityMetrics(BaseModel):
@@ -62,28 +67,78 @@ def _db(power_ratio: float) -> float:
 
 def clipping_ratio(samples: np.ndarray[Any, Any]) -> float:
     """Fraction of samples in clipped runs; `samples` is (frames, channels) int16 or float."""
-    if samples.size == 0:
-        return 0.0
-    x = samples if samples.ndim == 2 else samples.reshape(-1, 1)
-    if x.dtype == np.int16:
-        if int(x.max()) < INT16_FULL_SCALE and int(x.min()) > -INT16_FULL_SCALE:
-            return 0.0  # the common case: two reductions, no temporaries
-        at_full = (x >= INT16_FULL_SCALE) | (x <= -INT16_FULL_SCALE)
-        beyond = None
-    else:
-        if float(x.max()) < FLOAT_FULL_SCALE and float(x.min()) > -FLOAT_FULL_SCALE:
-            return 0.0
-        magnitude = np.abs(x)
-        at_full = magnitude >= FLOAT_FULL_SCALE
-        beyond = magnitude > 1.0
-    # A sample is in a run if its predecessor or successor (same channel) is at full scale.
-    neighbour = np.zeros_like(at_full)
-    neighbour[1:] |= at_full[:-1]
-    neighbour[:-1] |= at_full[1:]
-    clipped = at_full & neighbour
-    if beyond is not None:
+    counter = ClippingCounter()
+    counter.add(samples if samples.ndim == 2 else samples.reshape(-1, 1))
+    return counter.ratio()
+
+
+class ClippingCounter:
+    """`clipping_ratio` over a signal that arrives in consecutive blocks (frames, channels).
+
+    A sample is clipped when it is at full scale (int16: |x| >= 32767; float: |x| >= 0.999)
+    and so is its predecessor or its successor in the same channel, or when it is beyond
+    full scale (float: |x| > 1). Runs across block boundaries count as in one array: the
+    last row of each block is settled when the next block (or the end) shows its successor.
+    """
+
+    def __init__(self) -> None:
+        self.clipped = 0
+        self.samples = 0
+        # The last row seen, not yet counted: at full scale, predecessor at full scale,
+        # beyond full scale (one flag per channel); None when no sample of it is at full scale.
+        self._last: tuple[BoolArray, BoolArray, BoolArray] | None = None
+
+    def add(
+        self, block: np.ndarray[Any, Any], high: float | None = None, low: float | None = None
+    ) -> None:
+        """Count `block` (int16 or float, (frames, channels)); `high` and `low`, its maximum
+        and minimum over all channels, when the caller has them already."""
+        if block.size == 0:
+            return
+        self.samples += block.size
+        integer = block.dtype == np.int16
+        if high is None or low is None:
+            high, low = float(block.max()), float(block.min())
+        full = INT16_FULL_SCALE if integer else FLOAT_FULL_SCALE
+        if high < full and low > -full:  # the common case: nothing at full scale
+            self._settle(None)
+            self._last = None
+            return
+        if integer:
+            at_full = (block >= INT16_FULL_SCALE) | (block <= -INT16_FULL_SCALE)
+            beyond = np.zeros_like(at_full)
+        else:
+            magnitude = np.abs(block)
+            at_full = magnitude >= FLOAT_FULL_SCALE
+            beyond = magnitude > 1.0
+        previous = self._last
+        self._settle(at_full[0])
+        # A sample is in a run if its predecessor or successor (same channel) is at full scale.
+        neighbour = np.zeros_like(at_full)
+        neighbour[1:] |= at_full[:-1]
+        if previous is not None:
+            neighbour[0] |= previous[0]
+        left = neighbour[-1].copy()  # the last row's successor is in the next block
+        neighbour[:-1] |= at_full[1:]
+        clipped = at_full & neighbour
         clipped |= beyond
-    return float(np.count_nonzero(clipped)) / float(x.size)
+        self.clipped += int(np.count_nonzero(clipped[:-1]))
+        self._last = (at_full[-1].copy(), left, beyond[-1].copy())
+
+    def _settle(self, successor: BoolArray | None) -> None:
+        """Count the pending last row, now that its successor row is known (None: not at
+        full scale, or no successor)."""
+        if self._last is None:
+            return
+        at_full, left, beyond = self._last
+        neighbour = left if successor is None else left | successor
+        self.clipped += int(np.count_nonzero((at_full & neighbour) | beyond))
+        self._last = None
+
+    def ratio(self) -> float:
+        """The fraction of the samples added so far that are clipped."""
+        self._settle(None)
+        return float(self.clipped) / float(self.samples) if self.samples else 0.0
 
 
 def _silences(
@@ -115,17 +170,30 @@ def _silences(
     return float(leading), float(trailing)
 
 
-def measure(canonical: np.ndarray[Any, Any], source: DecodedAudio) -> QualityMetrics:
-    """Quality metrics of `canonical` (int16 mono at CANONICAL_RATE) and its `source`.
+def measure(
+    canonical: np.ndarray[Any, Any],
+    source: DecodedAudio | None = None,
+    *,
+    clipping: float | None = None,
+) -> QualityMetrics:
+    """Quality metrics of `canonical` (int16 mono at CANONICAL_RATE) and its source.
 
-    `source` (the decoded upload, int16 or float32, (frames, channels)) is only used for
-    the clipping ratio: clipping is a property of the recording, and resampling smears it.
+    The source only gives the clipping ratio: clipping is a property of the recording, and
+    resampling smears it. Pass `source` (the decoded upload, int16 or float32, (frames,
+    channels)) or `clipping`, its ratio as counted during conversion
+    (`Conversion.clipping_ratio`, the same number).
+
+    No float copy of the whole signal is made: every measurement runs in blocks or
+    through einsum's small buffers.
     """
+    if clipping is None:
+        if source is None:
+            raise TypeError("measure needs the decoded source or its clipping ratio")
+        clipping = clipping_ratio(source.samples)
     x = np.ascontiguousarray(canonical, dtype=np.int16).reshape(-1)
     rate = CANONICAL_RATE
     n = x.shape[0]
     duration_ms = 1000.0 * n / rate
-    clipping = clipping_ratio(source.samples)
     if n == 0:
         return QualityMetrics(
             peak_dbfs=LEVEL_FLOOR_DB,
@@ -141,17 +209,27 @@ def measure(canonical: np.ndarray[Any, Any], source: DecodedAudio) -> QualityMet
             loudness_lufs=None,
         )
 
+    # K-weighting runs its FFTs in a second thread (numpy releases the GIL) while this
+    # one runs the VAD and the rest.
+    loudness_lufs = Background(lambda: loudness.integrated_loudness(x, rate))
     histogram = snr.magnitude_histogram(x)
     peak = int(np.flatnonzero(histogram)[-1])
     dc = float(np.sum(x, dtype=np.int64)) / (n * 32768.0)
 
     frame = vad.frame_samples(rate)
+    subframe = rate * snr.SUBFRAME_MS // 1000
     speech = vad.speech_frames(x, rate)
-    all_powers = snr.frame_powers(x, frame)
-    tail = x[all_powers.shape[0] * frame :].astype(np.float64)
-    total_power = (float(all_powers.sum()) * frame + float(tail @ tail) / 32768.0**2) / n
+    # 30 ms frames are three 10 ms sub-frames: their (exact, integer) energies add up.
+    sub_energies = snr.frame_energies(x, subframe)
+    per_frame = frame // subframe
+    n_frames = n // frame
+    frame_energies = sub_energies[: n_frames * per_frame].reshape(n_frames, per_frame).sum(axis=1)
+    all_powers = snr.powers_of(frame_energies, frame)
+    tail = x[n_frames * frame :]
+    tail_energy = float(np.einsum("i,i->", tail, tail, dtype=np.float64))
+    total_power = (float(all_powers.sum()) * frame + tail_energy / 32768.0**2) / n
     powers = all_powers[: speech.shape[0]]
-    subframes = snr.frame_powers(x, rate * snr.SUBFRAME_MS // 1000)
+    subframes = snr.powers_of(sub_energies, subframe)
     floor = snr.noise_floor(powers, speech, subframes)
     snr_primary = snr.vad_snr(powers, speech, floor)
     snr_wada = snr.wada_snr(histogram)
@@ -172,5 +250,5 @@ def measure(canonical: np.ndarray[Any, Any], source: DecodedAudio) -> QualityMet
             and snr_wada is not None
             and abs(snr_primary - snr_wada) > SNR_DISAGREEMENT_DB
         ),
-        loudness_lufs=loudness.integrated_loudness(x, rate),
+        loudness_lufs=loudness_lufs.result(),
     )

@@ -22,6 +22,7 @@ _RESAMPLE_QUALITY = "LQ"
 PRIMING_FRAMES = 10
 _MAX_OVERHANG = 3  # frames of overhang after speech, mode 3 at 30 ms
 _SILENT_FRAME_ENERGY = 0.0  # frames of exact zeros: the VAD skips them
+_BLOCK = 1 << 15  # canonical samples resampled at a time
 
 
 def speech_frames(
@@ -38,10 +39,7 @@ def speech_frames(
     if rate == VAD_RATE:
         audio = np.ascontiguousarray(canonical, dtype=np.int16)
     else:
-        # Through float32: soxr dithers int16 output (digital silence comes back as
-        # +-1 LSB noise, which the VAD would take for a noise floor).
-        resampled = soxr.resample(canonical.astype(np.float32), rate, VAD_RATE, _RESAMPLE_QUALITY)
-        audio = np.clip(np.rint(resampled), -32768, 32767).astype(np.int16)
+        audio = _resampled(canonical, rate, soxr)
     n_frames = min(audio.shape[0] // FRAME_SAMPLES_VAD, canonical.shape[0] // frame_samples(rate))
     flags = np.zeros(n_frames, dtype=np.bool_)
     if n_frames == 0:
@@ -49,7 +47,7 @@ def speech_frames(
     vad = vad_module.create()
     vad_module.init(vad)
     vad_module.set_mode(vad, VAD_MODE)
-    data = memoryview(np.ascontiguousarray(audio[: n_frames * FRAME_SAMPLES_VAD]).tobytes())
+    data = audio[: n_frames * FRAME_SAMPLES_VAD].data.cast("B")  # the bytes, no copy
     step = FRAME_SAMPLES_VAD * 2
     process = vad_module.process
     # A fresh VAD calls its first frame speech (plus 2 overhang frames) whatever it is:
@@ -74,6 +72,34 @@ def speech_frames(
         for i in range(n_frames)
     ]
     return flags
+
+
+def _resampled(canonical: np.ndarray[Any, Any], rate: int, soxr: Any) -> np.ndarray[Any, Any]:
+    """`canonical` (int16) at VAD_RATE, as int16, resampled in blocks (the same samples as
+    a one-shot `soxr.resample`, without float copies of the whole signal).
+
+    Through float32: soxr dithers int16 output (digital silence comes back as +-1 LSB
+    noise, which the VAD would take for a noise floor).
+    """
+    n = canonical.shape[0]
+    resampler = soxr.ResampleStream(rate, VAD_RATE, 1, dtype="float32", quality=_RESAMPLE_QUALITY)
+    out = np.empty(-(-n * VAD_RATE // rate) + _BLOCK, dtype=np.int16)
+    written = 0
+    block = np.empty(min(n, _BLOCK), dtype=np.float32)
+    for start in range(0, n + 1, _BLOCK):  # one more, empty, call ends the stream
+        part = block[: max(0, min(n - start, _BLOCK))]
+        part[:] = canonical[start : start + part.shape[0]]
+        chunk = resampler.resample_chunk(part, last=start + _BLOCK > n)
+        np.rint(chunk, out=chunk)
+        np.clip(chunk, -32768, 32767, out=chunk)
+        end = written + chunk.shape[0]
+        if end > out.shape[0]:  # not expected: soxr returns about n * ratio
+            out = np.concatenate([out[:written], np.empty(end - written + _BLOCK, np.int16)])
+        out[written:end] = chunk
+        written = end
+        if start + _BLOCK > n:
+            break
+    return out[:written]
 
 
 def frame_samples(rate: int) -> int:
