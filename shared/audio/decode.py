@@ -513,18 +513,23 @@ def _open_soundfile(data: bytes, container: str, *, from_fd: bool = False) -> An
     memfd holding a copy of it."""
     if container == "ogg":
         _ogg_codec(data)  # unsupported Ogg codecs are named, not left to libsndfile
-    try:
-        if not from_fd:
-            return sf.SoundFile(io.BytesIO(data))
-        descriptor = _memory_file(data)
+    descriptor = None
+    if from_fd:
         try:
-            # libsndfile gets a descriptor of its own: it closes it (closefd) when the
-            # handle closes, and also when opening fails.
-            return sf.SoundFile(os.dup(descriptor), closefd=True)
-        finally:
-            os.close(descriptor)
+            descriptor = _memory_file(data)
+        except OSError:  # no memfd to be had (limits): the slower way, same samples
+            descriptor = None
+    try:
+        if descriptor is None:
+            return sf.SoundFile(io.BytesIO(data))
+        # libsndfile gets a descriptor of its own: it closes it (closefd) when the handle
+        # closes, and also when opening fails.
+        return sf.SoundFile(os.dup(descriptor), closefd=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as error:
         raise _soundfile_rejection(error, container) from error
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)
 
 
 def _memory_file_supported() -> bool:
