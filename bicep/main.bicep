@@ -104,6 +104,7 @@ var tags = {
 var appContainerNames = [
   'uploads'
   'processed'
+  'training'
 ]
 var auditContainerName = 'audit'
 var deploymentContainerName = 'app-package'
@@ -119,6 +120,10 @@ var cosmosContainers = [
   }
   {
     name: 'voices'
+    partitionKey: '/tenantId'
+  }
+  {
+    name: 'outbox'
     partitionKey: '/tenantId'
   }
 ]

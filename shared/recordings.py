@@ -116,16 +116,25 @@ class RecordingStore:
         transcripts, _ = self.transcript_lines(voice_id)
         return RecordingPage(items=[_joined(doc, transcripts) for doc in items], next=token)
 
+    def reports(self, voice_id: str) -> tuple[list[RecordingReport], int]:
+        """Every training utterance's report, transcripts joined, and the transcript problems."""
+        transcripts, problems = self.transcript_lines(voice_id)
+        docs = self._scope.query(
+            "c.voiceId = @voice AND c.docType = 'recording'", {"@voice": voice_id}
+        )
+        return [_joined(doc, transcripts) for doc in docs], problems
+
+    def all_reports(self, voice_id: str) -> list[dict[str, Any]]:
+        """`reports` as plain dicts (what activities pass around)."""
+        return [report.model_dump() for report in self.reports(voice_id)[0]]
+
     def summary(self, voice_id: str, minimum: int) -> DatasetSummary:
         """Counts and duration of the voice's training recordings, transcripts joined."""
-        transcripts, problems = self.transcript_lines(voice_id)
+        reports, problems = self.reports(voice_id)
         counts = {"accepted": 0, "flagged": 0, "rejected": 0}
         duration = 0.0
         missing = 0
-        for doc in self._scope.query(
-            "c.voiceId = @voice AND c.docType = 'recording'", {"@voice": voice_id}
-        ):
-            report = _joined(doc, transcripts)
+        for report in reports:
             counts[report.verdict] += 1
             if report.verdict != "rejected" and report.transcript is None:
                 missing += 1

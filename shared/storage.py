@@ -45,10 +45,11 @@ COSMOS_CONTAINERS: tuple[CosmosContainerSpec, ...] = (
     CosmosContainerSpec("ledger"),  # idempotency ledger of side effects
     CosmosContainerSpec("recordings"),  # quality reports, transcripts, per voice
     CosmosContainerSpec("voices"),  # voice profiles and their consent
+    CosmosContainerSpec("outbox"),  # events waiting to be published (voice.deployed, ...)
 )
 
 # The blob containers the app needs; the audit container name comes from settings.
-BLOB_CONTAINERS: tuple[str, ...] = ("uploads", "processed")
+BLOB_CONTAINERS: tuple[str, ...] = ("uploads", "processed", "training")
 
 
 @lru_cache(maxsize=1)
