@@ -2,7 +2,7 @@
 
 import azure.durable_functions as df
 
-from functions import agents, audit, fallback, health, ingestion, voices
+from functions import agents, audit, fallback, health, ingestion, training, voices
 
 app = df.DFApp()
 
@@ -11,4 +11,5 @@ app.register_functions(agents.bp)
 app.register_functions(audit.bp)
 app.register_functions(ingestion.bp)
 app.register_functions(voices.bp)
+app.register_functions(training.bp)
 app.register_functions(fallback.bp)  # last: the catch-all route

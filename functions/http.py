@@ -9,6 +9,7 @@ validation -> handler -> JSON response, with every `DomainError` mapped to
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -30,6 +31,7 @@ from shared.errors import (
     problem_body,
 )
 from shared.identity import Principal, Role
+from shared.orchestrations import Orchestrations
 from shared.runtime import Runtime, runtime
 from shared.telemetry import bind_tenant, bound, request_id_from
 
@@ -49,6 +51,14 @@ class Call:
     query: Mapping[str, str]
     body: BaseModel | None
     runtime: Runtime
+    orchestrator_client: Orchestrations | None = None
+
+    @property
+    def orchestrations(self) -> Orchestrations:
+        """The Durable client (operations declared with `orchestrations=True`)."""
+        if self.orchestrator_client is None:
+            raise RuntimeError("orchestrations used on an operation without the Durable client")
+        return self.orchestrator_client
 
     @property
     def caller(self) -> Principal:
@@ -77,8 +87,13 @@ def endpoint(
     max_body_bytes: int | None = None,
     documented: bool = True,
     methods: list[str] | None = None,
+    orchestrations: bool = False,
 ) -> Callable[[Handler], Any]:
-    """Declare an HTTP operation; `role=None` makes it public (no token needed)."""
+    """Declare an HTTP operation; `role=None` makes it public (no token needed).
+
+    `orchestrations=True` binds the Durable client (the blueprint must be a
+    `df.Blueprint`) and hands the handler `call.orchestrations`.
+    """
 
     def register(handler: Handler) -> Any:
         operation = Operation(
@@ -95,33 +110,48 @@ def endpoint(
             errors=errors,
             max_body_bytes=max_body_bytes,
             documented=documented,
+            handler=handler,
         )
         ROUTES.add(operation)
 
         def trigger(req: func.HttpRequest) -> func.HttpResponse:
             return respond(req, operation, handler)
 
-        trigger.__name__ = handler.__name__
-        trigger.__qualname__ = handler.__qualname__
-        trigger.__doc__ = handler.__doc__
-        trigger.__module__ = handler.__module__
-        return bp.function_name(name=handler.__name__)(
-            bp.route(
-                route=route,
-                methods=methods or [operation.method],
-                auth_level=func.AuthLevel.ANONYMOUS,
-            )(trigger)
-        )
+        async def durable_trigger(req: func.HttpRequest, client: str) -> func.HttpResponse:
+            # The Durable middleware hands an async client to an async function: the
+            # synchronous pipeline runs on a thread and reaches the client through the loop.
+            from functions.durable import DurableOrchestrations
+
+            gateway = DurableOrchestrations(client, asyncio.get_running_loop())
+            return await asyncio.to_thread(respond, req, operation, handler, gateway)
+
+        chosen: Callable[..., Any] = durable_trigger if orchestrations else trigger
+        chosen.__name__ = handler.__name__
+        chosen.__qualname__ = handler.__qualname__
+        chosen.__doc__ = handler.__doc__
+        chosen.__module__ = handler.__module__
+        registered = bp.route(
+            route=route, methods=methods or [operation.method], auth_level=func.AuthLevel.ANONYMOUS
+        )(chosen)
+        if orchestrations:
+            registered = bp.durable_client_input(client_name="client")(registered)  # type: ignore[attr-defined]
+        return bp.function_name(name=handler.__name__)(registered)
 
     return register
 
 
-def respond(req: func.HttpRequest, operation: Operation, handler: Handler) -> func.HttpResponse:
+def respond(
+    req: func.HttpRequest,
+    operation: Operation,
+    handler: Handler,
+    orchestrations: Orchestrations | None = None,
+) -> func.HttpResponse:
     """Run one request through the pipeline and map its result or error."""
     request_id = request_id_from(req.headers)
     with bound(request_id):
         try:
-            return _reply(_run(req, operation, handler, request_id), operation, request_id)
+            result = _run(req, operation, handler, request_id, orchestrations)
+            return _reply(result, operation, request_id)
         except DomainError as error:
             if error.status >= 500:
                 log.error(
@@ -138,7 +168,13 @@ def respond(req: func.HttpRequest, operation: Operation, handler: Handler) -> fu
             )
 
 
-def _run(req: func.HttpRequest, operation: Operation, handler: Handler, request_id: str) -> Any:
+def _run(
+    req: func.HttpRequest,
+    operation: Operation,
+    handler: Handler,
+    request_id: str,
+    orchestrations: Orchestrations | None,
+) -> Any:
     try:
         rt = runtime()
     except ConfigurationError as exc:
@@ -168,6 +204,7 @@ def _run(req: func.HttpRequest, operation: Operation, handler: Handler, request_
         query=dict(req.params or {}),
         body=parsed,
         runtime=rt,
+        orchestrator_client=orchestrations,
     )
     return handler(call)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-import azure.functions as func
+import azure.durable_functions as df
 
 from functions.http import Call, endpoint, paging, wrap_continuation
 from shared.api import Reply
@@ -19,7 +19,7 @@ from shared.voices import (
     VoicePage,
 )
 
-bp = func.Blueprint()
+bp = df.Blueprint()
 _VOICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -126,8 +126,21 @@ def register_consent(call: Call) -> Voice:
     tag="voices",
     response=Voice,
     errors=(404,),
-    summary="Revoke consent: no more training or use",
+    orchestrations=True,
+    summary="Revoke consent: training stops, the voice is undeployed and never used again",
 )
 def revoke_consent(call: Call) -> Voice:
-    """Revoke the voice's consent (audited)."""
-    return call.runtime.voices.revoke_consent(call.caller, voice_id(call), call.request_id)
+    """Revoke the voice's consent (audited), stop its training and delete its endpoint."""
+    voice = call.runtime.voices.revoke_consent(call.caller, voice_id(call), call.request_id)
+    training = call.runtime.voices.training_of(call.caller, voice.id) or {}
+    if training.get("instanceId"):
+        status = call.orchestrations.status(training["instanceId"])
+        if status is not None and status.runtime_status in {"Pending", "Running"}:
+            call.orchestrations.raise_event(
+                training["instanceId"], "cancel", {"reason": "consent revoked"}
+            )
+    if voice.endpoint_id:
+        from shared.training import Resource
+
+        call.runtime.training.delete(Resource(kind="endpoint", id=voice.endpoint_id))
+    return voice

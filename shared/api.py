@@ -8,6 +8,7 @@ cannot drift apart.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -39,6 +40,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     max_body_bytes: int | None = None
     documented: bool = True
+    handler: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def path(self) -> str:

@@ -113,6 +113,21 @@ class Settings(BaseSettings):
     )
     upload_url_minutes: int = Field(60, ge=5, le=1440, validation_alias="TIMBRE_UPLOAD_URL_MINUTES")
 
+    # Custom Neural Voice training.
+    training_recipe: str = Field("Default", validation_alias="TIMBRE_TRAINING_RECIPE")
+    training_poll_seconds: int = Field(
+        60, ge=10, le=3600, validation_alias="TIMBRE_TRAINING_POLL_SECONDS"
+    )
+    training_poll_max_seconds: int = Field(
+        3600, ge=60, le=86_400, validation_alias="TIMBRE_TRAINING_POLL_MAX_SECONDS"
+    )
+    training_deadline_hours: int = Field(
+        48, ge=1, le=720, validation_alias="TIMBRE_TRAINING_DEADLINE_HOURS"
+    )
+    approval_timeout_hours: int = Field(
+        168, ge=1, le=2160, validation_alias="TIMBRE_APPROVAL_TIMEOUT_HOURS"
+    )
+
     # Cosmos DB: the same pattern under the `CosmosDb` connection name.
     cosmos_connection_string: str | None = Field(None, validation_alias="CosmosDb")
     cosmos_endpoint: str | None = Field(None, validation_alias="CosmosDb__accountEndpoint")
@@ -157,6 +172,7 @@ class Settings(BaseSettings):
     speech_region: str | None = Field(None, validation_alias="AZURE_SPEECH_REGION")
     speech_endpoint: str | None = Field(None, validation_alias="AZURE_SPEECH_ENDPOINT")
     speech_resource_id: str | None = Field(None, validation_alias="AZURE_SPEECH_RESOURCE_ID")
+    speech_key: str | None = Field(None, validation_alias="AZURE_SPEECH_KEY")
     openai_endpoint: str | None = Field(None, validation_alias="AZURE_OPENAI_ENDPOINT")
     openai_chat_deployment: str | None = Field(
         None, validation_alias="AZURE_OPENAI_CHAT_DEPLOYMENT"

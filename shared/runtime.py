@@ -10,6 +10,7 @@ import threading
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from shared.errors import DependencyUnavailable
 from shared.telemetry import configure_logging
 
 if TYPE_CHECKING:
@@ -23,11 +24,13 @@ if TYPE_CHECKING:
     from shared.auth import Authenticator
     from shared.blobs import AzureBlobStore
     from shared.config import Settings
+    from shared.custom_voice import CustomVoiceClient
     from shared.health import Readiness
     from shared.ingestion import IngestionService
     from shared.ledger import Ledger
     from shared.recordings import RecordingStore
     from shared.storage import TenantScope
+    from shared.training import TrainingService
     from shared.voices import VoiceService
 
 # Services are imported where first used: this module is on every function's cold path.
@@ -132,6 +135,45 @@ class Runtime:
             SasIssuer(self.blob_service),
             consent_lifetime=timedelta(days=self.settings.consent_lifetime_days),
             upload_url_lifetime=timedelta(minutes=self.settings.upload_url_minutes),
+        )
+
+    def custom_voice(self) -> CustomVoiceClient:
+        """A Custom Voice client: key auth where a key is set, else the managed identity."""
+        from shared.custom_voice import CustomVoiceClient, key_auth, token_auth
+
+        settings = self.settings
+        if settings.speech_endpoint:
+            base = settings.speech_endpoint.rstrip("/") + "/customvoice/"
+        elif settings.speech_region:
+            base = f"https://{settings.speech_region}.api.cognitive.microsoft.com/customvoice/"
+        else:
+            raise DependencyUnavailable("Custom Voice is not configured: set AZURE_SPEECH_ENDPOINT")
+        if settings.speech_key:
+            return CustomVoiceClient(base, key_auth(settings.speech_key))
+        from shared.storage import credential
+
+        scope = "https://cognitiveservices.azure.com/.default"
+        return CustomVoiceClient(base, token_auth(lambda: credential().get_token(scope).token))
+
+    @cached_property
+    def training(self) -> TrainingService:
+        """The activities of voice training."""
+        from shared.sas import SasIssuer
+        from shared.training import TrainingService
+
+        return TrainingService(
+            client=self.custom_voice,
+            voices=lambda tenant_id: self.tenant_scope("voices", tenant_id),
+            recordings=self.recordings,
+            consent_granted=lambda tenant, voice: (
+                self.voices.consent_state(tenant, voice) == "granted"
+            ),
+            blobs=self.blob_store,
+            sas=SasIssuer(self.blob_service),
+            audit=self.audit,
+            outbox=lambda tenant_id: self.tenant_scope("outbox", tenant_id),
+            minimum_utterances=self.settings.training_min_utterances,
+            recipe_kind=self.settings.training_recipe,
         )
 
     @cached_property

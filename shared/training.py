@@ -72,6 +72,7 @@ class Resource(BaseModel):
 
     kind: ResourceKind
     id: str
+    operation_id: str | None = None  # the upload's operation (training sets), for its reasons
 
 
 class ResourceStatus(BaseModel):
@@ -203,12 +204,12 @@ class TrainingService:
         container = self._sas.container_url(
             TRAINING_CONTAINER, permission="rl", lifetime=timedelta(hours=12)
         ).url
-        client.upload_training_set(
+        upload = client.upload_training_set(
             set_id,
             BlobSource(container, f"{run.staging_prefix}audio/", (".wav",)),
             BlobSource(container, f"{run.staging_prefix}script/", (".txt",)),
         )
-        return Resource(kind="training_set", id=set_id)
+        return Resource(kind="training_set", id=set_id, operation_id=upload.id)
 
     def create_model(self, run: TrainingRun) -> Resource:
         """Start model training."""
@@ -244,9 +245,12 @@ class TrainingService:
         failure = getattr(found, "failure_reason", None)
         if failure:
             reasons.append(str(failure))
-        operation = getattr(found, "operation", None)
-        if operation is not None and found.status == "Failed":
-            reasons.extend(operation.reasons)
+        if found.status == "Failed":
+            operation = getattr(found, "operation", None)
+            if operation is None and resource.operation_id:
+                operation = client.get_operation(resource.operation_id)
+            if operation is not None:
+                reasons.extend(operation.reasons)
         return ResourceStatus(
             status=found.status,
             reasons=reasons,

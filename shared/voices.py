@@ -297,6 +297,11 @@ class VoiceService:
         self._record(caller, "consent.revoke", voice_id, request_id)
         return self._voice(document)
 
+    def training_of(self, caller: Principal, voice_id: str) -> dict[str, Any] | None:
+        """The voice's training record (instance, dataset version, state fields)."""
+        training = self._document(caller.tenant_id, voice_id).get("training")
+        return dict(training) if training else None
+
     def consent_state(self, tenant_id: str, voice_id: str) -> ConsentState:
         """The consent state now (expiry applied): training and synthesis check this."""
         return self._consent(self._settled(tenant_id, voice_id)).state

@@ -100,8 +100,13 @@ def request(
     headers: dict[str, str] | None = None,
     body: bytes | dict[str, Any] | None = None,
     token: str | None = None,
+    orchestrations: Any = None,
 ) -> func.HttpResponse:
-    """Send one request through the host's routing to the app's function."""
+    """Send one request through the host's routing to the app's function.
+
+    A function bound to the Durable client gets `orchestrations` (an in-memory gateway by
+    default) where the host would hand it the client.
+    """
     headers = dict(headers or {})
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
@@ -123,6 +128,14 @@ def request(
         route_params=params,
         body=raw,
     )
+    if any(binding["type"] == "durableClient" for binding in fn.bindings):
+        from functions.http import respond
+        from shared.api import ROUTES
+        from tests.fakes.orchestrations import MemoryOrchestrations
+
+        operation = ROUTES.by_name(fn.name)
+        assert operation.handler is not None
+        return respond(req, operation, operation.handler, orchestrations or MemoryOrchestrations())
     response: func.HttpResponse = fn.call(req)
     return response
 

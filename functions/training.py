@@ -1,0 +1,415 @@
+"""Custom Neural Voice training: the orchestration, its activities and its HTTP API.
+
+The orchestrator is control flow only: activities (one-line adapters onto
+`shared.training.TrainingService`), durable timers for the monitor loops, external events
+for approval and cancellation. Everything it creates is compensated, in reverse order,
+when the run fails, times out, is rejected or cancelled, or loses consent.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import azure.durable_functions as df
+from pydantic import BaseModel, Field
+
+from functions.http import Call, endpoint
+from functions.voices import voice_id
+from shared.api import Reply
+from shared.errors import Conflict, NotFound
+from shared.identity import Role
+from shared.orchestrations import OrchestrationStatus
+from shared.runtime import runtime
+from shared.training import Resource, TrainingRun, dataset_version
+
+bp = df.Blueprint()
+
+ORCHESTRATOR = "train_voice_orchestrator"
+RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=30_000, max_number_of_attempts=5)
+TERMINAL = {"Succeeded", "Failed"}
+
+
+class TrainingStopped(Exception):
+    """The run cannot go on; the message is the reason recorded on the voice."""
+
+
+class Timing(BaseModel):
+    """How long the run waits, fixed when it starts (orchestrators read no settings)."""
+
+    first_poll_s: int = 60
+    max_poll_s: int = 3600
+    model_deadline_h: int = 48
+    step_deadline_h: int = 6
+    approval_timeout_h: int = 168
+
+
+def _status(context: df.DurableOrchestrationContext, step: str, **extra: Any) -> None:
+    context.set_custom_status(
+        {"step": step, "since": context.current_utc_datetime.isoformat(), **extra}
+    )
+
+
+def _wait_until_done(
+    context: df.DurableOrchestrationContext,
+    run: dict[str, Any],
+    resource: dict[str, Any],
+    *,
+    step: str,
+    timing: Timing,
+    deadline_h: int,
+) -> Any:
+    """Poll a resource with growing intervals on durable timers until it is terminal."""
+    deadline = context.current_utc_datetime + timedelta(hours=deadline_h)
+    poll = timing.first_poll_s
+    while True:
+        state = yield context.call_activity_with_retry(
+            "training_resource_status", RETRY, {"run": run, "resource": resource}
+        )
+        _status(context, step, service_status=state["status"])
+        if not state["consent_granted"]:
+            raise TrainingStopped("consent is no longer granted")
+        if state["status"] in TERMINAL:
+            if state["status"] == "Failed":
+                reasons = "; ".join(state["reasons"]) or "no reason given"
+                raise TrainingStopped(f"{step} failed: {reasons}")
+            return state
+        wake = context.current_utc_datetime + timedelta(seconds=poll)
+        if wake > deadline:
+            raise TrainingStopped(f"{step} did not finish within {deadline_h} h")
+        timer = context.create_timer(wake)
+        cancel = context.wait_for_external_event("cancel")
+        winner = yield context.task_any([timer, cancel])
+        if winner == cancel:
+            raise TrainingStopped(f"cancelled: {cancel.result.get('reason', 'by request')}")
+        poll = min(poll * 2, timing.max_poll_s)
+
+
+@bp.orchestration_trigger(context_name="context")
+def train_voice_orchestrator(context: df.DurableOrchestrationContext) -> Any:
+    """Train, approve and deploy a Custom Neural Voice; compensate on any failure."""
+    payload = context.get_input()
+    run, timing = payload["run"], Timing.model_validate(payload["timing"])
+    created: list[dict[str, Any]] = []
+    try:
+        _status(context, "checking")
+        ready = yield context.call_activity("training_check_ready", run)
+        if not ready["ok"]:
+            raise TrainingStopped(ready["reason"])
+        yield context.call_activity_with_retry(
+            "training_set_status", RETRY, {"run": run, "status": "training"}
+        )
+        _status(context, "staging")
+        yield context.call_activity_with_retry("training_stage", RETRY, run)
+        _status(context, "creating_project")
+        yield context.call_activity_with_retry("training_create_project", RETRY, run)
+        for kind, step, deadline in (
+            ("consent", "consent", timing.step_deadline_h),
+            ("training_set", "training_set_validation", timing.step_deadline_h),
+            ("model", "model_training", timing.model_deadline_h),
+        ):
+            resource = yield context.call_activity_with_retry(f"training_create_{kind}", RETRY, run)
+            created.append(resource)
+            yield from _wait_until_done(
+                context, run, resource, step=step, timing=timing, deadline_h=deadline
+            )
+
+        _status(context, "awaiting_approval")
+        yield context.call_activity_with_retry(
+            "training_set_status", RETRY, {"run": run, "status": "awaiting_approval"}
+        )
+        approval = context.wait_for_external_event("approval")
+        cancel = context.wait_for_external_event("cancel")
+        timeout = context.create_timer(
+            context.current_utc_datetime + timedelta(hours=timing.approval_timeout_h)
+        )
+        winner = yield context.task_any([approval, cancel, timeout])
+        if winner == timeout:
+            raise TrainingStopped(f"no approval within {timing.approval_timeout_h} h")
+        timeout.cancel()
+        if winner == cancel:
+            raise TrainingStopped(f"cancelled: {cancel.result.get('reason', 'by request')}")
+        if not approval.result.get("approved"):
+            raise TrainingStopped(f"rejected by {approval.result.get('by', 'an admin')}")
+
+        _status(context, "deploying")
+        endpoint_id = str(context.new_uuid())
+        resource = yield context.call_activity_with_retry(
+            "training_create_endpoint", RETRY, {"run": run, "endpoint_id": endpoint_id}
+        )
+        created.append(resource)
+        yield from _wait_until_done(
+            context,
+            run,
+            resource,
+            step="deployment",
+            timing=timing,
+            deadline_h=timing.step_deadline_h,
+        )
+        yield context.call_activity_with_retry(
+            "training_mark_deployed", RETRY, {"run": run, "endpoint_id": endpoint_id}
+        )
+        _status(context, "deployed", endpoint_id=endpoint_id)
+        return {"status": "deployed", "endpoint_id": endpoint_id}
+    except Exception as error:
+        reason = str(error).strip() or type(error).__name__
+        _status(context, "compensating", reason=reason)
+        for resource in reversed(created):
+            yield context.call_activity_with_retry("training_delete_resource", RETRY, resource)
+        yield context.call_activity_with_retry(
+            "training_set_status", RETRY, {"run": run, "status": "failed", "reason": reason}
+        )
+        _status(context, "failed", reason=reason)
+        return {"status": "failed", "reason": reason}
+
+
+# Activities: one-line adapters onto the training service.
+
+
+def _run(data: dict[str, Any]) -> TrainingRun:
+    return TrainingRun.model_validate(data)
+
+
+@bp.activity_trigger(input_name="run")
+def training_check_ready(run: dict[str, Any]) -> dict[str, Any]:
+    """Consent granted and the dataset still the requested version."""
+    return runtime().training.check_ready(_run(run)).model_dump()
+
+
+@bp.activity_trigger(input_name="run")
+def training_stage(run: dict[str, Any]) -> int:
+    """Stage the accepted canonical audio and the transcript."""
+    return runtime().training.stage(_run(run))
+
+
+@bp.activity_trigger(input_name="run")
+def training_create_project(run: dict[str, Any]) -> None:
+    """Create or reuse the voice's project."""
+    runtime().training.create_project(_run(run))
+
+
+@bp.activity_trigger(input_name="run")
+def training_create_consent(run: dict[str, Any]) -> dict[str, Any]:
+    """Create the consent resource."""
+    return runtime().training.create_consent(_run(run)).model_dump()
+
+
+@bp.activity_trigger(input_name="run")
+def training_create_training_set(run: dict[str, Any]) -> dict[str, Any]:
+    """Create the training set and start its upload."""
+    return runtime().training.create_training_set(_run(run)).model_dump()
+
+
+@bp.activity_trigger(input_name="run")
+def training_create_model(run: dict[str, Any]) -> dict[str, Any]:
+    """Start model training."""
+    return runtime().training.create_model(_run(run)).model_dump()
+
+
+@bp.activity_trigger(input_name="data")
+def training_create_endpoint(data: dict[str, Any]) -> dict[str, Any]:
+    """Deploy the model."""
+    return runtime().training.create_endpoint(_run(data["run"]), data["endpoint_id"]).model_dump()
+
+
+@bp.activity_trigger(input_name="data")
+def training_resource_status(data: dict[str, Any]) -> dict[str, Any]:
+    """A resource's status and whether consent still holds."""
+    resource = Resource.model_validate(data["resource"])
+    return runtime().training.status(_run(data["run"]), resource).model_dump()
+
+
+@bp.activity_trigger(input_name="resource")
+def training_delete_resource(resource: dict[str, Any]) -> bool:
+    """Delete a resource this run created."""
+    return runtime().training.delete(Resource.model_validate(resource))
+
+
+@bp.activity_trigger(input_name="data")
+def training_set_status(data: dict[str, Any]) -> None:
+    """Record the voice's training state."""
+    fields = {"reason": data["reason"]} if data.get("reason") else {}
+    runtime().training.set_status(_run(data["run"]), data["status"], **fields)
+
+
+@bp.activity_trigger(input_name="data")
+def training_mark_deployed(data: dict[str, Any]) -> None:
+    """Record the endpoint and publish voice.deployed."""
+    runtime().training.mark_deployed(_run(data["run"]), data["endpoint_id"])
+
+
+# HTTP API.
+
+
+class TrainingState(BaseModel):
+    """A voice's training run as callers see it."""
+
+    voice_id: str
+    instance_id: str
+    dataset_version: str
+    runtime_status: str = Field(description="Pending, Running, Completed, Failed, Terminated")
+    step: str | None = None
+    since: str | None = None
+    service_status: str | None = None
+    reason: str | None = None
+    endpoint_id: str | None = None
+    created_at: str | None = None
+    last_updated_at: str | None = None
+
+
+def _state(voice: str, run: TrainingRun, status: OrchestrationStatus | None) -> TrainingState:
+    custom = (status.custom_status if status else None) or {}
+    return TrainingState(
+        voice_id=voice,
+        instance_id=run.instance_id,
+        dataset_version=run.dataset_version,
+        runtime_status=status.runtime_status if status else "Pending",
+        step=custom.get("step"),
+        since=custom.get("since"),
+        service_status=custom.get("service_status"),
+        reason=custom.get("reason"),
+        endpoint_id=custom.get("endpoint_id"),
+        created_at=status.created_at if status else None,
+        last_updated_at=status.last_updated_at if status else None,
+    )
+
+
+def _current_run(call: Call) -> TrainingRun:
+    voice = call.runtime.voices.get(call.caller, voice_id(call))
+    version = (call.runtime.voices.training_of(call.caller, voice.id) or {}).get("datasetVersion")
+    if not version:
+        raise NotFound(f"voice {voice.id} has no training run")
+    return TrainingRun(
+        tenant_id=call.caller.tenant_id,
+        voice_id=voice.id,
+        dataset_version=version,
+        requested_by=call.caller.subject,
+    )
+
+
+@endpoint(
+    bp,
+    "v1/voices/{voice_id}/training",
+    "POST",
+    role=Role.ANALYST,
+    tag="training",
+    response=TrainingState,
+    status=202,
+    also=(200,),
+    errors=(404, 409),
+    orchestrations=True,
+    summary="Start training (a second start of the same dataset is a no-op)",
+)
+def start_training(call: Call) -> Reply:
+    """Start the orchestration for the voice's current accepted dataset."""
+    voice = call.runtime.voices.get(call.caller, voice_id(call))
+    training = call.runtime.training
+    accepted = training.accepted(call.caller.tenant_id, voice.id)
+    run = TrainingRun(
+        tenant_id=call.caller.tenant_id,
+        voice_id=voice.id,
+        dataset_version=dataset_version(accepted),
+        requested_by=call.caller.subject,
+    )
+    ready = training.check_ready(run)
+    if not ready.ok:
+        raise Conflict(f"training cannot start: {ready.reason}")
+    settings = call.runtime.settings
+    timing = Timing(
+        first_poll_s=settings.training_poll_seconds,
+        max_poll_s=settings.training_poll_max_seconds,
+        model_deadline_h=settings.training_deadline_hours,
+        approval_timeout_h=settings.approval_timeout_hours,
+    )
+    started = call.orchestrations.start(
+        ORCHESTRATOR, run.instance_id, {"run": run.model_dump(), "timing": timing.model_dump()}
+    )
+    if started:
+        training.set_status(run, "training", instanceId=run.instance_id)
+    state = _state(voice.id, run, call.orchestrations.status(run.instance_id))
+    location = f"/api/v1/voices/{voice.id}/training"
+    return Reply(state, status=202 if started else 200, headers={"Location": location})
+
+
+@endpoint(
+    bp,
+    "v1/voices/{voice_id}/training",
+    "GET",
+    role=Role.USER,
+    tag="training",
+    response=TrainingState,
+    errors=(404,),
+    orchestrations=True,
+    summary="The training run's state, current step and the service's last status",
+)
+def get_training(call: Call) -> TrainingState:
+    """Where the voice's training stands."""
+    run = _current_run(call)
+    return _state(run.voice_id, run, call.orchestrations.status(run.instance_id))
+
+
+def _decide(call: Call, approved: bool) -> Reply:
+    run = _current_run(call)
+    status = call.orchestrations.status(run.instance_id)
+    step = (status.custom_status or {}).get("step") if status else None
+    if step != "awaiting_approval":
+        raise Conflict(f"the training run is not awaiting approval (step: {step})")
+    call.orchestrations.raise_event(
+        run.instance_id, "approval", {"approved": approved, "by": call.caller.subject}
+    )
+    return Reply(_state(run.voice_id, run, status), status=202)
+
+
+@endpoint(
+    bp,
+    "v1/voices/{voice_id}/training/approve",
+    "POST",
+    role=Role.ADMIN,
+    tag="training",
+    response=TrainingState,
+    status=202,
+    errors=(404, 409),
+    orchestrations=True,
+    summary="Approve deployment of the trained voice",
+)
+def approve_training(call: Call) -> Reply:
+    """Let the run deploy the endpoint."""
+    return _decide(call, approved=True)
+
+
+@endpoint(
+    bp,
+    "v1/voices/{voice_id}/training/reject",
+    "POST",
+    role=Role.ADMIN,
+    tag="training",
+    response=TrainingState,
+    status=202,
+    errors=(404, 409),
+    orchestrations=True,
+    summary="Reject the trained voice: the run compensates and fails",
+)
+def reject_training(call: Call) -> Reply:
+    """Stop the run before deployment."""
+    return _decide(call, approved=False)
+
+
+@endpoint(
+    bp,
+    "v1/voices/{voice_id}/training",
+    "DELETE",
+    role=Role.ANALYST,
+    tag="training",
+    response=TrainingState,
+    status=202,
+    errors=(404,),
+    orchestrations=True,
+    summary="Cancel training: the run deletes what it created and fails",
+)
+def cancel_training(call: Call) -> Reply:
+    """Ask the run to stop and compensate."""
+    run = _current_run(call)
+    call.orchestrations.raise_event(
+        run.instance_id, "cancel", {"reason": f"cancelled by {call.caller.subject}"}
+    )
+    return Reply(_state(run.voice_id, run, call.orchestrations.status(run.instance_id)), status=202)
