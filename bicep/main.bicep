@@ -16,8 +16,11 @@ targetScope = 'resourceGroup'
 ])
 param timbreEnvironment string
 
-@description('Azure region of every resource.')
+@description('Azure region of every resource but Speech (speechLocation).')
 param location string = resourceGroup().location
+
+@description('Azure region of the Speech resource; defaults to the deployment location. Custom Neural Voice (professional voice) is a limited-access feature whose training is available in some regions only: pick one that offers it (bicep/README.md).')
+param speechLocation string = location
 
 @description('Prefix of every resource name.')
 @minLength(3)
@@ -184,6 +187,16 @@ module cosmos 'modules/cosmos.bicep' = {
   }
 }
 
+module speech 'modules/speech.bicep' = {
+  name: 'speech'
+  params: {
+    name: 'spch-${baseName}-${suffix}'
+    location: speechLocation
+    tags: tags
+    principalId: identity.outputs.principalId
+  }
+}
+
 // Every app setting the Functions host and the app read in Azure. Connections are
 // identity-based: `<connection>__credential=managedidentity` with the identity's client
 // id, and the service URIs (Functions docs, "identity-based connections").
@@ -203,6 +216,11 @@ var appSettings = {
   CosmosDb__accountEndpoint: cosmos.outputs.endpoint
   CosmosDb__credential: 'managedidentity'
   CosmosDb__clientId: identity.outputs.clientId
+  // Speech (Custom Voice, synthesis) with the identity: the custom-domain endpoint, which
+  // Entra ID auth requires, the region and the resource id (no AZURE_SPEECH_KEY in Azure).
+  AZURE_SPEECH_ENDPOINT: speech.outputs.endpoint
+  AZURE_SPEECH_REGION: speech.outputs.region
+  AZURE_SPEECH_RESOURCE_ID: speech.outputs.id
   // DefaultAzureCredential in the app picks the user-assigned identity by this id.
   AZURE_CLIENT_ID: identity.outputs.clientId
   TIMBRE_ENVIRONMENT: timbreEnvironment
@@ -221,7 +239,6 @@ var appSettings = {
 // Later issues add their services here, each as a module beside these that takes
 // identity.outputs.principalId and assigns its own data-plane role on its resource, and
 // each adds its settings to appSettings above (names as in shared/config.py):
-//   Speech (Custom Voice, synthesis)  AZURE_SPEECH_REGION, AZURE_SPEECH_ENDPOINT, AZURE_SPEECH_RESOURCE_ID
 //   Azure OpenAI (chat, TTS)          AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_*_DEPLOYMENT
 //   Translator                        AZURE_TRANSLATOR_ENDPOINT, AZURE_TRANSLATOR_REGION
 //   Web PubSub (realtime voice)       WebPubSub__endpoint
@@ -266,3 +283,5 @@ output AZURE_FUNCTION_APP_URL string = 'https://${functionApp.outputs.defaultHos
 output AZURE_CLIENT_ID string = identity.outputs.clientId
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output AZURE_COSMOS_ENDPOINT string = cosmos.outputs.endpoint
+output AZURE_SPEECH_ENDPOINT string = speech.outputs.endpoint
+output AZURE_SPEECH_RESOURCE_ID string = speech.outputs.id

@@ -4,10 +4,12 @@ No `from __future__ import annotations` here: the worker recognises the SDK-type
 by the trigger parameter's annotation, which must be the class itself.
 """
 
+import asyncio
 import json
 import logging
 import os
 
+import azure.durable_functions as df
 import azure.functions as func
 
 # The SDK-type binding hands the function a BlobClient instead of the blob's content, so
@@ -18,12 +20,15 @@ import azurefunctions.extensions.bindings.blob as blob_binding
 from functions.http import Call, endpoint, paging, wrap_continuation
 from functions.voices import voice_id
 from shared.identity import Role
+from shared.ingestion import Outcome
+from shared.orchestrations import Orchestrations
 from shared.recordings import DatasetSummary, RecordingPage
 from shared.runtime import runtime
 from shared.telemetry import bound
+from shared.uploads import UploadKind, UploadPath
 
 log = logging.getLogger(__name__)
-bp = func.Blueprint()
+bp = df.Blueprint()
 
 # Event Grid is required on Flex Consumption; the polling scan works locally with Azurite.
 # Read at indexing time (a decorator argument); Settings validates the same setting.
@@ -40,11 +45,36 @@ POISON_QUEUE = "webjobs-blobtrigger-poison"
 @bp.blob_trigger(
     arg_name="upload", path="uploads/{name}", connection="TimbreStorage", source=TRIGGER_SOURCE
 )
-def ingest_upload(upload: blob_binding.BlobClient, context: func.Context) -> None:
-    """Turn an uploaded file into a canonical WAV and a quality report (once per version)."""
-    with bound(context.invocation_id):
-        result = runtime().ingestion.ingest(upload.blob_name)
+@bp.durable_client_input(client_name="client")
+async def ingest_upload(
+    upload: blob_binding.BlobClient, context: func.Context, client: str
+) -> None:
+    """Turn an uploaded file into a canonical WAV and a quality report (once per version);
+    start the voice's first training once its dataset meets the minimum."""
+    from functions.durable import DurableOrchestrations
+
+    gateway = DurableOrchestrations(client, asyncio.get_running_loop())  # type: ignore[arg-type]
+    await asyncio.to_thread(
+        ingest_and_maybe_train, upload.blob_name, context.invocation_id, gateway
+    )
+
+
+def ingest_and_maybe_train(
+    blob_name: str, invocation_id: str, orchestrations: Orchestrations
+) -> None:
+    """The blob trigger's work, on a worker thread."""
+    with bound(invocation_id):
+        rt = runtime()
+        result = rt.ingestion.ingest(blob_name)
         log.info("ingestion finished", extra={"event": "ingest_done", "outcome": result.outcome})
+        if result.outcome is not Outcome.PROCESSED or result.verdict == "rejected":
+            return
+        path = UploadPath.parse(blob_name)
+        if path.kind is UploadKind.CONSENT:
+            return
+        run = rt.training.start_when_ready(path.tenant_id, path.voice_id, orchestrations)
+        if run is not None:
+            log.info("training started", extra={"event": "training_auto_start"})
 
 
 @bp.function_name("record_poison_upload")

@@ -21,27 +21,16 @@ from shared.errors import Conflict, NotFound
 from shared.identity import Role
 from shared.orchestrations import OrchestrationStatus
 from shared.runtime import runtime
-from shared.training import Resource, TrainingRun, dataset_version
+from shared.training import Resource, Timing, TrainingRun
 
 bp = df.Blueprint()
 
-ORCHESTRATOR = "train_voice_orchestrator"
 RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=30_000, max_number_of_attempts=5)
 TERMINAL = {"Succeeded", "Failed"}
 
 
 class TrainingStopped(Exception):
     """The run cannot go on; the message is the reason recorded on the voice."""
-
-
-class Timing(BaseModel):
-    """How long the run waits, fixed when it starts (orchestrators read no settings)."""
-
-    first_poll_s: int = 60
-    max_poll_s: int = 3600
-    model_deadline_h: int = 48
-    step_deadline_h: int = 6
-    approval_timeout_h: int = 168
 
 
 def _status(context: df.DurableOrchestrationContext, step: str, **extra: Any) -> None:
@@ -303,29 +292,9 @@ def _current_run(call: Call) -> TrainingRun:
 def start_training(call: Call) -> Reply:
     """Start the orchestration for the voice's current accepted dataset."""
     voice = call.runtime.voices.get(call.caller, voice_id(call))
-    training = call.runtime.training
-    accepted = training.accepted(call.caller.tenant_id, voice.id)
-    run = TrainingRun(
-        tenant_id=call.caller.tenant_id,
-        voice_id=voice.id,
-        dataset_version=dataset_version(accepted),
-        requested_by=call.caller.subject,
+    run, started = call.runtime.training.start(
+        call.caller.tenant_id, voice.id, call.caller.subject, call.orchestrations
     )
-    ready = training.check_ready(run)
-    if not ready.ok:
-        raise Conflict(f"training cannot start: {ready.reason}")
-    settings = call.runtime.settings
-    timing = Timing(
-        first_poll_s=settings.training_poll_seconds,
-        max_poll_s=settings.training_poll_max_seconds,
-        model_deadline_h=settings.training_deadline_hours,
-        approval_timeout_h=settings.approval_timeout_hours,
-    )
-    started = call.orchestrations.start(
-        ORCHESTRATOR, run.instance_id, {"run": run.model_dump(), "timing": timing.model_dump()}
-    )
-    if started:
-        training.set_status(run, "training", instanceId=run.instance_id)
     state = _state(voice.id, run, call.orchestrations.status(run.instance_id))
     location = f"/api/v1/voices/{voice.id}/training"
     return Reply(state, status=202 if started else 200, headers={"Location": location})

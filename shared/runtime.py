@@ -159,8 +159,9 @@ class Runtime:
     def training(self) -> TrainingService:
         """The activities of voice training."""
         from shared.sas import SasIssuer
-        from shared.training import TrainingService
+        from shared.training import Timing, TrainingService
 
+        settings = self.settings
         return TrainingService(
             client=self.custom_voice,
             voices=lambda tenant_id: self.tenant_scope("voices", tenant_id),
@@ -174,6 +175,12 @@ class Runtime:
             outbox=lambda tenant_id: self.tenant_scope("outbox", tenant_id),
             minimum_utterances=self.settings.training_min_utterances,
             recipe_kind=self.settings.training_recipe,
+            timing=Timing(
+                first_poll_s=settings.training_poll_seconds,
+                max_poll_s=settings.training_poll_max_seconds,
+                model_deadline_h=settings.training_deadline_hours,
+                approval_timeout_h=settings.approval_timeout_hours,
+            ),
         )
 
     @cached_property

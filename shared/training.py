@@ -19,6 +19,8 @@ from pydantic import BaseModel
 
 from shared.audit import AuditEvent, AuditLog
 from shared.blobs import BlobStore
+from shared.errors import Conflict
+from shared.orchestrations import Orchestrations
 from shared.recordings import RecordingStore
 from shared.sas import SasIssuer
 from shared.storage import TenantScope
@@ -30,8 +32,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRAINING_CONTAINER = "training"
+ORCHESTRATOR = "train_voice_orchestrator"
 ACTOR = "system:training"
 ResourceKind = Literal["consent", "training_set", "model", "endpoint"]
+
+
+class Timing(BaseModel):
+    """How long the run waits, fixed when it starts (orchestrators read no settings)."""
+
+    first_poll_s: int = 60
+    max_poll_s: int = 3600
+    model_deadline_h: int = 48
+    step_deadline_h: int = 6
+    approval_timeout_h: int = 168
 
 
 class TrainingRun(BaseModel):
@@ -115,6 +128,7 @@ class TrainingService:
         outbox: Callable[[str], TenantScope],
         minimum_utterances: int,
         recipe_kind: str,
+        timing: Timing,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._client = client
@@ -127,6 +141,7 @@ class TrainingService:
         self._outbox = outbox
         self._minimum = minimum_utterances
         self._recipe = recipe_kind
+        self._timing = timing
         self._clock = clock
 
     def accepted(self, tenant_id: str, voice_id: str) -> list[dict[str, Any]]:
@@ -134,6 +149,44 @@ class TrainingService:
         store = self._recordings(tenant_id)
         reports = store.all_reports(voice_id)
         return [r for r in reports if r["verdict"] == "accepted" and r["transcript"]]
+
+    def start(
+        self, tenant_id: str, voice_id: str, requested_by: str, orchestrations: Orchestrations
+    ) -> tuple[TrainingRun, bool]:
+        """Start training the current dataset; a second start of the same one is a no-op."""
+        accepted = self.accepted(tenant_id, voice_id)
+        run = TrainingRun(
+            tenant_id=tenant_id,
+            voice_id=voice_id,
+            dataset_version=dataset_version(accepted),
+            requested_by=requested_by,
+        )
+        ready = self.check_ready(run)
+        if not ready.ok:
+            raise Conflict(f"training cannot start: {ready.reason}")
+        payload = {"run": run.model_dump(), "timing": self._timing.model_dump()}
+        started = orchestrations.start(ORCHESTRATOR, run.instance_id, payload)
+        if started:
+            self.set_status(run, "training", instanceId=run.instance_id)
+        return run, started
+
+    def start_when_ready(
+        self, tenant_id: str, voice_id: str, orchestrations: Orchestrations
+    ) -> TrainingRun | None:
+        """After an upload: start the first training once the dataset meets the minimum.
+
+        Only a voice that was never trained starts by itself; retraining is asked for
+        (POST /training), so a stream of uploads past the minimum starts one run, not one
+        per file.
+        """
+        voice = self._voices(tenant_id).read(voice_id)
+        if voice is None or voice.get("status") != "enrolling":
+            return None
+        accepted = self.accepted(tenant_id, voice_id)
+        if len(accepted) < self._minimum or not self._consent_granted(tenant_id, voice_id):
+            return None
+        run, started = self.start(tenant_id, voice_id, ACTOR, orchestrations)
+        return run if started else None
 
     def check_ready(self, run: TrainingRun) -> Readiness:
         """Consent granted and enough accepted utterances of this very dataset version."""

@@ -8,15 +8,18 @@ before parameters, catch-all last) and call it with a real `func.HttpRequest`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
 
+T = TypeVar("T")
 ROUTE_PREFIX = "api"
 _PARAM = re.compile(r"^\{(\*?)([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?\??\}$")
 
@@ -93,6 +96,18 @@ def route(method: str, url: str) -> tuple[IndexedFunction, dict[str, str]] | Non
     return candidates[0][1], candidates[0][2]
 
 
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run on one event loop for the whole session, as the worker does (the Durable SDK
+    keeps an aiohttp session bound to the loop that made it)."""
+    global _loop  # noqa: PLW0603 (one loop per test process, like the worker's)
+    if _loop is None or _loop.is_closed():
+        _loop = asyncio.new_event_loop()
+    return _loop.run_until_complete(coroutine)
+
+
 def request(
     method: str,
     url: str,
@@ -104,8 +119,9 @@ def request(
 ) -> func.HttpResponse:
     """Send one request through the host's routing to the app's function.
 
-    A function bound to the Durable client gets `orchestrations` (an in-memory gateway by
-    default) where the host would hand it the client.
+    A function bound to the Durable client gets `orchestrations`: a `DurableExtension`
+    (the SDK's real client talking to the fake host API on loopback, through the function
+    as registered) or an in-memory gateway (the default).
     """
     headers = dict(headers or {})
     if token is not None:
@@ -129,6 +145,11 @@ def request(
         body=raw,
     )
     if any(binding["type"] == "durableClient" for binding in fn.bindings):
+        from tests.fakes.durable_extension import DurableExtension
+
+        if isinstance(orchestrations, DurableExtension):  # the real client, on loopback
+            result: func.HttpResponse = run_async(fn.call(req=req, client=orchestrations.binding()))
+            return result
         from functions.http import respond
         from shared.api import ROUTES
         from tests.fakes.orchestrations import MemoryOrchestrations

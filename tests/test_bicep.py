@@ -34,6 +34,11 @@ STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
 STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
 STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
+# The role Speech documents for Custom Voice with Entra ID auth: view, create, edit and
+# delete custom projects' data, models and endpoints, and call synthesis and recognition
+# (https://learn.microsoft.com/azure/ai-services/speech-service/role-based-access-control;
+# id from https://learn.microsoft.com/azure/role-based-access-control/built-in-roles).
+SPEECH_CONTRIBUTOR = "0e75ca1e-0464-4b4d-8b93-68208a576181"
 # Cosmos DB data-plane role definition (not Azure RBAC), the same id in every account.
 COSMOS_DATA_CONTRIBUTOR = "00000000-0000-0000-0000-000000000002"
 
@@ -235,6 +240,11 @@ def test_app_settings_pass_the_app_validation(environment: str) -> None:
     assert settings.cosmos_endpoint == DEPLOYMENT_OUTPUT
     assert settings.audit_container == main_variable("auditContainerName")
     assert settings.cosmos_database == main_variable("cosmosDatabaseName")
+    # Speech through the custom-domain endpoint with the identity, never a key.
+    assert settings.speech_endpoint == DEPLOYMENT_OUTPUT
+    assert settings.speech_resource_id == DEPLOYMENT_OUTPUT
+    assert settings.speech_key is None
+    assert settings.configured_services["speech"]
 
 
 def test_connections_are_identity_based_with_the_one_identity() -> None:
@@ -330,7 +340,7 @@ def test_one_user_assigned_identity_for_everything() -> None:
         for name, mod in modules.items()
         if "principalId" in mod["config"]["params"]
     }
-    assert set(receivers) == {"monitoring", "storage", "cosmos"}
+    assert set(receivers) == {"monitoring", "storage", "cosmos", "speech"}
     assert all(value == ref("identity", "outputs", "principalId") for value in receivers.values())
 
 
@@ -346,6 +356,58 @@ def test_storage_account_refuses_shared_keys_and_public_blobs() -> None:
     containers = resources_of(path, "Microsoft.Storage/storageAccounts/blobServices/containers")
     assert len(containers) == 3
     assert all(body(c)["properties"]["publicAccess"] == "None" for c in containers.values())
+
+
+def test_speech_account_is_entra_only_with_a_custom_subdomain() -> None:
+    path = BICEP / "modules" / "speech.bicep"
+    (account,) = resources_of(path, "Microsoft.CognitiveServices/accounts").values()
+    config = body(account)
+    assert config["kind"] == "SpeechServices"
+    assert config["sku"] == {"name": "S0"}
+    assert config["location"] == "location"
+    properties = config["properties"]
+    # Keys refused; Entra ID tokens need the custom subdomain (https://<name>.cognitiveservices...).
+    assert properties["disableLocalAuth"] is True
+    assert properties["customSubDomainName"] == "name"
+    assert properties["publicNetworkAccess"] == "Enabled"
+    assert "identity" not in config  # it reaches nothing itself: training data comes as SAS
+    outputs = parse(path)["outputs"]
+    assert outputs["endpoint"]["value"] == ref("account", "properties", "endpoint")
+    assert outputs["id"]["value"] == ref("account", "id")
+    assert "account" in json.dumps(outputs["region"]["value"])
+    assert "location" in json.dumps(outputs["region"]["value"])
+
+
+def test_speech_location_is_a_parameter_defaulting_to_the_deployment_location() -> None:
+    speech_location = parse(MAIN)["parameters"]["speechLocation"]
+    assert speech_location["type"] == "string"
+    assert speech_location["default"] == "location"
+    (description,) = [d["argument"] for d in speech_location["decorators"]]
+    assert "limited-access" in description
+    assert "some regions only" in description
+    params = module("speech")["params"]
+    assert params["location"] == "speechLocation"
+    assert params["principalId"] == ref("identity", "outputs", "principalId")
+    # Account name and custom subdomain: globally unique, at most 64 characters.
+    assert params["name"] == "spch-${baseName}-${suffix}"
+    longest = len("spch-") + 10 + len("-development-") + 13  # prefix, env, uniqueString
+    assert longest <= 64
+    assert "speechLocation" in (BICEP / "README.md").read_text()
+
+
+def test_speech_settings_come_from_the_speech_module() -> None:
+    settings = app_settings()
+    assert settings["AZURE_SPEECH_ENDPOINT"] == ref("speech", "outputs", "endpoint")
+    assert settings["AZURE_SPEECH_REGION"] == ref("speech", "outputs", "region")
+    assert settings["AZURE_SPEECH_RESOURCE_ID"] == ref("speech", "outputs", "id")
+    assert "AZURE_SPEECH_KEY" not in settings  # local runs only: the account refuses keys
+    # The Custom Voice client builds `{AZURE_SPEECH_ENDPOINT}/customvoice/`.
+    speech_fields = {
+        f.validation_alias
+        for f in Settings.model_fields.values()
+        if isinstance(f.validation_alias, str) and f.validation_alias.startswith("AZURE_SPEECH_")
+    }
+    assert speech_fields - {"AZURE_SPEECH_KEY"} <= set(settings)
 
 
 def test_blob_containers_are_the_ones_the_app_uses() -> None:
@@ -483,6 +545,7 @@ EXPECTED_ROLES = {
     "monitoring.bicep": {
         "appInsights": {MONITORING_METRICS_PUBLISHER: "Monitoring Metrics Publisher"}
     },
+    "speech.bicep": {"account": {SPEECH_CONTRIBUTOR: "Cognitive Services Speech Contributor"}},
 }
 
 
@@ -639,6 +702,7 @@ def test_checkov_passes_with_only_the_explained_skips(tmp_path: Path) -> None:
         "/modules/storage.bicep",
         "/modules/cosmos.bicep",
         "/modules/functionapp.bicep",
+        "/modules/speech.bicep",
     } <= scanned
 
     # Without the skips, exactly the skipped checks fail: no skip is stale.

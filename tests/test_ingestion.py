@@ -19,7 +19,8 @@ from shared.blobs import MemoryBlobStore
 from shared.ingestion import IngestionService, Outcome
 from shared.runtime import Runtime
 from tests.audio.conftest import encode, mp3_frame_offsets, tone
-from tests.host import json_body, request
+from tests.fakes.durable_extension import durable_extension
+from tests.host import json_body, request, run_async
 
 pytestmark = pytest.mark.integration
 
@@ -385,7 +386,13 @@ def test_an_upload_to_azurite_goes_through_the_registered_trigger(
 
     function = indexed()["ingest_upload"]
     assert function.trigger["path"] == "uploads/{name}"
-    function.call(client, SimpleNamespace(invocation_id="inv-1"))
+    with durable_extension() as host:
+        run_async(
+            function.call(
+                upload=client, context=SimpleNamespace(invocation_id="inv-1"), client=host.binding()
+            )
+        )
+    assert not host.instances  # 1 utterance: far from the training minimum
 
     canonical = (
         live_runtime.blob_service.get_blob_client("processed", f"{TENANT}/{VOICE}/utt-e2e.wav")

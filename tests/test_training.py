@@ -11,19 +11,19 @@ import pytest
 from functions import training
 from shared.identity import Principal, Role
 from shared.runtime import Runtime, use_runtime
-from shared.training import TrainingRun, dataset_version
+from shared.training import Timing, TrainingRun, dataset_version
 from shared.voices import ConsentRegistration, VoiceCreate
 from tests.conftest import make_settings
 from tests.durable import OrchestrationDriver, activities_of
 from tests.fakes.custom_voice import FakeCustomVoice
 from tests.fakes.orchestrations import MemoryOrchestrations
-from tests.host import json_body, request
+from tests.host import json_body, request, run_async
 from tests.test_ingestion import speech, wav
 
 pytestmark = pytest.mark.integration
 
 ANALYST = Principal("dev-tenant", "ana", frozenset({Role.ANALYST}), "dev")
-TIMING = training.Timing(first_poll_s=60, max_poll_s=600, model_deadline_h=4, step_deadline_h=2)
+TIMING = Timing(first_poll_s=60, max_poll_s=600, model_deadline_h=4, step_deadline_h=2)
 
 
 @pytest.fixture
@@ -320,3 +320,52 @@ def test_revoking_consent_cancels_the_running_training(trained_runtime: Runtime)
     assert response.status_code == 200
     instance = run_for(trained_runtime, voice_id).instance_id
     assert gateway.events == [(instance, "cancel", {"reason": "consent revoked"})]
+
+
+def test_uploads_crossing_the_minimum_start_training_once(trained_runtime: Runtime) -> None:
+    """Through the registered blob trigger, its Durable middleware and the SDK's client."""
+    from types import SimpleNamespace
+
+    from tests.fakes.durable_extension import durable_extension
+    from tests.host import indexed
+
+    voice_id = enrolled_voice(trained_runtime, utterances=2)
+    assert trained_runtime.voices.get(ANALYST, voice_id).status == "enrolling"
+    prefix = f"dev-tenant/{voice_id}"
+    script = "\n".join(f"utt-{n}\tSentence number {n}." for n in range(4)).encode()
+    uploads = trained_runtime.blob_service.get_container_client("uploads")
+    trigger = indexed()["ingest_upload"]
+
+    def deliver(name: str, data: bytes, host: Any) -> None:
+        blob = uploads.upload_blob(name, data, overwrite=True)
+        context = SimpleNamespace(invocation_id=f"inv-{name}")
+        run_async(trigger.call(upload=blob, context=context, client=host.binding()))
+
+    with durable_extension() as host:
+        deliver(f"{prefix}/transcripts/script.txt", script, host)
+        deliver(f"{prefix}/samples/utt-2.wav", wav(speech(seconds=2)), host)  # the 3rd: starts
+        deliver(f"{prefix}/samples/utt-3.wav", wav(speech(seconds=2)), host)  # the 4th: no restart
+    starts = [path for method, path in host.requests if "/orchestrators/" in path]
+    assert len(starts) == 1
+    (instance,) = host.instances
+    assert instance.startswith(f"train-dev-tenant-{voice_id}-")
+    assert host.instances[instance]["name"] == "train_voice_orchestrator"
+    assert trained_runtime.voices.get(ANALYST, voice_id).status == "training"
+
+
+def test_the_training_api_through_the_real_durable_client(trained_runtime: Runtime) -> None:
+    """The registered async function, the Durable middleware and the SDK client on loopback."""
+    from tests.fakes.durable_extension import durable_extension
+
+    voice_id = enrolled_voice(trained_runtime)
+    url = f"/api/v1/voices/{voice_id}/training"
+    with durable_extension() as host:
+        response = request("POST", url, token="dev_ana_analyst", orchestrations=host)
+        assert response.status_code == 202, json_body(response)
+        again = request("POST", url, token="dev_ana_analyst", orchestrations=host)
+        assert again.status_code == 200
+        cancel = request("DELETE", url, token="dev_ana_analyst", orchestrations=host)
+        assert cancel.status_code == 202
+    instance = run_for(trained_runtime, voice_id).instance_id
+    assert list(host.instances) == [instance]
+    assert [(i, e) for i, e, _ in host.events] == [(instance, "cancel")]
