@@ -2,8 +2,9 @@
 // endpoints; shared/custom_voice.py) and speech synthesis and recognition. Local (key)
 // auth is disabled: the app calls it with the managed identity, and Microsoft Entra
 // authentication requires a custom subdomain (https://<name>.cognitiveservices.azure.com/,
-// AZURE_SPEECH_ENDPOINT). A custom subdomain cannot be removed once set. Training data reaches the service as SAS URLs the app issues, so the account needs
-// no identity of its own.
+// AZURE_SPEECH_ENDPOINT). A custom subdomain cannot be removed once set. Training data
+// reaches the service as SAS URLs the app issues, so the account needs no identity of its
+// own.
 
 @description('Speech account name and custom subdomain (2-64 lowercase letters, digits and hyphens, globally unique).')
 @minLength(2)
