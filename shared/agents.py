@@ -148,7 +148,8 @@ def voice_status(settings: Settings) -> VoiceStatus:
             speech and bool(settings.speech_resource_id),
             ["AZURE_SPEECH_RESOURCE_ID"],
             "Entra ID (managed identity) authentication to the Speech resource",
-            "Set AZURE_SPEECH_RESOURCE_ID; grant the identity 'Cognitive Services Speech Contributor'",
+            "Set AZURE_SPEECH_RESOURCE_ID; grant the identity "
+            "'Cognitive Services Speech Contributor'",
         ),
         (
             "chat_model",
