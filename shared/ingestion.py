@@ -51,9 +51,16 @@ class Outcome(StrEnum):
 
     PROCESSED = "processed"  # a report was written (whatever its verdict)
     DUPLICATE = "duplicate"  # this version was processed before
-    IN_PROGRESS = "in_progress"  # another worker is processing this version
     SUPERSEDED = "superseded"  # the blob changed or went away: its new version has its own event
     UNROUTED = "unrouted"  # the name is outside the layout: recorded, nothing processed
+
+
+class UploadBusy(Exception):
+    """Another worker holds this version's claim: fail so the host retries later.
+
+    If that worker crashed, its claim expires (the ledger lease is longer than the
+    function timeout) and a later retry, or the poison handler, takes the version over.
+    """
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,7 @@ class IngestionService:
         if claim.state is ClaimState.COMPLETED:
             return IngestResult(Outcome.DUPLICATE)
         if claim.state is ClaimState.IN_PROGRESS:
-            return IngestResult(Outcome.IN_PROGRESS)
+            raise UploadBusy(f"{path.blob_name} is being processed by another worker")
         try:
             result = self._process(path, info)
         except BlobChanged:
@@ -120,21 +127,37 @@ class IngestionService:
         except InvalidUploadName as bad:
             return self._unrouted(blob_name, bad.reason, bad.detail)
         info = self._blobs.properties(UPLOADS_CONTAINER, path.blob_name)
-        version = BlobInfo(
-            path.blob_name, info.size if info else 0, etag or (info.etag if info else ""), {}
-        )
+        etag = etag or (info.etag if info else "")
+        key = _ledger_key(path, etag)
+        state = self._ledger.peek(path.tenant_id, key)
+        if state is ClaimState.COMPLETED:
+            return IngestResult(Outcome.DUPLICATE)  # a later try got through after all
+        if state is ClaimState.IN_PROGRESS:
+            raise UploadBusy(f"{path.blob_name} is still being processed")
+        if info is None or info.etag != etag:
+            # A newer version (or none) is there now: its own event reports it; never let
+            # a stale failure overwrite that report.
+            self._ledger.settle(path.tenant_id, key, {"verdict": "superseded"})
+            return IngestResult(Outcome.SUPERSEDED)
+        version = info
         reason = Reason(
             code="processing_failed",
             severity="reject",
             detail="processing failed repeatedly; upload the file again",
         )
         result = self._store(path, version, "rejected", [reason])
-        self._ledger.settle(
-            path.tenant_id, _ledger_key(path, version.etag), {"verdict": "rejected"}
-        )
+        self._ledger.settle(path.tenant_id, key, {"verdict": "rejected"})
         return result
 
     def _process(self, path: UploadPath, info: BlobInfo) -> IngestResult:
+        if path.kind is not UploadKind.TRANSCRIPT:
+            previous = self._recordings(path.tenant_id).previous(
+                path.voice_id, _REPORT_KIND[path.kind], path.stem
+            )
+            if previous and previous["blobName"] != f"{UPLOADS_CONTAINER}/{path.blob_name}":
+                # utt-1.wav and utt-1.mp3 would be one utterance: keep the first, refuse this.
+                detail = f"{previous['blobName'].rsplit('/', 1)[-1]} already uses this utterance id"
+                return self._unrouted(path.blob_name, "duplicate_utterance", detail)
         claimed_tenant = info.metadata.get("tenant") or info.metadata.get("tenantid")
         if claimed_tenant and claimed_tenant != path.tenant_id:
             return self._reject(
@@ -176,6 +199,14 @@ class IngestionService:
             reason = Reason(code=bad.reason, severity="reject", detail=bad.detail)
             return self._store(path, info, "rejected", [reason], sha256=digest)
         store = self._recordings(path.tenant_id)
+        previous = store.previous(path.voice_id, "transcript", path.stem)
+        if previous is not None and previous.get("etag") != info.etag:
+            self._audit_event(
+                path,
+                "transcript.replace",
+                "accepted",
+                {"previous_lines": len(previous.get("lines", {}))},
+            )
         store.save_transcript(
             path.voice_id,
             path.stem,

@@ -143,6 +143,20 @@ class Ledger:
         except CosmosAccessConditionFailedError:
             raise LeaseLost(key) from None
 
+    def peek(self, tenant_id: str, key: str) -> ClaimState | None:
+        """Where a key stands without claiming it: None when free (absent or expired)."""
+        from azure.cosmos.exceptions import CosmosResourceNotFoundError
+
+        try:
+            existing = self._container.read_item(ledger_id(key), partition_key=tenant_id)
+        except CosmosResourceNotFoundError:
+            return None
+        if existing.get("status") == ClaimState.COMPLETED.value:
+            return ClaimState.COMPLETED
+        if datetime.fromisoformat(existing["expiresAt"]) > self._clock():
+            return ClaimState.IN_PROGRESS
+        return None
+
     def settle(self, tenant_id: str, key: str, result: dict[str, Any]) -> None:
         """Record an outcome without a claim (the host gave up on the work for good)."""
         self._container.upsert_item(self._completed(tenant_id, key, result))

@@ -432,5 +432,71 @@ def test_the_poison_queue_message_is_recorded_and_consumed(
         func.QueueMessage(body=json.dumps(body).encode()), SimpleNamespace(invocation_id="inv-2")
     )
     assert report_of(live_runtime, "utt-poison")["verdict"] == "rejected"
-    # A malformed message is consumed (logged), never retried forever.
-    function.call(func.QueueMessage(body=b"not json"), SimpleNamespace(invocation_id="inv-3"))
+    # A malformed message is consumed (logged), never retried forever: no exception.
+    assert (
+        function.call(func.QueueMessage(body=b"not json"), SimpleNamespace(invocation_id="inv-3"))
+        is None
+    )
+
+
+class TestFailureModes:
+    def test_a_crashed_workers_claim_makes_retries_fail_until_it_expires(
+        self, live_runtime: Runtime, store: CountingStore
+    ) -> None:
+        from datetime import timedelta
+
+        from shared.ingestion import UploadBusy
+        from shared.ledger import Ledger
+
+        now = [datetime(2026, 11, 21, 12, 0, tzinfo=UTC)]
+        ledger = Ledger(live_runtime.container("ledger"), clock=lambda: now[0])
+        service = IngestionService(
+            store,
+            ledger,
+            live_runtime.recordings,
+            live_runtime.audit,
+            max_bytes=live_runtime.settings.upload_max_bytes,
+            thresholds=live_runtime.settings.audio_thresholds,
+        )
+        name = upload(store, sample(), wav(speech()))
+        etag = store.properties("uploads", name).etag  # type: ignore[union-attr]
+        ledger.claim(TENANT, f"ingest:uploads/{name}:{etag}")  # a worker that then died
+        with pytest.raises(UploadBusy):
+            service.ingest(name)  # the host's retry fails, so it retries again later
+        with pytest.raises(UploadBusy):
+            service.record_poison(name, etag)  # even the poison handler waits for the lease
+        now[0] += timedelta(minutes=16)  # the dead worker's lease is over
+        assert service.ingest(name).outcome is Outcome.PROCESSED
+        assert report_of(live_runtime, "utt-001")["verdict"] == "accepted"
+
+    def test_a_late_poison_message_never_overwrites_a_newer_version(
+        self, service: IngestionService, store: CountingStore, live_runtime: Runtime
+    ) -> None:
+        name = upload(store, sample(), b"")
+        old_etag = store.properties("uploads", name).etag  # type: ignore[union-attr]
+        upload(store, sample(), wav(speech()))
+        assert service.ingest(name).verdict == "accepted"
+        assert service.record_poison(name, old_etag).outcome is Outcome.SUPERSEDED
+        assert report_of(live_runtime, "utt-001")["verdict"] == "accepted"
+
+    def test_a_second_file_for_the_same_utterance_is_refused_not_swapped_in(
+        self, service: IngestionService, store: CountingStore, live_runtime: Runtime
+    ) -> None:
+        service.ingest(upload(store, sample(), wav(speech())))
+        other = f"{TENANT}/{VOICE}/samples/utt-001.flac"
+        result = service.ingest(upload(store, other, b"junk" * 100))
+        assert (result.outcome, result.reasons) == (Outcome.UNROUTED, ("duplicate_utterance",))
+        assert report_of(live_runtime, "utt-001")["verdict"] == "accepted"
+        assert ("processed", f"{TENANT}/{VOICE}/utt-001.wav") in store.blobs
+
+    def test_a_replaced_transcript_is_audited(
+        self, service: IngestionService, store: CountingStore, live_runtime: Runtime
+    ) -> None:
+        name = f"{TENANT}/{VOICE}/transcripts/script.txt"
+        service.ingest(upload(store, name, b"utt-1\tOne.\n"))
+        service.ingest(upload(store, name, b"utt-1\tOne, again.\n"))
+        assert audit_actions(live_runtime) == [
+            "transcript.process",
+            "transcript.replace",
+            "transcript.process",
+        ]
