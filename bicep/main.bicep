@@ -107,7 +107,6 @@ var tags = {
 var appContainerNames = [
   'uploads'
   'processed'
-  'training'
 ]
 var auditContainerName = 'audit'
 var deploymentContainerName = 'app-package'

@@ -21,7 +21,7 @@ from shared.errors import Conflict, NotFound
 from shared.identity import Role
 from shared.orchestrations import OrchestrationStatus
 from shared.runtime import runtime
-from shared.training import Resource, Timing, TrainingRun
+from shared.training import ACTIVE, Resource, Timing, TrainingRun
 
 bp = df.Blueprint()
 
@@ -97,11 +97,15 @@ def train_voice_orchestrator(context: df.DurableOrchestrationContext) -> Any:
             ("training_set", "training_set_validation", timing.step_deadline_h),
             ("model", "model_training", timing.model_deadline_h),
         ):
+            # Recorded before the create: a create that failed after the service made the
+            # resource is still compensated (deleting a missing resource is a no-op).
+            created.append({"kind": kind, "id": TrainingRun.model_validate(run).resource_id(kind)})
             resource = yield context.call_activity_with_retry(f"training_create_{kind}", RETRY, run)
-            created.append(resource)
+            created[-1] = resource
             yield from _wait_until_done(
                 context, run, resource, step=step, timing=timing, deadline_h=deadline
             )
+        yield context.call_activity_with_retry("training_remove_staging", RETRY, run)
 
         _status(context, "awaiting_approval")
         yield context.call_activity_with_retry(
@@ -123,10 +127,10 @@ def train_voice_orchestrator(context: df.DurableOrchestrationContext) -> Any:
 
         _status(context, "deploying")
         endpoint_id = str(context.new_uuid())
+        created.append({"kind": "endpoint", "id": endpoint_id})
         resource = yield context.call_activity_with_retry(
             "training_create_endpoint", RETRY, {"run": run, "endpoint_id": endpoint_id}
         )
-        created.append(resource)
         yield from _wait_until_done(
             context,
             run,
@@ -145,6 +149,7 @@ def train_voice_orchestrator(context: df.DurableOrchestrationContext) -> Any:
         _status(context, "compensating", reason=reason)
         for resource in reversed(created):
             yield context.call_activity_with_retry("training_delete_resource", RETRY, resource)
+        yield context.call_activity_with_retry("training_remove_staging", RETRY, run)
         yield context.call_activity_with_retry(
             "training_set_status", RETRY, {"run": run, "status": "failed", "reason": reason}
         )
@@ -169,6 +174,12 @@ def training_check_ready(run: dict[str, Any]) -> dict[str, Any]:
 def training_stage(run: dict[str, Any]) -> int:
     """Stage the accepted canonical audio and the transcript."""
     return runtime().training.stage(_run(run))
+
+
+@bp.activity_trigger(input_name="run")
+def training_remove_staging(run: dict[str, Any]) -> bool:
+    """Delete the run's staged copies."""
+    return runtime().training.remove_staging(_run(run))
 
 
 @bp.activity_trigger(input_name="run")
@@ -265,14 +276,15 @@ def _state(voice: str, run: TrainingRun, status: OrchestrationStatus | None) -> 
 
 def _current_run(call: Call) -> TrainingRun:
     voice = call.runtime.voices.get(call.caller, voice_id(call))
-    version = (call.runtime.voices.training_of(call.caller, voice.id) or {}).get("datasetVersion")
-    if not version:
+    training = call.runtime.voices.training_of(call.caller, voice.id) or {}
+    if not training.get("datasetVersion"):
         raise NotFound(f"voice {voice.id} has no training run")
     return TrainingRun(
         tenant_id=call.caller.tenant_id,
         voice_id=voice.id,
-        dataset_version=version,
+        dataset_version=training["datasetVersion"],
         requested_by=call.caller.subject,
+        attempt=int(training.get("attempt", 1)),
     )
 
 
@@ -378,6 +390,9 @@ def reject_training(call: Call) -> Reply:
 def cancel_training(call: Call) -> Reply:
     """Ask the run to stop and compensate."""
     run = _current_run(call)
+    status = call.orchestrations.status(run.instance_id)
+    if status is None or status.runtime_status not in ACTIVE:
+        raise Conflict("the training run has already finished")
     call.orchestrations.raise_event(
         run.instance_id, "cancel", {"reason": f"cancelled by {call.caller.subject}"}
     )

@@ -139,8 +139,8 @@ def revoke_consent(call: Call) -> Voice:
             call.orchestrations.raise_event(
                 training["instanceId"], "cancel", {"reason": "consent revoked"}
             )
-    if voice.endpoint_id:
-        from shared.training import Resource
+    from shared.training import Resource
 
-        call.runtime.training.delete(Resource(kind="endpoint", id=voice.endpoint_id))
+    for endpoint_id in voice.endpoint_ids:  # every endpoint the voice was ever deployed to
+        call.runtime.training.delete(Resource(kind="endpoint", id=endpoint_id))
     return voice

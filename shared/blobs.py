@@ -7,6 +7,7 @@ test suite (tests/test_blobs.py).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from dataclasses import dataclass, field
@@ -55,6 +56,14 @@ class BlobStore(Protocol):
 
     def delete(self, container: str, name: str) -> bool:
         """Delete a blob; False if there was none."""
+        ...
+
+    def create_container(self, container: str) -> None:
+        """Create a container (no error if it exists)."""
+        ...
+
+    def delete_container(self, container: str) -> bool:
+        """Delete a container and its blobs; False if there was none."""
         ...
 
 
@@ -116,6 +125,23 @@ class AzureBlobStore:
             return False
         return True
 
+    def create_container(self, container: str) -> None:
+        """Create a container (no error if it exists)."""
+        from azure.core.exceptions import ResourceExistsError
+
+        with contextlib.suppress(ResourceExistsError):
+            self._service.create_container(container)
+
+    def delete_container(self, container: str) -> bool:
+        """Delete a container and its blobs; False if there was none."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self._service.delete_container(container)
+        except ResourceNotFoundError:
+            return False
+        return True
+
 
 @dataclass
 class _MemoryBlob:
@@ -130,6 +156,7 @@ class MemoryBlobStore:
     """BlobStore in memory, for service tests."""
 
     blobs: dict[tuple[str, str], _MemoryBlob] = field(default_factory=dict)
+    containers: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _version: int = 0
 
@@ -168,3 +195,15 @@ class MemoryBlobStore:
     def delete(self, container: str, name: str) -> bool:
         """Delete a blob; False if there was none."""
         return self.blobs.pop((container, name), None) is not None
+
+    def create_container(self, container: str) -> None:
+        """Create a container (no error if it exists)."""
+        self.containers.add(container)
+
+    def delete_container(self, container: str) -> bool:
+        """Delete a container and its blobs; False if there was none."""
+        existed = container in self.containers or any(c == container for c, _ in self.blobs)
+        self.containers.discard(container)
+        for key in [key for key in self.blobs if key[0] == container]:
+            del self.blobs[key]
+        return existed

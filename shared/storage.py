@@ -49,7 +49,7 @@ COSMOS_CONTAINERS: tuple[CosmosContainerSpec, ...] = (
 )
 
 # The blob containers the app needs; the audit container name comes from settings.
-BLOB_CONTAINERS: tuple[str, ...] = ("uploads", "processed", "training")
+BLOB_CONTAINERS: tuple[str, ...] = ("uploads", "processed")
 
 
 @lru_cache(maxsize=1)

@@ -31,10 +31,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TRAINING_CONTAINER = "training"
 ORCHESTRATOR = "train_voice_orchestrator"
+ACTIVE = {"Pending", "Running", "ContinuedAsNew"}
 ACTOR = "system:training"
 ResourceKind = Literal["consent", "training_set", "model", "endpoint"]
+
+
+def _attempt_of(instance_id: str) -> int:
+    tail = instance_id.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() and len(tail) < 4 else 1
 
 
 class Timing(BaseModel):
@@ -54,11 +59,13 @@ class TrainingRun(BaseModel):
     voice_id: str
     dataset_version: str
     requested_by: str
+    attempt: int = 1  # a failed run of the same dataset is retried as the next attempt
 
     @property
     def instance_id(self) -> str:
         """Deterministic: a second start of the same dataset is the same instance."""
-        return f"train-{self.tenant_id}-{self.voice_id}-{self.dataset_version}"
+        suffix = f"-{self.attempt}" if self.attempt > 1 else ""
+        return f"train-{self.tenant_id}-{self.voice_id}-{self.dataset_version}{suffix}"
 
     @property
     def project_id(self) -> str:
@@ -67,7 +74,13 @@ class TrainingRun(BaseModel):
 
     def resource_id(self, kind: str) -> str:
         """The id of this run's resource of a kind."""
-        return f"{self.voice_id}-{kind.replace('_', '')}-{self.dataset_version}"
+        suffix = f"-{self.attempt}" if self.attempt > 1 else ""
+        return f"{self.voice_id}-{kind.replace('_', '')}-{self.dataset_version}{suffix}"
+
+    @property
+    def staging_container(self) -> str:
+        """A blob container of this run alone: the read SAS the service gets sees nothing else."""
+        return "trn-" + hashlib.sha256(self.instance_id.encode()).hexdigest()[:32]
 
     @property
     def voice_name(self) -> str:
@@ -76,8 +89,8 @@ class TrainingRun(BaseModel):
 
     @property
     def staging_prefix(self) -> str:
-        """Where the training set is staged in the training container."""
-        return f"{self.tenant_id}/{self.voice_id}/{self.dataset_version}/"
+        """Where the training set is staged in the run's container."""
+        return f"{self.voice_id}/{self.dataset_version}/"
 
 
 class Resource(BaseModel):
@@ -105,11 +118,16 @@ class Readiness(BaseModel):
 
 
 def dataset_version(reports: list[dict[str, Any]]) -> str:
-    """A short hash of the accepted utterances and their audio: a new upload, a new version."""
+    """A short hash of the accepted utterances, their audio and their transcripts."""
     digest = hashlib.sha256()
     for report in sorted(reports, key=lambda r: str(r["utterance_id"])):
-        digest.update(f"{report['utterance_id']}:{report['sha256']}\n".encode())
+        line = f"{report['utterance_id']}\t{report['sha256']}\t{report.get('transcript') or ''}\n"
+        digest.update(line.encode())
     return digest.hexdigest()[:12]
+
+
+class ConsentLost(Exception):
+    """Consent is no longer granted: nothing may be created or deployed for the voice."""
 
 
 class TrainingService:
@@ -164,10 +182,28 @@ class TrainingService:
         ready = self.check_ready(run)
         if not ready.ok:
             raise Conflict(f"training cannot start: {ready.reason}")
+        current = self._voice(run).get("training", {}).get("instanceId")
+        if current:
+            status = orchestrations.status(current)
+            if status is not None and status.runtime_status in ACTIVE:
+                if current.startswith(f"train-{tenant_id}-{voice_id}-{run.dataset_version}"):
+                    return run.model_copy(update={"attempt": _attempt_of(current)}), False
+                raise Conflict("another training run of this voice is in progress")
+        while True:  # the first attempt not yet tried, or the one that succeeded
+            status = orchestrations.status(run.instance_id)
+            if status is None:
+                break
+            output = status.output if isinstance(status.output, dict) else {}
+            failed = status.runtime_status in {"Failed", "Terminated"} or (
+                status.runtime_status == "Completed" and output.get("status") == "failed"
+            )
+            if not failed:
+                return run, False
+            run = run.model_copy(update={"attempt": run.attempt + 1})
         payload = {"run": run.model_dump(), "timing": self._timing.model_dump()}
         started = orchestrations.start(ORCHESTRATOR, run.instance_id, payload)
         if started:
-            self.set_status(run, "training", instanceId=run.instance_id)
+            self.set_status(run, "training", instanceId=run.instance_id, attempt=run.attempt)
         return run, started
 
     def start_when_ready(
@@ -203,6 +239,7 @@ class TrainingService:
     def stage(self, run: TrainingRun) -> int:
         """Copy the accepted canonical WAVs and one transcript under the versioned prefix."""
         accepted = self.accepted(run.tenant_id, run.voice_id)
+        self._blobs.create_container(run.staging_container)
         lines = []
         for report in accepted:
             source = report["canonical_blob"].removeprefix(PROCESSED_CONTAINER + "/")
@@ -211,16 +248,20 @@ class TrainingService:
                 raise RuntimeError(f"canonical audio of {report['utterance_id']} is missing")
             data = self._blobs.read(PROCESSED_CONTAINER, source, etag=info.etag)
             target = f"{run.staging_prefix}audio/{report['utterance_id']}.wav"
-            self._blobs.write(TRAINING_CONTAINER, target, data, content_type="audio/wav")
+            self._blobs.write(run.staging_container, target, data, content_type="audio/wav")
             lines.append(f"{report['utterance_id']}\t{report['transcript']}")
         script = ("\n".join(lines) + "\n").encode("utf-8")
         self._blobs.write(
-            TRAINING_CONTAINER,
+            run.staging_container,
             f"{run.staging_prefix}script/script.txt",
             script,
             content_type="text/plain; charset=utf-8",
         )
         return len(lines)
+
+    def remove_staging(self, run: TrainingRun) -> bool:
+        """Delete the run's staged copies (after training, and in compensation)."""
+        return self._blobs.delete_container(run.staging_container)
 
     def create_project(self, run: TrainingRun) -> None:
         """Create (or reuse) the voice's ProfessionalVoice project."""
@@ -229,7 +270,12 @@ class TrainingService:
     def create_consent(self, run: TrainingRun) -> Resource:
         """Create the consent resource from the consent recording (SAS made here)."""
         voice = self._voice(run)
+        self._require_consent(run)
         blob = voice["consent"]["audioBlob"].removeprefix(UPLOADS_CONTAINER + "/")
+        stem = blob.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        report = self._recordings(run.tenant_id).previous(run.voice_id, "consent_audio", stem)
+        if report is None or report["sha256"] != voice["consent"].get("audioSha256"):
+            raise ConsentLost("the consent recording changed since consent was granted")
         url = self._sas.blob_url(
             UPLOADS_CONTAINER, blob, permission="r", lifetime=timedelta(hours=6)
         )
@@ -255,7 +301,7 @@ class TrainingService:
             set_id, run.project_id, voice["locale"], f"dataset {run.dataset_version}"
         )
         container = self._sas.container_url(
-            TRAINING_CONTAINER, permission="rl", lifetime=timedelta(hours=12)
+            run.staging_container, permission="rl", lifetime=timedelta(hours=6)
         ).url
         upload = client.upload_training_set(
             set_id,
@@ -281,6 +327,7 @@ class TrainingService:
 
     def create_endpoint(self, run: TrainingRun, endpoint_id: str) -> Resource:
         """Deploy the model to an endpoint (its id a UUID from the orchestration)."""
+        self._require_consent(run)
         self._client().create_endpoint(endpoint_id, run.project_id, run.resource_id("model"))
         return Resource(kind="endpoint", id=endpoint_id)
 
@@ -325,10 +372,10 @@ class TrainingService:
         """Record the voice's training state (and any fields) on its profile."""
         scope = self._voices(run.tenant_id)
         document = self._voice(run)
-        if document.get("status") == "revoked" and status != "failed":
-            return  # revocation wins over any later progress
         training = {**document.get("training", {}), **fields, "datasetVersion": run.dataset_version}
-        document.update(status=status, training=training)
+        document["training"] = training
+        if document.get("consent", {}).get("state") != "revoked":
+            document["status"] = status  # revocation wins over any later progress or failure
         scope.upsert(document)
         self._audit.record(
             run.tenant_id,
@@ -343,9 +390,11 @@ class TrainingService:
 
     def mark_deployed(self, run: TrainingRun, endpoint_id: str) -> None:
         """Record the endpoint on the voice and publish `voice.deployed` to the outbox."""
+        self._require_consent(run)  # revoked while deploying: compensation deletes it
         scope = self._voices(run.tenant_id)
         document = self._voice(run)
         document["endpointId"] = endpoint_id
+        document["endpoints"] = sorted({*document.get("endpoints", []), endpoint_id})
         scope.upsert(document)
         self.set_status(
             run, "deployed", endpointId=endpoint_id, deployedAt=self._clock().isoformat()
@@ -364,6 +413,10 @@ class TrainingService:
                 "published": False,
             }
         )
+
+    def _require_consent(self, run: TrainingRun) -> None:
+        if not self._consent_granted(run.tenant_id, run.voice_id):
+            raise ConsentLost("consent is no longer granted")
 
     def _voice(self, run: TrainingRun) -> dict[str, Any]:
         document = self._voices(run.tenant_id).read(run.voice_id)

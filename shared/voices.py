@@ -112,6 +112,7 @@ class Voice(BaseModel):
     created_by: str
     created_at: str
     endpoint_id: str | None = None
+    endpoint_ids: list[str] = Field(default_factory=list, description="Every endpoint deployed")
     consent: Consent
 
 
@@ -162,6 +163,13 @@ class ConsentRegistration(BaseModel):
     """The uploaded consent recording to register."""
 
     file: str = Field(description="The file name used in the consent upload")
+
+    @field_validator("file")
+    @classmethod
+    def _file(cls, value: str) -> str:
+        if not _FILE.match(value):
+            raise ValueError("a file name: letters, digits, - and _ (1-64) and an extension")
+        return value
 
 
 def statement_for(locale: str, talent: str, company: str) -> str:
@@ -238,9 +246,12 @@ class VoiceService:
     ) -> UploadInstructions:
         """Write-only SAS URLs for the announced files under the voice's upload prefix."""
         voice = self._document(caller.tenant_id, voice_id)
-        if voice.get("status") == "revoked":
+        consent_state = voice.get("consent", {}).get("state")
+        if consent_state == "revoked":
             raise Conflict("consent was revoked: the voice takes no more uploads")
         kind = UploadKind(body.kind)
+        if kind is UploadKind.CONSENT and consent_state == "granted":
+            raise Conflict("consent is granted: its recording cannot be replaced")
         urls = []
         for name in body.files:
             blob = f"{caller.tenant_id}/{voice_id}/{kind.value}/{name}"
@@ -259,7 +270,7 @@ class VoiceService:
     ) -> Voice:
         """Grant consent from a processed consent recording (pending until it is processed)."""
         document = self._document(caller.tenant_id, voice_id)
-        if document.get("status") == "revoked":
+        if document.get("consent", {}).get("state") == "revoked":
             raise Conflict("consent was revoked; enroll the voice again")
         stem = body.file.rsplit(".", 1)[0]
         report = self._recordings(caller.tenant_id).previous(voice_id, "consent_audio", stem)
@@ -375,6 +386,7 @@ class VoiceService:
             created_by=document["createdBy"],
             created_at=document["createdAt"],
             endpoint_id=document.get("endpointId"),
+            endpoint_ids=list(document.get("endpoints", [])),
             consent=self._consent(document),
         )
 

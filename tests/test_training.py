@@ -137,12 +137,11 @@ def test_happy_path_from_uploads_to_a_deployed_voice(
     assert voice.endpoint_id == endpoint_id
     assert fake.status_of("endpoints", endpoint_id) == "Succeeded"
     assert fake.status_of("models", run.resource_id("model")) == "Succeeded"
-    # The training set was staged: three WAVs and one script with three lines.
-    training_blobs = trained_runtime.blob_service.get_container_client("training")
-    staged = sorted(b.name for b in training_blobs.list_blobs(name_starts_with=run.staging_prefix))
-    assert len([n for n in staged if n.endswith(".wav")]) == 3
-    script = training_blobs.download_blob(f"{run.staging_prefix}script/script.txt").readall()
-    assert script.decode().splitlines()[0] == "utt-0\tSentence number 0."
+    # The service read the training set from the run's own container, deleted once trained.
+    upload = next(r for r in fake.requests if r.path.endswith(":upload"))
+    assert f"/{run.staging_container}" in upload.body["audios"]["containerUrl"]
+    containers = {c.name for c in trained_runtime.blob_service.list_containers()}
+    assert run.staging_container not in containers
     # voice.deployed waits in the outbox.
     outbox = list(trained_runtime.tenant_scope("outbox", "dev-tenant").query())
     assert [(o["type"], o["data"]["endpointId"]) for o in outbox] == [
@@ -230,6 +229,42 @@ def test_consent_revoked_mid_training_stops_and_compensates(
     result = driver_for(run_for(trained_runtime, voice_id), on_idle=revoke_during_training).run()
     assert result.output == {"status": "failed", "reason": "consent is no longer granted"}
     assert not fake.resources["models"] and not fake.resources["consents"]
+    # Revocation sticks: the run's own failure does not undo it, nothing restarts it.
+    voice = trained_runtime.voices.get(ANALYST, voice_id)
+    assert (voice.status, voice.consent.state) == ("revoked", "revoked")
+    url = f"/api/v1/voices/{voice_id}"
+    again = request("POST", url + "/consent", body={"file": "consent.wav"}, token="dev_ana_analyst")
+    assert again.status_code == 409
+    more = request(
+        "POST",
+        url + "/uploads",
+        body={"kind": "samples", "files": ["x.wav"]},
+        token="dev_ana_analyst",
+    )
+    assert more.status_code == 409
+    assert (
+        request_via(
+            MemoryOrchestrations(), "POST", url + "/training", "dev_ana_analyst"
+        ).status_code
+        == 409
+    )
+
+
+def test_consent_revoked_while_awaiting_approval_never_deploys(
+    trained_runtime: Runtime, fake: FakeCustomVoice
+) -> None:
+    voice_id = enrolled_voice(trained_runtime)
+
+    def revoke_then_approve(driver: OrchestrationDriver) -> None:
+        if (driver.custom_status or {}).get("step") == "awaiting_approval":
+            trained_runtime.voices.revoke_consent(ANALYST, voice_id, "req")
+            driver.raise_event("approval", {"approved": True, "by": "root"})
+
+    result = driver_for(run_for(trained_runtime, voice_id), on_idle=revoke_then_approve).run()
+    assert result.output["status"] == "failed"
+    assert "consent is no longer granted" in result.output["reason"]
+    assert not fake.resources["endpoints"]
+    assert not any(r.method == "PUT" and "/endpoints/" in r.path for r in fake.requests)
 
 
 def test_cancel_event_stops_the_run(trained_runtime: Runtime, fake: FakeCustomVoice) -> None:
@@ -255,6 +290,25 @@ def test_a_duplicated_activity_execution_creates_nothing_twice(
     assert first == second
     assert len(fake.resources["consents"]) == 1
     assert len(fake.resources["projects"]) == 1
+
+
+def test_staging_copies_the_accepted_audio_and_one_script_into_the_runs_container(
+    trained_runtime: Runtime,
+) -> None:
+    voice_id = enrolled_voice(trained_runtime)
+    run = run_for(trained_runtime, voice_id)
+    assert trained_runtime.training.stage(run) == 3
+    staged = trained_runtime.blob_service.get_container_client(run.staging_container)
+    names = sorted(b.name for b in staged.list_blobs())
+    assert names == [
+        f"{run.staging_prefix}audio/utt-0.wav",
+        f"{run.staging_prefix}audio/utt-1.wav",
+        f"{run.staging_prefix}audio/utt-2.wav",
+        f"{run.staging_prefix}script/script.txt",
+    ]
+    script = staged.download_blob(f"{run.staging_prefix}script/script.txt").readall().decode()
+    assert script.splitlines() == [f"utt-{n}\tSentence number {n}." for n in range(3)]
+    assert trained_runtime.training.remove_staging(run) is True
 
 
 def test_not_ready_runs_fail_without_touching_the_service(
@@ -369,3 +423,82 @@ def test_the_training_api_through_the_real_durable_client(trained_runtime: Runti
     instance = run_for(trained_runtime, voice_id).instance_id
     assert list(host.instances) == [instance]
     assert [(i, e) for i, e, _ in host.events] == [(instance, "cancel")]
+
+
+def test_a_failed_run_is_retried_as_the_next_attempt(
+    trained_runtime: Runtime, fake: FakeCustomVoice
+) -> None:
+    voice_id = enrolled_voice(trained_runtime)
+    fake.model_fails("SpeakerVerificationFailed")
+    run = run_for(trained_runtime, voice_id)
+    failed = driver_for(run).run()
+    assert failed.output["status"] == "failed"
+    gateway = MemoryOrchestrations()
+    gateway.started[run.instance_id] = {}
+    gateway.runtime_status[run.instance_id] = "Completed"
+    gateway.outputs[run.instance_id] = failed.output
+    url = f"/api/v1/voices/{voice_id}/training"
+    retried = request_via(gateway, "POST", url, "dev_ana_analyst")
+    assert retried.status_code == 202
+    assert json_body(retried)["instance_id"] == run.instance_id + "-2"
+    second = run.model_copy(update={"attempt": 2})
+    result = driver_for(second, on_idle=approve_when_asked).run()
+    assert result.output["status"] == "deployed"
+    assert fake.status_of("models", second.resource_id("model")) == "Succeeded"
+
+
+def test_one_training_run_per_voice_at_a_time(trained_runtime: Runtime) -> None:
+    voice_id = enrolled_voice(trained_runtime)
+    gateway = MemoryOrchestrations()
+    url = f"/api/v1/voices/{voice_id}"
+    assert request_via(gateway, "POST", url + "/training", "dev_ana_analyst").status_code == 202
+    upload(trained_runtime, f"dev-tenant/{voice_id}/samples/utt-9.wav", wav(speech(seconds=2)))
+    upload(
+        trained_runtime,
+        f"dev-tenant/{voice_id}/transcripts/more.txt",
+        b"utt-9\tOne more sentence.\n",
+    )
+    response = request_via(gateway, "POST", url + "/training", "dev_ana_analyst")
+    assert response.status_code == 409
+    assert "in progress" in json_body(response)["detail"]
+
+
+def test_cancelling_a_finished_run_is_a_409(trained_runtime: Runtime) -> None:
+    voice_id = enrolled_voice(trained_runtime)
+    gateway = MemoryOrchestrations()
+    url = f"/api/v1/voices/{voice_id}/training"
+    request_via(gateway, "POST", url, "dev_ana_analyst")
+    gateway.runtime_status[run_for(trained_runtime, voice_id).instance_id] = "Completed"
+    response = request_via(gateway, "DELETE", url, "dev_ana_analyst")
+    assert response.status_code == 409
+    assert not gateway.events
+
+
+def test_revoking_a_deployed_voice_deletes_its_endpoints(
+    trained_runtime: Runtime, fake: FakeCustomVoice
+) -> None:
+    voice_id = enrolled_voice(trained_runtime)
+    result = driver_for(run_for(trained_runtime, voice_id), on_idle=approve_when_asked).run()
+    endpoint_id = result.output["endpoint_id"]
+    assert fake.status_of("endpoints", endpoint_id) == "Succeeded"
+    response = request_via(
+        MemoryOrchestrations(), "DELETE", f"/api/v1/voices/{voice_id}/consent", "dev_ana_analyst"
+    )
+    assert response.status_code == 200
+    assert fake.status_of("endpoints", endpoint_id) is None
+
+
+def test_consent_rules_for_files(trained_runtime: Runtime) -> None:
+    voice_id = enrolled_voice(trained_runtime)
+    url = f"/api/v1/voices/{voice_id}"
+    for bad in ("a/b.wav", "../../v-other/consent/c.wav", "", "x#y.wav"):
+        response = request("POST", url + "/consent", body={"file": bad}, token="dev_ana_analyst")
+        assert response.status_code == 400, bad
+    # Granted consent cannot have its recording swapped.
+    swap = request(
+        "POST",
+        url + "/uploads",
+        body={"kind": "consent", "files": ["consent.wav"]},
+        token="dev_ana_analyst",
+    )
+    assert swap.status_code == 409

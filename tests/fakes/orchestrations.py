@@ -15,6 +15,8 @@ class MemoryOrchestrations:
         self.started: dict[str, Any] = {}
         self.events: list[tuple[str, str, Any]] = []
         self.custom: dict[str, Any] = {}
+        self.runtime_status: dict[str, str] = {}  # default: Running
+        self.outputs: dict[str, Any] = {}
 
     def start(self, name: str, instance_id: str, payload: Any) -> bool:
         if instance_id in self.started:
@@ -27,8 +29,9 @@ class MemoryOrchestrations:
             return None
         return OrchestrationStatus(
             instance_id=instance_id,
-            runtime_status="Running",
+            runtime_status=self.runtime_status.get(instance_id, "Running"),
             custom_status=self.custom.get(instance_id, {"step": "checking"}),
+            output=self.outputs.get(instance_id),
         )
 
     def raise_event(self, instance_id: str, name: str, data: Any) -> None:
