@@ -25,7 +25,7 @@ from shared.orchestrations import Orchestrations
 from shared.recordings import DatasetSummary, RecordingPage
 from shared.runtime import runtime
 from shared.telemetry import bound
-from shared.uploads import UploadKind, UploadPath
+from shared.uploads import UploadPath
 
 log = logging.getLogger(__name__)
 bp = df.Blueprint()
@@ -67,11 +67,13 @@ def ingest_and_maybe_train(
         rt = runtime()
         result = rt.ingestion.ingest(blob_name)
         log.info("ingestion finished", extra={"event": "ingest_done", "outcome": result.outcome})
-        if result.outcome is not Outcome.PROCESSED or result.verdict == "rejected":
+        if result.outcome not in {Outcome.PROCESSED, Outcome.DUPLICATE}:
             return
+        if result.verdict == "rejected":
+            return
+        # Also on a duplicate delivery: a start that failed after processing is retried.
+        # Also for consent recordings: consent granted last starts training too.
         path = UploadPath.parse(blob_name)
-        if path.kind is UploadKind.CONSENT:
-            return
         run = rt.training.start_when_ready(path.tenant_id, path.voice_id, orchestrations)
         if run is not None:
             log.info("training started", extra={"event": "training_auto_start"})

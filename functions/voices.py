@@ -108,14 +108,19 @@ def create_upload_urls(call: Call) -> UploadInstructions:
     body=ConsentRegistration,
     response=Voice,
     errors=(404, 409),
+    orchestrations=True,
     summary="Register the uploaded consent recording",
 )
 def register_consent(call: Call) -> Voice:
-    """Grant consent from the processed recording (pending until it is processed)."""
+    """Grant consent from the processed recording (pending until it is processed); a
+    dataset that already meets the minimum starts training."""
     assert isinstance(call.body, ConsentRegistration)
-    return call.runtime.voices.register_consent(
+    voice = call.runtime.voices.register_consent(
         call.caller, voice_id(call), call.body, call.request_id
     )
+    if voice.consent.state == "granted":
+        call.runtime.training.start_when_ready(call.caller.tenant_id, voice.id, call.orchestrations)
+    return voice
 
 
 @endpoint(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -201,6 +202,31 @@ class TenantScope:
         except CosmosResourceNotFoundError:
             return None
         return item if item.get(TENANT_FIELD) == self.tenant_id else None
+
+    def update(
+        self, item_id: str, change: Callable[[dict[str, Any]], None], *, attempts: int = 8
+    ) -> dict[str, Any]:
+        """Read a document, apply `change` to it, write it back only if nobody wrote between
+        (ETag match), retrying on a lost race: no concurrent change is ever overwritten."""
+        from azure.core import MatchConditions
+        from azure.cosmos.exceptions import CosmosAccessConditionFailedError
+
+        for _ in range(attempts):
+            document = self.read(item_id)
+            if document is None:
+                raise KeyError(item_id)
+            change(document)
+            try:
+                result: dict[str, Any] = self._container.replace_item(
+                    item_id,
+                    {**document, TENANT_FIELD: self.tenant_id},
+                    etag=document["_etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            except CosmosAccessConditionFailedError:
+                continue
+            return result
+        raise RuntimeError(f"{item_id} kept changing; gave up after {attempts} attempts")
 
     def upsert(self, document: dict[str, Any]) -> dict[str, Any]:
         """Write a document of this tenant (its tenantId is set here, not by the caller)."""

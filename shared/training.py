@@ -370,13 +370,16 @@ class TrainingService:
 
     def set_status(self, run: TrainingRun, status: str, **fields: Any) -> None:
         """Record the voice's training state (and any fields) on its profile."""
-        scope = self._voices(run.tenant_id)
-        document = self._voice(run)
-        training = {**document.get("training", {}), **fields, "datasetVersion": run.dataset_version}
-        document["training"] = training
-        if document.get("consent", {}).get("state") != "revoked":
-            document["status"] = status  # revocation wins over any later progress or failure
-        scope.upsert(document)
+
+        def change(document: dict[str, Any]) -> None:
+            training = document.get("training", {})
+            document["training"] = {**training, **fields, "datasetVersion": run.dataset_version}
+            if document.get("consent", {}).get("state") != "revoked":
+                document["status"] = status  # revocation wins over any progress or failure
+
+        # Only the fields changed here are written, and only over the version read: a
+        # revocation landing meanwhile is never overwritten.
+        self._voices(run.tenant_id).update(run.voice_id, change)
         self._audit.record(
             run.tenant_id,
             ACTOR,
@@ -391,11 +394,12 @@ class TrainingService:
     def mark_deployed(self, run: TrainingRun, endpoint_id: str) -> None:
         """Record the endpoint on the voice and publish `voice.deployed` to the outbox."""
         self._require_consent(run)  # revoked while deploying: compensation deletes it
-        scope = self._voices(run.tenant_id)
-        document = self._voice(run)
-        document["endpointId"] = endpoint_id
-        document["endpoints"] = sorted({*document.get("endpoints", []), endpoint_id})
-        scope.upsert(document)
+
+        def record(document: dict[str, Any]) -> None:
+            document["endpointId"] = endpoint_id
+            document["endpoints"] = sorted({*document.get("endpoints", []), endpoint_id})
+
+        self._voices(run.tenant_id).update(run.voice_id, record)
         self.set_status(
             run, "deployed", endpointId=endpoint_id, deployedAt=self._clock().isoformat()
         )

@@ -292,19 +292,28 @@ class VoiceService:
                 grantedAt=now.isoformat(),
                 expiresAt=(now + self._consent_lifetime).isoformat(),
             )
-        document["consent"] = consent
-        self._voices(caller.tenant_id).upsert(document)
+
+        def register(current: dict[str, Any]) -> None:
+            if current.get("consent", {}).get("state") == "revoked":
+                raise Conflict("consent was revoked; enroll the voice again")
+            current["consent"] = consent
+
+        document = self._voices(caller.tenant_id).update(voice_id, register)
         self._record(caller, "consent.register", voice_id, request_id, state=consent["state"])
         return self._voice(document)
 
     def revoke_consent(self, caller: Principal, voice_id: str, request_id: str) -> Voice:
         """Revoke consent: the voice can no longer be trained or used."""
-        document = self._document(caller.tenant_id, voice_id)
-        consent = dict(document.get("consent", {}))
-        consent.update(state="revoked", revokedAt=self._now(), revokedBy=caller.subject)
-        document["consent"] = consent
-        document["status"] = "revoked"
-        self._voices(caller.tenant_id).upsert(document)
+        self._document(caller.tenant_id, voice_id)  # 404 for an unknown voice
+        revoked_at = self._now()
+
+        def revoke(current: dict[str, Any]) -> None:
+            consent = dict(current.get("consent", {}))
+            consent.update(state="revoked", revokedAt=revoked_at, revokedBy=caller.subject)
+            current["consent"] = consent
+            current["status"] = "revoked"
+
+        document = self._voices(caller.tenant_id).update(voice_id, revoke)
         self._record(caller, "consent.revoke", voice_id, request_id)
         return self._voice(document)
 
@@ -329,16 +338,22 @@ class VoiceService:
             return document
         now = self._clock()
         if report["verdict"] == "rejected":
-            consent.update(state="none", rejectedAt=now.isoformat())
+            settled = {"state": "none", "rejectedAt": now.isoformat()}
         else:
-            consent.update(
-                state="granted",
-                audioSha256=report["sha256"],
-                audioVerdict=report["verdict"],
-                grantedAt=now.isoformat(),
-                expiresAt=(now + self._consent_lifetime).isoformat(),
-            )
-        self._voices(tenant_id).upsert(document)
+            settled = {
+                "state": "granted",
+                "audioSha256": report["sha256"],
+                "audioVerdict": report["verdict"],
+                "grantedAt": now.isoformat(),
+                "expiresAt": (now + self._consent_lifetime).isoformat(),
+            }
+
+        def settle(current: dict[str, Any]) -> None:
+            if current.get("consent", {}).get("state") == "pending":  # not revoked meanwhile
+                current["consent"] = {**current["consent"], **settled}
+
+        document = self._voices(tenant_id).update(voice_id, settle)
+        consent = document.get("consent", {})
         self._audit.record(
             tenant_id,
             "system:consent",

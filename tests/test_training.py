@@ -502,3 +502,52 @@ def test_consent_rules_for_files(trained_runtime: Runtime) -> None:
         token="dev_ana_analyst",
     )
     assert swap.status_code == 409
+
+
+def test_a_revocation_landing_mid_write_is_never_overwritten(trained_runtime: Runtime) -> None:
+    """set_status and the other voice writes go through an ETag-checked update."""
+    voice_id = enrolled_voice(trained_runtime)
+    run = run_for(trained_runtime, voice_id)
+    scope = trained_runtime.tenant_scope("voices", "dev-tenant")
+    real_read = scope.read
+    raced: list[bool] = []
+
+    def read_then_revoke(item_id: str) -> Any:
+        document = real_read(item_id)
+        if not raced:  # another request revokes between this read and the write
+            raced.append(True)
+            trained_runtime.voices.revoke_consent(ANALYST, voice_id, "req-race")
+        return document
+
+    scope.read = read_then_revoke  # type: ignore[method-assign]
+    trained_runtime.training._voices = lambda tenant: scope  # type: ignore[attr-defined]
+    trained_runtime.training.set_status(run, "awaiting_approval")
+    voice = trained_runtime.voices.get(ANALYST, voice_id)
+    assert (voice.consent.state, voice.status) == ("revoked", "revoked")
+    assert raced == [True]
+
+
+def test_consent_granted_last_starts_the_training(trained_runtime: Runtime) -> None:
+    body = VoiceCreate(
+        talent_name="Jane Doe", company_name="Contoso", locale="en-US", data_region="EU"
+    )
+    voice = trained_runtime.voices.create(ANALYST, body, "req-1")
+    prefix = f"dev-tenant/{voice.id}"
+    for n in range(3):
+        upload(trained_runtime, f"{prefix}/samples/utt-{n}.wav", wav(speech(seconds=2)))
+    upload(
+        trained_runtime,
+        f"{prefix}/transcripts/script.txt",
+        "\n".join(f"utt-{n}\tSentence {n}." for n in range(3)).encode(),
+    )
+    upload(trained_runtime, f"{prefix}/consent/consent.wav", wav(speech()))
+    gateway = MemoryOrchestrations()
+    response = request(
+        "POST",
+        f"/api/v1/voices/{voice.id}/consent",
+        body={"file": "consent.wav"},
+        token="dev_ana_analyst",
+        orchestrations=gateway,
+    )
+    assert json_body(response)["consent"]["state"] == "granted"
+    assert list(gateway.started) == [run_for(trained_runtime, voice.id).instance_id]
