@@ -38,27 +38,19 @@ CONSENT_STATEMENTS: dict[str, str] = {
     locale: _ENGLISH
     for locale in ("en-US", "en-GB", "en-AU", "en-CA", "en-IE", "en-IN", "en-NZ", "en-ZA")
 }
-DATA_REGIONS = ("EU", "UK", "US", "CA")
 _LOCALE = re.compile(r"^[a-z]{2,3}-[A-Z]{2}$")
+_AUDIO_TYPES = [
+    "audio/wav",
+    "audio/x-wav",
+    "audio/flac",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/mp4",
+    "audio/webm",
+]
 UPLOAD_CONTENT_TYPES = {
-    UploadKind.SAMPLE: [
-        "audio/wav",
-        "audio/x-wav",
-        "audio/flac",
-        "audio/mpeg",
-        "audio/ogg",
-        "audio/mp4",
-        "audio/webm",
-    ],
-    UploadKind.CONSENT: [
-        "audio/wav",
-        "audio/x-wav",
-        "audio/flac",
-        "audio/mpeg",
-        "audio/ogg",
-        "audio/mp4",
-        "audio/webm",
-    ],
+    UploadKind.SAMPLE: _AUDIO_TYPES,
+    UploadKind.CONSENT: _AUDIO_TYPES,
     UploadKind.TRANSCRIPT: ["text/plain"],
 }
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.[A-Za-z0-9]{1,8}$")
