@@ -1,0 +1,378 @@
+"""SSML safety: plain text escaped into SSML, and caller SSML validated before synthesis.
+
+Caller SSML is parsed with defusedxml (no DTD, no entities, no external references) after
+a size check, then checked against an allowlist of the elements and attributes the Azure
+Speech service documents, minus everything that makes the service fetch a URL:
+https://learn.microsoft.com/azure/ai-services/speech-service/speech-synthesis-markup-structure
+
+Allowed, in the SSML namespace: speak, voice, break, bookmark, emphasis, lang, p, s,
+phoneme, prosody, say-as, sub. In the mstts namespace: express-as, silence, viseme,
+audioduration. Refused: audio, lexicon, mstts:backgroundaudio, mstts:voiceconversion (they
+fetch URLs), math (a foreign namespace) and mstts:ttsembedding (a speaker profile would
+bypass the tenant's voice allowlist).
+
+Documents are re-serialized from the parsed tree (attributes sorted, comments and
+processing instructions dropped), so what reaches the service is exactly what was checked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Final
+from xml.etree.ElementTree import Element, ParseError
+from xml.sax.saxutils import escape, quoteattr
+
+from defusedxml import (  # type: ignore[import-untyped,unused-ignore]
+    DTDForbidden,
+    EntitiesForbidden,
+    ExternalReferenceForbidden,
+)
+from defusedxml import ElementTree as DefusedET  # type: ignore[import-untyped,unused-ignore]
+
+SSML_NS: Final = "http://www.w3.org/2001/10/synthesis"
+MSTTS_NS: Final = "https://www.w3.org/2001/mstts"
+XML_NS: Final = "http://www.w3.org/XML/1998/namespace"
+XML_LANG: Final = f"{{{XML_NS}}}lang"
+
+DEFAULT_MAX_CHARS: Final = 20_000
+DEFAULT_MAX_DEPTH: Final = 12
+MAX_BREAK_MS: Final = 20_000
+MAX_ATTRIBUTE_CHARS: Final = 256
+
+_PREFIXES: Final = {SSML_NS: "", MSTTS_NS: "mstts:"}
+
+# Stock voices (en-US-JennyNeural, zh-CN-henan-YundengNeural, en-US-Ava:DragonHDLatestNeural)
+# and custom neural voice deployments (ContosoNarratorNeural).
+_STOCK_VOICE = re.compile(r"[a-z]{2,3}-[A-Z]{2}(?:-[a-z]+)?-[A-Za-z0-9]+(?::[A-Za-z0-9]+)?")
+_CUSTOM_VOICE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,95}Neural")
+_LANGUAGE = re.compile(r"[a-z]{2,3}(?:-[A-Z][a-z]{3})?(?:-(?:[A-Z]{2}|[0-9]{3}))?")
+_STYLE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+_NUMBER = r"[0-9]{1,4}(?:\.[0-9]{1,4})?"
+_RATE = re.compile(rf"x-slow|slow|medium|fast|x-fast|default|[+-]?{_NUMBER}%|{_NUMBER}")
+_PITCH_CHANGE = rf"[+-]?{_NUMBER}(?:Hz|st|%)"
+_PITCH = re.compile(rf"x-low|low|medium|high|x-high|default|{_PITCH_CHANGE}")
+_CONTOUR = re.compile(rf"(?:\(\s*{_NUMBER}%\s*,\s*(?:{_PITCH_CHANGE})\s*\)\s*)+")
+_VOLUME = re.compile(rf"silent|x-soft|soft|medium|loud|x-loud|default|[+-]?{_NUMBER}%?")
+_TIME = re.compile(r"([0-9]{1,6})(ms|s)")
+_STYLE_DEGREE = re.compile(r"[0-9](?:\.[0-9]{1,2})?")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_ANY_TEXT = re.compile(r"[^\x00-\x1f]{1,256}")
+# Characters XML 1.0 cannot carry, even escaped.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+class SsmlRejected(ValueError):
+    """Text or SSML that may not be sent to the speech service; `reason` is machine-readable."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatedSsml:
+    """A checked SSML document, re-serialized, with what it will cost and who speaks it."""
+
+    ssml: str
+    voices: tuple[str, ...]
+    language: str
+    characters: int
+
+
+def _enum(*values: str) -> Callable[[str], bool]:
+    allowed = frozenset(values)
+    return allowed.__contains__
+
+
+def _matches(pattern: re.Pattern[str]) -> Callable[[str], bool]:
+    return lambda value: pattern.fullmatch(value) is not None
+
+
+def _time_at_most(limit_ms: int) -> Callable[[str], bool]:
+    def check(value: str) -> bool:
+        match = _TIME.fullmatch(value)
+        if match is None:
+            return False
+        amount = int(match.group(1)) * (1 if match.group(2) == "ms" else 1000)
+        return amount <= limit_ms
+
+    return check
+
+
+def _style_degree(value: str) -> bool:
+    return _STYLE_DEGREE.fullmatch(value) is not None and 0.01 <= float(value) <= 2
+
+
+def is_valid_voice_name(name: str) -> bool:
+    """Whether `name` is shaped like a stock or custom neural voice name."""
+    return bool(_STOCK_VOICE.fullmatch(name) or _CUSTOM_VOICE.fullmatch(name))
+
+
+def is_valid_language(language: str) -> bool:
+    """Whether `language` is a BCP-47 tag of the form the service takes (en-US, zh-Hans-CN)."""
+    return _LANGUAGE.fullmatch(language) is not None
+
+
+_Checks = dict[str, Callable[[str], bool]]
+
+_SILENCE_TYPES = (
+    "Leading",
+    "Leading-exact",
+    "Tailing",
+    "Tailing-exact",
+    "Sentenceboundary",
+    "Sentenceboundary-exact",
+    "Comma-exact",
+    "Semicolon-exact",
+    "Enumerationcomma-exact",
+)
+_ROLES = (
+    "Girl",
+    "Boy",
+    "YoungAdultFemale",
+    "YoungAdultMale",
+    "OlderAdultFemale",
+    "OlderAdultMale",
+    "SeniorFemale",
+    "SeniorMale",
+)
+
+# Element -> attribute -> value check. Attribute names use ElementTree's {ns}name form.
+_ALLOWED: Final[dict[str, _Checks]] = {
+    f"{{{SSML_NS}}}speak": {"version": _enum("1.0"), XML_LANG: is_valid_language},
+    f"{{{SSML_NS}}}voice": {
+        "name": is_valid_voice_name,
+        "effect": _enum("eq_car", "eq_telecomhp8k", "eq_telecomhp3k"),
+    },
+    f"{{{SSML_NS}}}break": {
+        "strength": _enum("x-weak", "weak", "medium", "strong", "x-strong"),
+        "time": _time_at_most(MAX_BREAK_MS),
+    },
+    f"{{{SSML_NS}}}bookmark": {"mark": _matches(_ANY_TEXT)},
+    f"{{{SSML_NS}}}emphasis": {"level": _enum("reduced", "none", "moderate", "strong")},
+    f"{{{SSML_NS}}}lang": {XML_LANG: is_valid_language},
+    f"{{{SSML_NS}}}p": {},
+    f"{{{SSML_NS}}}s": {},
+    f"{{{SSML_NS}}}phoneme": {
+        "alphabet": _enum("ipa", "sapi", "ups", "x-sampa"),
+        "ph": _matches(_ANY_TEXT),
+    },
+    f"{{{SSML_NS}}}prosody": {
+        "pitch": _matches(_PITCH),
+        "contour": _matches(_CONTOUR),
+        "range": _matches(_PITCH),
+        "rate": _matches(_RATE),
+        "volume": _matches(_VOLUME),
+    },
+    f"{{{SSML_NS}}}say-as": {
+        "interpret-as": _matches(_TOKEN),
+        "format": _matches(_TOKEN),
+        "detail": _matches(_TOKEN),
+    },
+    f"{{{SSML_NS}}}sub": {"alias": _matches(_ANY_TEXT)},
+    f"{{{MSTTS_NS}}}express-as": {
+        "style": _matches(_STYLE),
+        "styledegree": _style_degree,
+        "role": _enum(*_ROLES),
+    },
+    f"{{{MSTTS_NS}}}silence": {
+        "type": _enum(*_SILENCE_TYPES),
+        "value": _time_at_most(MAX_BREAK_MS),
+    },
+    f"{{{MSTTS_NS}}}viseme": {"type": _enum("redlips_front", "FacialExpression")},
+    f"{{{MSTTS_NS}}}audioduration": {"value": _matches(_TIME)},
+}
+_REQUIRED: Final = {
+    f"{{{SSML_NS}}}speak": ("version", XML_LANG),
+    f"{{{SSML_NS}}}voice": ("name",),
+    f"{{{SSML_NS}}}lang": (XML_LANG,),
+    f"{{{SSML_NS}}}phoneme": ("ph",),
+    f"{{{SSML_NS}}}say-as": ("interpret-as",),
+    f"{{{SSML_NS}}}sub": ("alias",),
+    f"{{{MSTTS_NS}}}silence": ("type", "value"),
+    f"{{{MSTTS_NS}}}audioduration": ("value",),
+}
+_SPEAK = f"{{{SSML_NS}}}speak"
+_VOICE = f"{{{SSML_NS}}}voice"
+
+
+def text_to_ssml(
+    text: str,
+    *,
+    voice: str,
+    language: str,
+    style: str | None = None,
+    rate: str | None = None,
+    pitch: str | None = None,
+) -> str:
+    """Wrap plain text in an SSML document for one voice; the text is escaped, never parsed."""
+    if not text.strip():
+        raise SsmlRejected("empty_text", "the text is empty")
+    if _NOT_XML.search(text):
+        raise SsmlRejected("invalid_value", "the text contains control characters")
+    if not is_valid_voice_name(voice):
+        raise SsmlRejected("invalid_voice", f"{voice!r} is not a neural voice name")
+    if not is_valid_language(language):
+        raise SsmlRejected("invalid_value", f"language {language!r} is not a tag like en-US")
+    if style is not None and not _STYLE.fullmatch(style):
+        raise SsmlRejected("invalid_value", f"style {style!r} is not a style name")
+    if rate is not None and not _RATE.fullmatch(rate):
+        raise SsmlRejected(
+            "invalid_value", f"rate {rate!r}: use x-slow..x-fast, +N%/-N% or a multiplier"
+        )
+    if pitch is not None and not _PITCH.fullmatch(pitch):
+        raise SsmlRejected(
+            "invalid_value", f"pitch {pitch!r}: use x-low..x-high, +Nst, +N%, +NHz or NHz"
+        )
+
+    speak = Element(_SPEAK, {"version": "1.0", XML_LANG: language})
+    inner = Element(_VOICE, {"name": voice})
+    speak.append(inner)
+    if style is not None:
+        inner.append(outer := Element(f"{{{MSTTS_NS}}}express-as", {"style": style}))
+        inner = outer
+    prosody = {name: value for name, value in (("rate", rate), ("pitch", pitch)) if value}
+    if prosody:
+        inner.append(outer := Element(f"{{{SSML_NS}}}prosody", prosody))
+        inner = outer
+    inner.text = text
+    return _serialize(speak)
+
+
+def validate_ssml(
+    ssml: str,
+    *,
+    allowed_voices: Callable[[str], bool],
+    max_chars: int = DEFAULT_MAX_CHARS,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> ValidatedSsml:
+    """Check caller SSML against the allowlist and the tenant's voices; return it normalized."""
+    if len(ssml) > max_chars:
+        raise SsmlRejected("too_large", f"the SSML is over {max_chars} characters")
+    root = _parse(ssml)
+    if root.tag != _SPEAK:
+        if root.tag.endswith("}speak") or root.tag == "speak":
+            raise SsmlRejected("foreign_namespace", f"<speak> must be in the {SSML_NS} namespace")
+        raise SsmlRejected("unknown_element", "the root element must be <speak>")
+
+    voices: list[str] = []
+    for element, depth, parent in _walk(root):
+        if depth > max_depth:
+            raise SsmlRejected("too_deep", f"elements nest deeper than {max_depth} levels")
+        _check_element(element)
+        if element.tag == _VOICE:
+            if parent is not root:
+                raise SsmlRejected("invalid_value", "<voice> must be a child of <speak>")
+            name = element.attrib["name"]
+            if not allowed_voices(name):
+                raise SsmlRejected("voice_not_allowed", f"voice {name!r} is not available")
+            voices.append(name)
+        elif parent is root:
+            raise SsmlRejected("invalid_value", "only <voice> elements may appear in <speak>")
+
+    if (root.text or "").strip() or any((child.tail or "").strip() for child in root):
+        raise SsmlRejected("invalid_value", "text must be inside a <voice> element")
+    if not voices:
+        raise SsmlRejected("invalid_value", "the document has no <voice> element")
+    if not "".join(root.itertext()).strip():
+        raise SsmlRejected("empty_text", "the document has no text to speak")
+
+    # Billable: everything inside <voice>, markup included, except the speak and voice tags.
+    # https://learn.microsoft.com/azure/ai-services/speech-service/text-to-speech#billable-characters
+    characters = sum(len(_serialize_content(voice)) for voice in root)
+    return ValidatedSsml(
+        ssml=_serialize(root),
+        voices=tuple(dict.fromkeys(voices)),
+        language=root.attrib[XML_LANG],
+        characters=characters,
+    )
+
+
+def _parse(ssml: str) -> Element:
+    try:
+        root: Element = DefusedET.fromstring(
+            ssml, forbid_dtd=True, forbid_entities=True, forbid_external=True
+        )
+    except DTDForbidden as error:
+        raise SsmlRejected("dtd_forbidden", "a DOCTYPE is not allowed") from error
+    except EntitiesForbidden as error:
+        raise SsmlRejected("entities_forbidden", "entity declarations are not allowed") from error
+    except ExternalReferenceForbidden as error:
+        raise SsmlRejected("external_reference", "external references are not allowed") from error
+    except ParseError as error:
+        raise SsmlRejected("not_xml", f"not well-formed XML ({error})") from error
+    return root
+
+
+def _walk(root: Element) -> Iterator[tuple[Element, int, Element | None]]:
+    # Iterative, so a deeply nested document cannot exhaust the interpreter stack.
+    stack: list[tuple[Element, int, Element | None]] = [(root, 1, None)]
+    while stack:
+        element, depth, parent = stack.pop()
+        yield element, depth, parent
+        stack.extend((child, depth + 1, element) for child in reversed(element))
+
+
+def _check_element(element: Element) -> None:
+    tag = element.tag
+    if not isinstance(tag, str) or not tag.startswith("{"):
+        raise SsmlRejected("foreign_namespace", f"element <{tag}> has no SSML namespace")
+    namespace, _, local = tag[1:].partition("}")
+    if namespace not in _PREFIXES:
+        raise SsmlRejected("foreign_namespace", f"namespace {namespace!r} is not allowed")
+    checks = _ALLOWED.get(tag)
+    if checks is None:
+        raise SsmlRejected("unknown_element", f"element <{_PREFIXES[namespace]}{local}>")
+    for name, value in element.attrib.items():
+        if name.startswith("{") and not name.startswith(f"{{{XML_NS}}}"):
+            foreign = name[1:].partition("}")[0]
+            raise SsmlRejected("foreign_namespace", f"attribute namespace {foreign!r}")
+        check = checks.get(name)
+        shown = _attribute_name(name)
+        if check is None:
+            raise SsmlRejected("unknown_attribute", f"<{local}> has no attribute {shown!r}")
+        if len(value) > MAX_ATTRIBUTE_CHARS or not check(value):
+            if name == "name" and tag == _VOICE:
+                raise SsmlRejected("invalid_voice", f"{value[:64]!r} is not a neural voice name")
+            raise SsmlRejected("invalid_value", f"<{local} {shown}> has value {value[:64]!r}")
+    for name in _REQUIRED.get(tag, ()):
+        if name not in element.attrib:
+            shown = _attribute_name(name)
+            raise SsmlRejected("invalid_value", f"<{local}> needs the {shown!r} attribute")
+
+
+def _attribute_name(name: str) -> str:
+    return "xml:lang" if name == XML_LANG else name
+
+
+def _qualified(tag: str) -> str:
+    namespace, _, local = tag[1:].partition("}")
+    return _PREFIXES[namespace] + local
+
+
+def _serialize(root: Element) -> str:
+    attributes = _attributes(root)
+    declarations = f' xmlns="{SSML_NS}" xmlns:mstts="{MSTTS_NS}"'
+    return f"<speak{declarations}{attributes}>{_serialize_content(root)}</speak>"
+
+
+def _serialize_content(element: Element) -> str:
+    parts = [escape(element.text or "")]
+    for child in element:
+        name, content = _qualified(child.tag), _serialize_content(child)
+        if content:
+            parts.append(f"<{name}{_attributes(child)}>{content}</{name}>")
+        else:
+            parts.append(f"<{name}{_attributes(child)}/>")
+        parts.append(escape(child.tail or ""))
+    return "".join(parts)
+
+
+def _attributes(element: Element) -> str:
+    return "".join(
+        f" {_attribute_name(name)}={quoteattr(value)}"
+        for name, value in sorted(element.attrib.items())
+    )
