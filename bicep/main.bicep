@@ -107,6 +107,7 @@ var tags = {
 var appContainerNames = [
   'uploads'
   'processed'
+  'synthesis-cache'
 ]
 var auditContainerName = 'audit'
 var deploymentContainerName = 'app-package'
