@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from shared.ingestion import IngestionService
     from shared.ledger import Ledger
     from shared.recordings import RecordingStore
+    from shared.sas import SasIssuer
     from shared.storage import TenantScope
     from shared.training import TrainingService
     from shared.voices import VoiceService
@@ -125,20 +126,31 @@ class Runtime:
         """Voice profiles, consent and upload URLs."""
         from datetime import timedelta
 
-        from shared.sas import SasIssuer
         from shared.voices import VoiceService
 
         return VoiceService(
             lambda tenant_id: self.tenant_scope("voices", tenant_id),
             self.recordings,
             self.audit,
-            SasIssuer(self.blob_service),
+            self.sas,
             consent_lifetime=timedelta(days=self.settings.consent_lifetime_days),
             upload_url_lifetime=timedelta(minutes=self.settings.upload_url_minutes),
         )
 
+    @cached_property
+    def sas(self) -> SasIssuer:
+        """Signs blob and container URLs (one cached user delegation key per process)."""
+        from shared.sas import SasIssuer
+
+        return SasIssuer(self.blob_service)
+
     def custom_voice(self) -> CustomVoiceClient:
-        """A Custom Voice client: key auth where a key is set, else the managed identity."""
+        """The Custom Voice client: key auth where a key is set, else the managed identity."""
+        return self._custom_voice_client
+
+    @cached_property
+    def _custom_voice_client(self) -> CustomVoiceClient:
+        # One client (and one httpx connection pool) per process, like every other client.
         from shared.custom_voice import CustomVoiceClient, key_auth, token_auth
 
         settings = self.settings
@@ -158,7 +170,6 @@ class Runtime:
     @cached_property
     def training(self) -> TrainingService:
         """The activities of voice training."""
-        from shared.sas import SasIssuer
         from shared.training import Timing, TrainingService
 
         settings = self.settings
@@ -170,7 +181,7 @@ class Runtime:
                 self.voices.consent_state(tenant, voice) == "granted"
             ),
             blobs=self.blob_store,
-            sas=SasIssuer(self.blob_service),
+            sas=self.sas,
             audit=self.audit,
             outbox=lambda tenant_id: self.tenant_scope("outbox", tenant_id),
             minimum_utterances=self.settings.training_min_utterances,
