@@ -2,7 +2,17 @@
 
 import azure.durable_functions as df
 
-from functions import agents, audit, fallback, health, ingestion, training, voices
+from functions import (
+    agents,
+    audit,
+    fallback,
+    health,
+    ingestion,
+    synthesis,
+    synthesis_jobs,
+    training,
+    voices,
+)
 
 app = df.DFApp()
 
@@ -12,4 +22,6 @@ app.register_functions(audit.bp)
 app.register_functions(ingestion.bp)
 app.register_functions(voices.bp)
 app.register_functions(training.bp)
+app.register_functions(synthesis.bp)
+app.register_functions(synthesis_jobs.bp)
 app.register_functions(fallback.bp)  # last: the catch-all route

@@ -16,11 +16,42 @@ targetScope = 'resourceGroup'
 ])
 param timbreEnvironment string
 
-@description('Azure region of every resource but Speech (speechLocation).')
+@description('Azure region of every resource but Speech (speechLocation) and Azure OpenAI (openAiLocation).')
 param location string = resourceGroup().location
 
 @description('Azure region of the Speech resource; defaults to the deployment location. Custom Neural Voice (professional voice) is a limited-access feature whose training is available in some regions only: pick one that offers it (bicep/README.md).')
 param speechLocation string = location
+
+@description('Azure region of the Azure OpenAI account; defaults to the deployment location. Models are offered per region and deployment type: pick a region that offers both models (bicep/README.md).')
+param openAiLocation string = location
+
+@description('Deployment type of both Azure OpenAI deployments. GlobalStandard may process a request in any region that offers the model; data at rest stays in the account\'s geography.')
+@allowed([
+  'GlobalStandard'
+  'DataZoneStandard'
+  'Standard'
+])
+param openAiDeploymentType string = 'GlobalStandard'
+
+@description('Azure OpenAI text to speech model, also the deployment name (AZURE_OPENAI_TTS_DEPLOYMENT).')
+param openAiTtsModelName string = 'gpt-4o-mini-tts'
+
+@description('Version of the text to speech model (2025-12-15 is the GA version).')
+param openAiTtsModelVersion string = '2025-12-15'
+
+@description('Capacity of the text to speech deployment, in the model\'s quota units.')
+@minValue(1)
+param openAiTtsCapacity int = 10
+
+@description('Azure OpenAI chat model of the agents, also the deployment name (AZURE_OPENAI_CHAT_DEPLOYMENT).')
+param openAiChatModelName string = 'gpt-5.4-mini'
+
+@description('Version of the chat model.')
+param openAiChatModelVersion string = '2026-03-17'
+
+@description('Capacity of the chat deployment in thousands of tokens per minute.')
+@minValue(1)
+param openAiChatCapacity int = 30
 
 @description('Prefix of every resource name.')
 @minLength(3)
@@ -108,6 +139,7 @@ var appContainerNames = [
   'uploads'
   'processed'
   'synthesis-cache'
+  'synthesis-jobs'
 ]
 var auditContainerName = 'audit'
 var deploymentContainerName = 'app-package'
@@ -197,6 +229,33 @@ module speech 'modules/speech.bicep' = {
   }
 }
 
+module openAi 'modules/openai.bicep' = {
+  name: 'openai'
+  params: {
+    name: 'oai-${baseName}-${suffix}'
+    location: openAiLocation
+    tags: tags
+    principalId: identity.outputs.principalId
+    deploymentType: openAiDeploymentType
+    ttsModelName: openAiTtsModelName
+    ttsModelVersion: openAiTtsModelVersion
+    ttsCapacity: openAiTtsCapacity
+    chatModelName: openAiChatModelName
+    chatModelVersion: openAiChatModelVersion
+    chatCapacity: openAiChatCapacity
+  }
+}
+
+module translator 'modules/translator.bicep' = {
+  name: 'translator'
+  params: {
+    name: 'trsl-${baseName}-${suffix}'
+    location: location
+    tags: tags
+    principalId: identity.outputs.principalId
+  }
+}
+
 // Every app setting the Functions host and the app read in Azure. Connections are
 // identity-based: `<connection>__credential=managedidentity` with the identity's client
 // id, and the service URIs (Functions docs, "identity-based connections").
@@ -221,6 +280,16 @@ var appSettings = {
   AZURE_SPEECH_ENDPOINT: speech.outputs.endpoint
   AZURE_SPEECH_REGION: speech.outputs.region
   AZURE_SPEECH_RESOURCE_ID: speech.outputs.id
+  // Azure OpenAI with the identity: the custom-subdomain endpoint and the deployment names
+  // (no AZURE_OPENAI_API_KEY in Azure).
+  AZURE_OPENAI_ENDPOINT: openAi.outputs.endpoint
+  AZURE_OPENAI_TTS_DEPLOYMENT: openAi.outputs.ttsDeployment
+  AZURE_OPENAI_CHAT_DEPLOYMENT: openAi.outputs.chatDeployment
+  // Translator with the identity: the custom-domain endpoint, which takes an Entra ID token
+  // alone, plus the region and resource id (no AZURE_TRANSLATOR_KEY in Azure).
+  AZURE_TRANSLATOR_ENDPOINT: translator.outputs.endpoint
+  AZURE_TRANSLATOR_REGION: translator.outputs.region
+  AZURE_TRANSLATOR_RESOURCE_ID: translator.outputs.id
   // DefaultAzureCredential in the app picks the user-assigned identity by this id.
   AZURE_CLIENT_ID: identity.outputs.clientId
   TIMBRE_ENVIRONMENT: timbreEnvironment
@@ -239,8 +308,6 @@ var appSettings = {
 // Later issues add their services here, each as a module beside these that takes
 // identity.outputs.principalId and assigns its own data-plane role on its resource, and
 // each adds its settings to appSettings above (names as in shared/config.py):
-//   Azure OpenAI (chat, TTS)          AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_*_DEPLOYMENT
-//   Translator                        AZURE_TRANSLATOR_ENDPOINT, AZURE_TRANSLATOR_REGION
 //   Web PubSub (realtime voice)       WebPubSub__endpoint
 //   Service Bus (alert notifications) a `<connection>__fullyQualifiedNamespace` setting
 
@@ -285,3 +352,5 @@ output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output AZURE_COSMOS_ENDPOINT string = cosmos.outputs.endpoint
 output AZURE_SPEECH_ENDPOINT string = speech.outputs.endpoint
 output AZURE_SPEECH_RESOURCE_ID string = speech.outputs.id
+output AZURE_OPENAI_ENDPOINT string = openAi.outputs.endpoint
+output AZURE_TRANSLATOR_ENDPOINT string = translator.outputs.endpoint

@@ -88,6 +88,7 @@ def endpoint(
     documented: bool = True,
     methods: list[str] | None = None,
     orchestrations: bool = False,
+    binary: tuple[str, ...] = (),
 ) -> Callable[[Handler], Any]:
     """Declare an HTTP operation; `role=None` makes it public (no token needed).
 
@@ -110,6 +111,7 @@ def endpoint(
             errors=errors,
             max_body_bytes=max_body_bytes,
             documented=documented,
+            binary=binary,
             handler=handler,
         )
         ROUTES.add(operation)
@@ -217,6 +219,9 @@ def _reply(result: Any, operation: Operation, request_id: str) -> func.HttpRespo
     if reply.body is None:
         return func.HttpResponse(status_code=reply.status, headers=headers)
     payload = reply.body if isinstance(reply.body, bytes) else dump_json(reply.body)
+    if isinstance(reply.body, bytes):
+        # Stated in full: the worker derives it from mimetype only when it is missing.
+        headers.setdefault("Content-Type", reply.content_type)
     return func.HttpResponse(
         payload, status_code=reply.status, headers=headers, mimetype=reply.content_type
     )

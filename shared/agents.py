@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from shared.config import Settings
 
 
-class AudioFormat(BaseModel):
+class StreamFormat(BaseModel):
     """The realtime audio format of the session protocol."""
 
     encoding: str = "pcm16"
@@ -31,7 +31,7 @@ class VoiceConfig(BaseModel):
     voice_name: str = Field(description="Azure neural voice name")
     locale: str
     style: str | None = Field(None, description="Speaking style, where the voice has styles")
-    audio: AudioFormat = Field(default_factory=AudioFormat)
+    audio: StreamFormat = Field(default_factory=StreamFormat)
 
 
 class Agent(BaseModel):
@@ -120,7 +120,7 @@ class VoiceStatus(BaseModel):
 
     voice_configured: bool
     requirements: list[Requirement]
-    audio: AudioFormat = Field(default_factory=AudioFormat)
+    audio: StreamFormat = Field(default_factory=StreamFormat)
     agents: list[str]
 
 

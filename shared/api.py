@@ -40,6 +40,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     max_body_bytes: int | None = None
     documented: bool = True
+    binary: tuple[str, ...] = ()  # media types of a non-JSON success body (audio)
     handler: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
 
     @property

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient
@@ -42,16 +42,20 @@ class BlobStore(Protocol):
         """The content of exactly this version; BlobChanged if it changed or went away."""
         ...
 
+    def fetch(self, container: str, name: str) -> tuple[BlobInfo, bytes] | None:
+        """The blob's properties and content in one request; None if it does not exist."""
+        ...
+
     def write(
         self,
         container: str,
         name: str,
-        data: bytes,
+        data: bytes | BinaryIO,
         *,
         content_type: str,
         metadata: dict[str, str] | None = None,
     ) -> None:
-        """Create or replace a block blob."""
+        """Create or replace a block blob from bytes, or from a file read to its end."""
         ...
 
     def delete(self, container: str, name: str) -> bool:
@@ -96,16 +100,30 @@ class AzureBlobStore:
         except (ResourceModifiedError, ResourceNotFoundError):
             raise BlobChanged(name) from None
 
+    def fetch(self, container: str, name: str) -> tuple[BlobInfo, bytes] | None:
+        """The blob's properties and content in one request; None if it does not exist."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            download = self._service.get_blob_client(container, name).download_blob(
+                max_concurrency=2
+            )
+            data = download.readall()
+        except ResourceNotFoundError:
+            return None
+        props = download.properties
+        return BlobInfo(name, int(props.size), str(props.etag), dict(props.metadata or {})), data
+
     def write(
         self,
         container: str,
         name: str,
-        data: bytes,
+        data: bytes | BinaryIO,
         *,
         content_type: str,
         metadata: dict[str, str] | None = None,
     ) -> None:
-        """Create or replace a block blob."""
+        """Create or replace a block blob; a file is uploaded in blocks, never read whole."""
         from azure.storage.blob import ContentSettings
 
         self._service.get_blob_client(container, name).upload_blob(
@@ -113,6 +131,7 @@ class AzureBlobStore:
             overwrite=True,
             content_settings=ContentSettings(content_type=content_type),
             metadata=metadata,
+            max_concurrency=2,
         )
 
     def delete(self, container: str, name: str) -> bool:
@@ -174,16 +193,25 @@ class MemoryBlobStore:
             raise BlobChanged(name)
         return blob.data
 
+    def fetch(self, container: str, name: str) -> tuple[BlobInfo, bytes] | None:
+        """The blob's properties and content in one request; None if it does not exist."""
+        blob = self.blobs.get((container, name))
+        if blob is None:
+            return None
+        return BlobInfo(name, len(blob.data), blob.etag, dict(blob.metadata)), blob.data
+
     def write(
         self,
         container: str,
         name: str,
-        data: bytes,
+        data: bytes | BinaryIO,
         *,
         content_type: str,
         metadata: dict[str, str] | None = None,
     ) -> None:
         """Create or replace a block blob."""
+        if not isinstance(data, bytes):
+            data = data.read()
         with self._lock:
             self._version += 1
             digest = hashlib.sha256(data).hexdigest()[:8]

@@ -21,6 +21,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from shared import __version__
 from shared.audio.criteria import AudioThresholds
 from shared.errors import ConfigurationError
+from shared.synthesis import DEFAULT_STOCK_VOICES
+from shared.translation import TranslationLimits
 
 __all__ = ["ConfigurationError", "Environment", "Settings", "get_settings", "load_settings"]
 
@@ -180,6 +182,50 @@ class Settings(BaseSettings):
     openai_tts_deployment: str | None = Field(None, validation_alias="AZURE_OPENAI_TTS_DEPLOYMENT")
     translator_endpoint: str | None = Field(None, validation_alias="AZURE_TRANSLATOR_ENDPOINT")
     translator_region: str | None = Field(None, validation_alias="AZURE_TRANSLATOR_REGION")
+    openai_api_key: str | None = Field(None, validation_alias="AZURE_OPENAI_API_KEY")
+    translator_key: str | None = Field(None, validation_alias="AZURE_TRANSLATOR_KEY")
+    translator_resource_id: str | None = Field(
+        None, validation_alias="AZURE_TRANSLATOR_RESOURCE_ID"
+    )
+
+    # Synthesis and translation.
+    stock_voices: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_STOCK_VOICES), validation_alias="TIMBRE_STOCK_VOICES"
+    )
+    openai_tts_voices: dict[str, str] = Field(
+        default_factory=dict, validation_alias="TIMBRE_OPENAI_TTS_VOICES"
+    )
+    openai_tts_default_voice: str = Field(
+        "alloy", validation_alias="TIMBRE_OPENAI_TTS_DEFAULT_VOICE"
+    )
+    synthesis_timeout_s: float = Field(
+        15.0, gt=0, le=60, validation_alias="TIMBRE_SYNTHESIS_TIMEOUT_SECONDS"
+    )
+    synthesis_max_characters: int = Field(
+        5000, ge=100, le=20_000, validation_alias="TIMBRE_SYNTHESIS_MAX_CHARACTERS"
+    )
+    synthesis_cache_hours: int = Field(
+        720, ge=1, le=87_600, validation_alias="TIMBRE_SYNTHESIS_CACHE_HOURS"
+    )
+    synthesis_cooldown_s: float = Field(
+        30.0, ge=1, le=3600, validation_alias="TIMBRE_SYNTHESIS_COOLDOWN_SECONDS"
+    )
+    synthesis_job_max_characters: int = Field(
+        200_000, ge=1000, le=2_000_000, validation_alias="TIMBRE_SYNTHESIS_JOB_MAX_CHARACTERS"
+    )
+    synthesis_job_parallelism: int = Field(
+        4, ge=1, le=32, validation_alias="TIMBRE_SYNTHESIS_JOB_PARALLELISM"
+    )
+    synthesis_segment_characters: int = Field(
+        2000, ge=200, le=4000, validation_alias="TIMBRE_SYNTHESIS_SEGMENT_CHARACTERS"
+    )
+    synthesis_download_minutes: int = Field(
+        60, ge=5, le=1440, validation_alias="TIMBRE_SYNTHESIS_DOWNLOAD_MINUTES"
+    )
+    translation_limits: TranslationLimits = Field(
+        default_factory=TranslationLimits, validation_alias="TIMBRE_TRANSLATION_LIMITS"
+    )
+
     webpubsub_endpoint: str | None = Field(None, validation_alias="WebPubSub__endpoint")
     webpubsub_connection_string: str | None = Field(
         None, validation_alias="WebPubSubConnectionString"
@@ -190,6 +236,28 @@ class Settings(BaseSettings):
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         return _csv(value)
+
+    @field_validator("stock_voices")
+    @classmethod
+    def _stock_voices(cls, value: dict[str, str]) -> dict[str, str]:
+        # The setting adds to (or replaces entries of) the built-in map.
+        from shared.ssml import is_valid_language, is_valid_voice_name
+
+        for tag, voice in value.items():
+            if not is_valid_language(tag) or not is_valid_voice_name(voice):
+                raise ValueError(f"{tag[:20]!r}: expected a language tag mapped to a voice name")
+        return {**DEFAULT_STOCK_VOICES, **value}
+
+    @field_validator("openai_tts_voices", "openai_tts_default_voice")
+    @classmethod
+    def _openai_voices(cls, value: Any) -> Any:
+        from shared.openai_tts import OPENAI_VOICES
+
+        names = value.values() if isinstance(value, dict) else [value]
+        unknown = sorted(name for name in names if name not in OPENAI_VOICES)
+        if unknown:
+            raise ValueError(f"not OpenAI voices: {unknown}; use {sorted(OPENAI_VOICES)}")
+        return value
 
     @field_validator("auth_authority")
     @classmethod
@@ -284,6 +352,9 @@ def _cross_problems(values: dict[str, Any]) -> list[str]:
     if environment is Environment.PRODUCTION:
         if "AccountKey=" in str(get("TimbreStorage") or ""):
             problems.append("TimbreStorage: production uses the managed identity, not keys")
+        for name in ("AZURE_SPEECH_KEY", "AZURE_OPENAI_API_KEY", "AZURE_TRANSLATOR_KEY"):
+            if get(name):
+                problems.append(f"{name}: production uses the managed identity, not keys")
         authority = get("TIMBRE_AUTH_AUTHORITY")
         if authority and str(authority).rstrip("/") != "https://login.microsoftonline.com":
             problems.append("TIMBRE_AUTH_AUTHORITY: production trusts Entra ID only")

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from shared.api import RouteTable
+from shared.api import Operation, RouteTable
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -46,6 +46,25 @@ def _problem(status: int) -> dict[str, Any]:
     }
 
 
+def _success(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
+    """The success responses of an operation: its JSON model, binary media, or none."""
+    if op.response is not None:
+        ref = refs[(op.response, "serialization")]
+        return {
+            str(status): {
+                "description": HTTPStatus(status).phrase,
+                "content": {"application/json": {"schema": ref}},
+            }
+            for status in (op.status, *op.also)
+        }
+    response: dict[str, Any] = {"description": HTTPStatus(op.status).phrase}
+    if op.binary:
+        response["content"] = {
+            media: {"schema": {"type": "string", "contentMediaType": media}} for media in op.binary
+        }
+    return {str(op.status): response}
+
+
 def build_openapi(routes: RouteTable, *, version: str, server_url: str = "/") -> dict[str, Any]:
     """The OpenAPI 3.1 document of every documented operation."""
     # Request bodies are documented as validated, responses as serialized (computed
@@ -75,15 +94,7 @@ def build_openapi(routes: RouteTable, *, version: str, server_url: str = "/") ->
             ],
             "responses": {},
         }
-        if op.response is not None:
-            ref = refs[(op.response, "serialization")]
-            for status in (op.status, *op.also):
-                item["responses"][str(status)] = {
-                    "description": HTTPStatus(status).phrase,
-                    "content": {"application/json": {"schema": ref}},
-                }
-        else:
-            item["responses"][str(op.status)] = {"description": HTTPStatus(op.status).phrase}
+        item["responses"].update(_success(op, refs))
         statuses = set(op.errors) | {500}
         if op.body is not None:
             ref = refs[(op.body, "validation")]

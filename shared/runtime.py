@@ -30,8 +30,14 @@ if TYPE_CHECKING:
     from shared.ledger import Ledger
     from shared.recordings import RecordingStore
     from shared.sas import SasIssuer
+    from shared.speech_providers import ConfiguredProviders
     from shared.storage import TenantScope
+    from shared.synthesis import FallbackChain
+    from shared.synthesis_cache import SynthesisCache
+    from shared.synthesis_jobs import SynthesisJobs
+    from shared.synthesis_service import SpeechProviders, SynthesisService
     from shared.training import TrainingService
+    from shared.translation import Translator
     from shared.voices import VoiceService
 
 # Services are imported where first used: this module is on every function's cold path.
@@ -192,6 +198,110 @@ class Runtime:
                 model_deadline_h=settings.training_deadline_hours,
                 approval_timeout_h=settings.approval_timeout_hours,
             ),
+        )
+
+    @cached_property
+    def speech_providers(self) -> SpeechProviders:
+        """The configured speech providers (tests replace this with in-process fakes)."""
+        return self._configured_providers
+
+    @cached_property
+    def _configured_providers(self) -> ConfiguredProviders:
+        from shared.speech_providers import ConfiguredProviders
+
+        return ConfiguredProviders(self.settings)
+
+    @cached_property
+    def synthesis_chain(self) -> FallbackChain:
+        """The fallback chain, with one circuit breaker per provider for the process."""
+        from functools import partial
+
+        from shared.synthesis import CircuitBreaker, FallbackChain
+
+        cooldown = self.settings.synthesis_cooldown_s
+        return FallbackChain(
+            breaker_factory=partial(
+                CircuitBreaker, cooldown_s=cooldown, max_cooldown_s=max(cooldown * 10, 300)
+            )
+        )
+
+    @cached_property
+    def synthesis_cache(self) -> SynthesisCache:
+        """Synthesized audio by request hash, per tenant."""
+        from datetime import timedelta
+
+        from shared.synthesis_cache import SynthesisCache
+
+        return SynthesisCache(
+            self.blob_store, max_age=timedelta(hours=self.settings.synthesis_cache_hours)
+        )
+
+    def translator(self) -> Translator:
+        """The Translator client (one per process); 503 when it is not configured."""
+        return self._translator
+
+    @cached_property
+    def _translator(self) -> Translator:
+        from shared.translation import AzureTranslator
+
+        settings = self.settings
+        if not settings.translator_endpoint:
+            raise DependencyUnavailable(
+                "Translation is not configured: set AZURE_TRANSLATOR_ENDPOINT"
+            )
+        if settings.translator_key:
+            return AzureTranslator(
+                settings.translator_endpoint,
+                key=settings.translator_key,
+                region=settings.translator_region,
+                limits=settings.translation_limits,
+            )
+        from shared.storage import credential
+
+        return AzureTranslator(
+            settings.translator_endpoint,
+            credential=credential(),
+            region=settings.translator_region,
+            resource_id=settings.translator_resource_id,
+            limits=settings.translation_limits,
+        )
+
+    @cached_property
+    def synthesis(self) -> SynthesisService:
+        """Text to speech: translation, voice selection, consent, cache and fallback."""
+        from shared.synthesis_service import SynthesisService
+
+        return SynthesisService(
+            providers=self.speech_providers,
+            chain=self.synthesis_chain,
+            cache=self.synthesis_cache,
+            speakers=self.voices.speaker,
+            translator=self.translator,
+            audit=self.audit,
+            stock_voices=self.settings.stock_voices,
+            max_characters=self.settings.synthesis_max_characters,
+        )
+
+    @cached_property
+    def synthesis_jobs(self) -> SynthesisJobs:
+        """Batch synthesis of long texts (the orchestration's activities run here)."""
+        from datetime import timedelta
+
+        from shared.synthesis_jobs import SynthesisJobs
+
+        settings = self.settings
+        return SynthesisJobs(
+            synthesis=self.synthesis,
+            blobs=self.blob_store,
+            sas=self.sas,
+            audit=self.audit,
+            max_characters=settings.synthesis_job_max_characters,
+            # A segment is one /synthesize request: never over that request's limit.
+            segment_characters=min(
+                settings.synthesis_segment_characters, settings.synthesis_max_characters
+            ),
+            parallelism=settings.synthesis_job_parallelism,
+            download_lifetime=timedelta(minutes=settings.synthesis_download_minutes),
         )
 
     @cached_property

@@ -106,6 +106,11 @@ def _style_degree(value: str) -> bool:
     return _STYLE_DEGREE.fullmatch(value) is not None and 0.01 <= float(value) <= 2
 
 
+def is_stock_voice_name(name: str) -> bool:
+    """Whether `name` is shaped like a stock neural voice name (en-US-AvaNeural)."""
+    return _STOCK_VOICE.fullmatch(name) is not None
+
+
 def is_valid_voice_name(name: str) -> bool:
     """Whether `name` is shaped like a stock or custom neural voice name."""
     return bool(_STOCK_VOICE.fullmatch(name) or _CUSTOM_VOICE.fullmatch(name))
@@ -289,6 +294,25 @@ def validate_ssml(
         language=root.attrib[XML_LANG],
         characters=characters,
     )
+
+
+def with_voice(ssml: str, voice: str, *, language: str | None = None) -> str:
+    """Validated SSML with every `<voice name>` replaced by `voice` (a fallback speaker).
+
+    `language`, if given, replaces the document's `xml:lang` (a stock voice of another
+    locale). The input must be SSML that `validate_ssml` returned; nothing else changes.
+    """
+    if not is_valid_voice_name(voice):
+        raise SsmlRejected("invalid_voice", f"{voice!r} is not a neural voice name")
+    if language is not None and not is_valid_language(language):
+        raise SsmlRejected("invalid_value", f"language {language!r} is not a tag like en-US")
+    root = _parse(ssml)
+    for element in root:
+        if element.tag == _VOICE:
+            element.set("name", voice)
+    if language is not None:
+        root.set(XML_LANG, language)
+    return _serialize(root)
 
 
 def _parse(ssml: str) -> Element:

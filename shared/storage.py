@@ -50,7 +50,7 @@ COSMOS_CONTAINERS: tuple[CosmosContainerSpec, ...] = (
 )
 
 # The blob containers the app needs; the audit container name comes from settings.
-BLOB_CONTAINERS: tuple[str, ...] = ("uploads", "processed", "synthesis-cache")
+BLOB_CONTAINERS: tuple[str, ...] = ("uploads", "processed", "synthesis-cache", "synthesis-jobs")
 
 
 @lru_cache(maxsize=1)

@@ -75,6 +75,59 @@ _CONTENT_TYPES: dict[AudioFormat, str] = {
 }
 
 
+# The stock neural voice that speaks a language when the caller names none, looked up by
+# the longest matching prefix of the tag (case-insensitive). TIMBRE_STOCK_VOICES adds to it.
+DEFAULT_STOCK_VOICES: dict[str, str] = {
+    "en": "en-US-AvaMultilingualNeural",
+    "en-US": "en-US-AvaMultilingualNeural",
+    "en-GB": "en-GB-SoniaNeural",
+    "en-AU": "en-AU-NatashaNeural",
+    "en-IN": "en-IN-NeerjaNeural",
+    "de": "de-DE-SeraphinaMultilingualNeural",
+    "fr": "fr-FR-VivienneMultilingualNeural",
+    "fr-CA": "fr-CA-SylvieNeural",
+    "es": "es-ES-ElviraNeural",
+    "es-MX": "es-MX-DaliaNeural",
+    "it": "it-IT-ElsaNeural",
+    "pt": "pt-BR-FranciscaNeural",
+    "pt-PT": "pt-PT-RaquelNeural",
+    "nl": "nl-NL-FennaNeural",
+    "sv": "sv-SE-SofieNeural",
+    "da": "da-DK-ChristelNeural",
+    "nb": "nb-NO-PernilleNeural",
+    "fi": "fi-FI-NooraNeural",
+    "pl": "pl-PL-AgnieszkaNeural",
+    "cs": "cs-CZ-VlastaNeural",
+    "uk": "uk-UA-PolinaNeural",
+    "tr": "tr-TR-EmelNeural",
+    "ar": "ar-SA-ZariyahNeural",
+    "hi": "hi-IN-SwaraNeural",
+    "ja": "ja-JP-NanamiNeural",
+    "ko": "ko-KR-SunHiNeural",
+    "zh": "zh-CN-XiaoxiaoNeural",
+    "zh-Hans": "zh-CN-XiaoxiaoNeural",
+    "zh-Hant": "zh-TW-HsiaoChenNeural",
+}
+
+
+def voice_locale(voice: str) -> str:
+    """The locale a stock voice name starts with: en-US-AvaNeural -> en-US."""
+    language, region, *_ = voice.split("-")
+    return f"{language}-{region}"
+
+
+def stock_voice_for(language: str, voices: dict[str, str]) -> str | None:
+    """The configured stock voice of a language tag: the longest matching prefix of it
+    (zh-Hant-TW, then zh-Hant, then zh)."""
+    by_tag = {tag.lower(): voice for tag, voice in voices.items()}
+    parts = language.lower().split("-")
+    for end in range(len(parts), 0, -1):
+        found = by_tag.get("-".join(parts[:end]))
+        if found is not None:
+            return found
+    return None
+
+
 class SynthesisRequest(BaseModel):
     """One synthesis as a provider receives it: validated SSML, voice, language, format."""
 

@@ -22,8 +22,8 @@ re-serialized with sorted attributes, so identical requests arrive identical.
 Blob metadata: `dataclass=synthesized_audio` (the retention class the retention timer
 sweeps), `created` (ISO 8601 UTC), `provider`, `voice`, `contenttype` and the key schema
 version. Never the text: neither metadata nor names carry what was spoken. An entry whose
-metadata is missing, malformed or of another class is a miss, never an error; so is a blob
-deleted between its lookup and its download.
+metadata is missing, malformed or of another class is a miss, never an error. A lookup is
+one request (the download carries the metadata), so a hit costs one round trip.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from shared.blobs import BlobChanged, BlobStore
+from shared.blobs import BlobStore
 from shared.synthesis import AudioFormat, SynthesisRequest, SynthesisResult
 
 logger = logging.getLogger(__name__)
@@ -149,19 +149,16 @@ class SynthesisCache:
         """The cached audio of this tenant and key, or None on a miss."""
         name = self.blob_name(tenant_id, key)
         audio_format = _parse_key(key)
-        info = self._store.properties(self._container, name)
-        if info is None:
+        found = self._store.fetch(self._container, name)  # one round trip on a hit
+        if found is None:
             return None
+        info, audio = found
         metadata = {k.lower(): v for k, v in info.metadata.items()}
         if not self._usable(metadata, audio_format):
             logger.warning(
                 "synthesis cache entry has unreadable metadata; treated as a miss",
                 extra={"container": self._container, "blob": name},
             )
-            return None
-        try:
-            audio = self._store.read(self._container, name, etag=info.etag)
-        except BlobChanged:
             return None
         return SynthesisResult(
             audio=audio,

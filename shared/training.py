@@ -25,6 +25,7 @@ from shared.recordings import RecordingStore
 from shared.sas import SasIssuer
 from shared.storage import TenantScope
 from shared.uploads import PROCESSED_CONTAINER, UPLOADS_CONTAINER
+from shared.voices import deployed_voice_name
 
 if TYPE_CHECKING:
     from shared.custom_voice import CustomVoiceClient
@@ -85,7 +86,7 @@ class TrainingRun(BaseModel):
     @property
     def voice_name(self) -> str:
         """The deployed voice's name (Custom Voice requires the Neural suffix)."""
-        return "Timbre" + self.voice_id.replace("-", "").title() + "Neural"
+        return deployed_voice_name(self.voice_id)
 
     @property
     def staging_prefix(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -162,6 +163,22 @@ class ConsentRegistration(BaseModel):
         if not _FILE.match(value):
             raise ValueError("a file name: letters, digits, - and _ (1-64) and an extension")
         return value
+
+
+def deployed_voice_name(voice_id: str) -> str:
+    """The name a voice is deployed under (Custom Voice requires the Neural suffix)."""
+    return "Timbre" + voice_id.replace("-", "").title() + "Neural"
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """What synthesis needs to know about a tenant's custom voice, consent applied."""
+
+    voice_id: str
+    voice_name: str
+    locale: str
+    endpoint_id: str | None
+    consent: ConsentState
 
 
 def statement_for(locale: str, talent: str, company: str) -> str:
@@ -317,6 +334,17 @@ class VoiceService:
     def consent_state(self, tenant_id: str, voice_id: str) -> ConsentState:
         """The consent state now (expiry applied): training and synthesis check this."""
         return self._consent(self._settled(tenant_id, voice_id)).state
+
+    def speaker(self, tenant_id: str, voice_id: str) -> Speaker:
+        """The voice as synthesis sees it: name, locale, deployed endpoint, consent now."""
+        document = self._settled(tenant_id, voice_id)
+        return Speaker(
+            voice_id=voice_id,
+            voice_name=deployed_voice_name(voice_id),
+            locale=document["locale"],
+            endpoint_id=document.get("endpointId"),
+            consent=self._consent(document).state,
+        )
 
     def _settled(self, tenant_id: str, voice_id: str) -> dict[str, Any]:
         """The voice, with a pending consent granted once its recording has been processed."""

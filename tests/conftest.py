@@ -74,24 +74,35 @@ def local_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         yield service_environment(azurite.instance, cosmos.instance)
 
 
-@pytest.fixture
-def live_settings(local_services: dict[str, str], request: pytest.FixtureRequest) -> Settings:
-    """Development settings on the local services, with a database of this test's own."""
-    database = "t" + str(abs(hash(request.node.nodeid)))[:12]
+def local_settings(services: dict[str, str], test_id: str, **overrides: Any) -> Settings:
+    """Development settings on the local services, with a database of the test's own."""
+    database = "t" + str(abs(hash(test_id)))[:12]
     return make_settings(
-        TimbreStorage=local_services["TimbreStorage"],
-        CosmosDb=local_services["CosmosDb"],
-        TIMBRE_COSMOS_CA_FILE=local_services["TIMBRE_COSMOS_CA_FILE"],
+        TimbreStorage=services["TimbreStorage"],
+        CosmosDb=services["CosmosDb"],
+        TIMBRE_COSMOS_CA_FILE=services["TIMBRE_COSMOS_CA_FILE"],
         TIMBRE_COSMOS_DATABASE=database,
         TIMBRE_AUDIT_CONTAINER="audit" + database,
         TIMBRE_AUDIT_ENABLED="true",
+        **overrides,
     )
+
+
+def start_runtime(settings: Settings) -> Runtime:
+    """A bootstrapped runtime of these settings, installed as the process runtime."""
+    runtime = Runtime(settings)
+    runtime.bootstrap()
+    use_runtime(runtime)
+    return runtime
+
+
+@pytest.fixture
+def live_settings(local_services: dict[str, str], request: pytest.FixtureRequest) -> Settings:
+    """Development settings on the local services, with a database of this test's own."""
+    return local_settings(local_services, request.node.nodeid)
 
 
 @pytest.fixture
 def live_runtime(live_settings: Settings) -> Runtime:
     """The process runtime on the local services, bootstrapped."""
-    runtime = Runtime(live_settings)
-    runtime.bootstrap()
-    use_runtime(runtime)
-    return runtime
+    return start_runtime(live_settings)

@@ -39,6 +39,12 @@ MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
 # (https://learn.microsoft.com/azure/ai-services/speech-service/role-based-access-control;
 # id from https://learn.microsoft.com/azure/role-based-access-control/built-in-roles).
 SPEECH_CONTRIBUTOR = "0e75ca1e-0464-4b4d-8b93-68208a576181"
+# Azure OpenAI inference (chat completions, audio speech) without keys or deployment changes.
+OPENAI_USER = "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd"
+# The role Translator documents for Microsoft Entra ID callers
+# (https://learn.microsoft.com/azure/ai-services/translator/text-translation/reference/authentication;
+# id from the built-in roles page, AI + machine learning).
+COGNITIVE_SERVICES_USER = "a97b65f3-24c7-4388-baec-2e87135dc908"
 # Cosmos DB data-plane role definition (not Azure RBAC), the same id in every account.
 COSMOS_DATA_CONTRIBUTOR = "00000000-0000-0000-0000-000000000002"
 
@@ -73,6 +79,16 @@ NOT_ON_FLEX_CONSUMPTION = (
 
 # A module output, known only once deployed: any well-formed value will do here.
 DEPLOYMENT_OUTPUT = "https://resolved-at-deployment.invalid/"
+
+# Settings that carry keys: local runs only, the accounts refuse keys in Azure.
+KEY_SETTINGS = ("AZURE_SPEECH_KEY", "AZURE_OPENAI_API_KEY", "AZURE_TRANSLATOR_KEY")
+
+# The Cognitive Services accounts of the AI features: module file, main.bicep module, kind.
+AI_ACCOUNTS = {
+    "speech.bicep": ("speech", "SpeechServices"),
+    "openai.bicep": ("openAi", "OpenAI"),
+    "translator.bicep": ("translator", "TextTranslation"),
+}
 
 
 @cache
@@ -245,6 +261,16 @@ def test_app_settings_pass_the_app_validation(environment: str) -> None:
     assert settings.speech_resource_id == DEPLOYMENT_OUTPUT
     assert settings.speech_key is None
     assert settings.configured_services["speech"]
+    # Azure OpenAI and Translator the same way: endpoints and deployments, never keys.
+    assert settings.openai_endpoint == DEPLOYMENT_OUTPUT
+    assert settings.openai_api_key is None
+    assert settings.translator_endpoint == DEPLOYMENT_OUTPUT
+    assert settings.translator_resource_id == DEPLOYMENT_OUTPUT
+    assert settings.translator_key is None
+    assert {
+        name: settings.configured_services[name]
+        for name in ("openai_tts", "openai_chat", "translator")
+    } == {"openai_tts": True, "openai_chat": True, "translator": True}
 
 
 def test_connections_are_identity_based_with_the_one_identity() -> None:
@@ -340,7 +366,7 @@ def test_one_user_assigned_identity_for_everything() -> None:
         for name, mod in modules.items()
         if "principalId" in mod["config"]["params"]
     }
-    assert set(receivers) == {"monitoring", "storage", "cosmos", "speech"}
+    assert set(receivers) == {"monitoring", "storage", "cosmos", "speech", "openAi", "translator"}
     assert all(value == ref("identity", "outputs", "principalId") for value in receivers.values())
 
 
@@ -408,6 +434,148 @@ def test_speech_settings_come_from_the_speech_module() -> None:
         if isinstance(f.validation_alias, str) and f.validation_alias.startswith("AZURE_SPEECH_")
     }
     assert speech_fields - {"AZURE_SPEECH_KEY"} <= set(settings)
+
+
+class StaticToken:
+    """A token credential that is never asked for a token (building a client sends nothing)."""
+
+    def get_token(self, *scopes: str, **_: Any) -> Any:
+        """Fail loudly: these tests make no request."""
+        raise AssertionError(f"unexpected token request for {scopes}")
+
+
+@pytest.mark.parametrize("file_name", sorted(AI_ACCOUNTS))
+def test_ai_accounts_are_entra_only_with_custom_subdomains(file_name: str) -> None:
+    path = BICEP / "modules" / file_name
+    symbol, kind = AI_ACCOUNTS[file_name]
+    (account,) = resources_of(path, "Microsoft.CognitiveServices/accounts").values()
+    config = body(account)
+    assert config["kind"] == kind
+    properties = config["properties"]
+    # Keys refused; Entra ID tokens need the custom subdomain.
+    assert properties["disableLocalAuth"] is True
+    assert properties["customSubDomainName"] == "name"
+    assert properties["publicNetworkAccess"] == "Enabled"
+    assert "identity" not in config  # reaches no other resource (.checkov.yaml, CKV_AZURE_238)
+    assert parse(path)["outputs"]["id"]["value"] == ref("account", "id")
+    params = module(symbol)["params"]
+    assert params["principalId"] == ref("identity", "outputs", "principalId")
+    # Account name and custom subdomain: globally unique, at most 64 characters.
+    prefix = params["name"].removesuffix("${baseName}-${suffix}")
+    assert params["name"] == prefix + "${baseName}-${suffix}"
+    assert len(prefix) + 10 + len("-development-") + 13 <= 64  # prefix, env, uniqueString
+
+
+def test_ai_account_names_differ_by_prefix() -> None:
+    names = [module(symbol)["params"]["name"] for symbol, _ in AI_ACCOUNTS.values()]
+    assert len(set(names)) == len(names)
+
+
+def test_openai_deploys_gpt_4o_mini_tts_and_the_chat_model() -> None:
+    path = BICEP / "modules" / "openai.bicep"
+    (account,) = resources_of(path, "Microsoft.CognitiveServices/accounts").values()
+    assert body(account)["sku"] == {"name": "S0"}
+    assert body(account)["location"] == "location"
+    deployments = resources_of(path, "Microsoft.CognitiveServices/accounts/deployments")
+    assert set(deployments) == {"ttsDeployment", "chatDeployment"}
+    for use in ("tts", "chat"):
+        config = body(deployments[f"{use}Deployment"])
+        assert config["parent"] == "account"
+        # Named after the model: the app calls it by AZURE_OPENAI_TTS/CHAT_DEPLOYMENT.
+        assert config["name"] == f"{use}ModelName"
+        assert config["sku"] == {"name": "deploymentType", "capacity": f"{use}Capacity"}
+        assert config["properties"] == {
+            "model": {
+                "format": "OpenAI",
+                "name": f"{use}ModelName",
+                "version": f"{use}ModelVersion",
+            },
+            "versionUpgradeOption": "OnceCurrentVersionExpired",
+        }
+    # Created one after the other on the account.
+    assert body(deployments["chatDeployment"])["dependsOn"] == ["ttsDeployment"]
+    outputs = parse(path)["outputs"]
+    assert outputs["endpoint"]["value"] == ref("account", "properties", "endpoint")
+    assert outputs["ttsDeployment"]["value"] == ref("ttsDeployment", "name")
+    assert outputs["chatDeployment"]["value"] == ref("chatDeployment", "name")
+
+    params = module("openAi")["params"]
+    main_params = parse(MAIN)["parameters"]
+    assert params["location"] == "openAiLocation"
+    assert main_params["openAiLocation"]["default"] == "location"
+    assert "openAiLocation" in (BICEP / "README.md").read_text()
+    assert {name: params[name] for name in params if name.startswith(("tts", "chat"))} == {
+        "ttsModelName": "openAiTtsModelName",
+        "ttsModelVersion": "openAiTtsModelVersion",
+        "ttsCapacity": "openAiTtsCapacity",
+        "chatModelName": "openAiChatModelName",
+        "chatModelVersion": "openAiChatModelVersion",
+        "chatCapacity": "openAiChatCapacity",
+    }
+    assert params["deploymentType"] == "openAiDeploymentType"
+    assert main_params["openAiDeploymentType"]["default"] == "GlobalStandard"
+    # Every environment deploys gpt-4o-mini-tts, the model shared/openai_tts.py speaks to,
+    # in its GA version (2025-03-20 was a preview, retired on 2026-10-15).
+    for env in Environment:
+        given = environment_parameters(env.value)
+        for name, expected in (
+            ("openAiTtsModelName", "gpt-4o-mini-tts"),
+            ("openAiTtsModelVersion", "2025-12-15"),
+        ):
+            assert given.get(name, main_params[name]["default"]) == expected, (env, name)
+        assert given.get("openAiChatModelName", main_params["openAiChatModelName"]["default"])
+
+
+def test_translator_endpoint_is_the_custom_domain_that_takes_an_entra_token_alone() -> None:
+    from shared.translation import AzureTranslator
+
+    path = BICEP / "modules" / "translator.bicep"
+    (account,) = resources_of(path, "Microsoft.CognitiveServices/accounts").values()
+    assert body(account)["sku"] == {"name": "S1"}
+    assert module("translator")["params"]["location"] == "location"
+    outputs = parse(path)["outputs"]
+    subdomain = "${account.properties.customSubDomainName}"
+    assert outputs["endpoint"]["value"] == f"https://{subdomain}.cognitiveservices.azure.com/"
+    assert "account" in json.dumps(outputs["region"]["value"])
+    assert "location" in json.dumps(outputs["region"]["value"])
+    # The adapter accepts the deployed endpoint with the identity's token and nothing else;
+    # the global endpoint would need the region and resource id as well.
+    endpoint = outputs["endpoint"]["value"].replace(subdomain, "trsl-timbre-test-abc")
+    AzureTranslator(endpoint, credential=StaticToken())
+    with pytest.raises(ValueError, match="custom-domain endpoint"):
+        AzureTranslator("https://api.cognitive.microsofttranslator.com", credential=StaticToken())
+
+
+def test_openai_and_translator_settings_come_from_their_modules() -> None:
+    settings = app_settings()
+    assert settings["AZURE_OPENAI_ENDPOINT"] == ref("openAi", "outputs", "endpoint")
+    assert settings["AZURE_OPENAI_TTS_DEPLOYMENT"] == ref("openAi", "outputs", "ttsDeployment")
+    assert settings["AZURE_OPENAI_CHAT_DEPLOYMENT"] == ref("openAi", "outputs", "chatDeployment")
+    assert settings["AZURE_TRANSLATOR_ENDPOINT"] == ref("translator", "outputs", "endpoint")
+    assert settings["AZURE_TRANSLATOR_REGION"] == ref("translator", "outputs", "region")
+    assert settings["AZURE_TRANSLATOR_RESOURCE_ID"] == ref("translator", "outputs", "id")
+    assert not set(KEY_SETTINGS) & set(settings)  # local runs only: the accounts refuse keys
+    # Every AI service setting the app reads, but the keys.
+    ai_fields = {
+        f.validation_alias
+        for f in Settings.model_fields.values()
+        if isinstance(f.validation_alias, str)
+        and f.validation_alias.startswith(("AZURE_SPEECH_", "AZURE_OPENAI_", "AZURE_TRANSLATOR_"))
+    }
+    assert ai_fields - set(KEY_SETTINGS) <= set(settings)
+
+
+def test_the_later_services_comment_lists_only_what_is_still_to_come() -> None:
+    lines = MAIN.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "Later issues add their services" in line)
+    block: list[str] = []
+    for line in lines[start:]:
+        if not line.startswith("//"):
+            break
+        block.append(line)
+    listed = set(re.findall(r"\b[A-Za-z]+__[A-Za-z]+\b|\bAZURE_[A-Z_]+\b", "\n".join(block)))
+    assert "WebPubSub__endpoint" in listed
+    assert not listed & set(app_settings()), "already deployed: drop it from the comment"
 
 
 def test_blob_containers_are_the_ones_the_app_uses() -> None:
@@ -546,6 +714,8 @@ EXPECTED_ROLES = {
         "appInsights": {MONITORING_METRICS_PUBLISHER: "Monitoring Metrics Publisher"}
     },
     "speech.bicep": {"account": {SPEECH_CONTRIBUTOR: "Cognitive Services Speech Contributor"}},
+    "openai.bicep": {"account": {OPENAI_USER: "Cognitive Services OpenAI User"}},
+    "translator.bicep": {"account": {COGNITIVE_SERVICES_USER: "Cognitive Services User"}},
 }
 
 
@@ -703,6 +873,8 @@ def test_checkov_passes_with_only_the_explained_skips(tmp_path: Path) -> None:
         "/modules/cosmos.bicep",
         "/modules/functionapp.bicep",
         "/modules/speech.bicep",
+        "/modules/openai.bicep",
+        "/modules/translator.bicep",
     } <= scanned
 
     # Without the skips, exactly the skipped checks fail: no skip is stale.

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.blobs import BlobChanged, MemoryBlobStore
+from shared.blobs import BlobInfo, MemoryBlobStore
 from shared.runtime import Runtime
 from shared.ssml import text_to_ssml, validate_ssml
 from shared.synthesis import AudioFormat, SynthesisRequest, SynthesisResult
@@ -234,16 +234,28 @@ def test_metadata_keys_are_read_case_insensitively(
     assert cache.get(TENANT, key) == make_result()
 
 
-def test_a_blob_deleted_during_the_lookup_is_a_miss(store: MemoryBlobStore) -> None:
-    class Vanishing(MemoryBlobStore):
-        def read(self, container: str, name: str, *, etag: str) -> bytes:
-            raise BlobChanged(name)
+def test_a_hit_is_one_request_to_the_store(store: MemoryBlobStore) -> None:
+    calls: list[str] = []
 
-    vanishing = Vanishing()
-    cache = SynthesisCache(vanishing, CACHE_CONTAINER, Clock())
+    class Counting(MemoryBlobStore):
+        def properties(self, container: str, name: str) -> BlobInfo | None:
+            calls.append("properties")
+            return super().properties(container, name)
+
+        def read(self, container: str, name: str, *, etag: str) -> bytes:
+            calls.append("read")
+            return super().read(container, name, etag=etag)
+
+        def fetch(self, container: str, name: str) -> tuple[BlobInfo, bytes] | None:
+            calls.append("fetch")
+            return super().fetch(container, name)
+
+    cache = SynthesisCache(Counting(), CACHE_CONTAINER, Clock())
     key = cache.key(TENANT, make_request())
-    cache.put(TENANT, key, make_result())
     assert cache.get(TENANT, key) is None
+    cache.put(TENANT, key, make_result())
+    assert cache.get(TENANT, key) == make_result()
+    assert calls == ["fetch", "fetch"]
 
 
 def test_max_age_turns_old_entries_into_misses(store: MemoryBlobStore) -> None:
