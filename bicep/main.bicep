@@ -91,6 +91,16 @@ param auditImmutabilityLocked bool = false
 @maxValue(365)
 param deleteRetentionDays int = 7
 
+@description('Days after which lifecycle management deletes a synthesis-cache blob. The default matches the app\'s TIMBRE_SYNTHESIS_CACHE_HOURS default (720 h = 30 days): change both together.')
+@minValue(1)
+@maxValue(3650)
+param synthesisCacheRetentionDays int = 30
+
+@description('Days after which lifecycle management deletes a synthesis-jobs blob (job input, segments, result). At least 2: a download URL lives up to a day (TIMBRE_SYNTHESIS_DOWNLOAD_MINUTES).')
+@minValue(2)
+@maxValue(3650)
+param synthesisJobsRetentionDays int = 7
+
 @description('Cosmos DB serverless capacity (non-production); false means autoscale provisioned throughput. Fixed at account creation.')
 param cosmosServerless bool = true
 
@@ -200,6 +210,8 @@ module storage 'modules/storage.bicep' = {
     auditImmutabilityLocked: auditImmutabilityLocked
     deploymentContainerName: deploymentContainerName
     deleteRetentionDays: deleteRetentionDays
+    synthesisCacheDays: synthesisCacheRetentionDays
+    synthesisJobsDays: synthesisJobsRetentionDays
     principalId: identity.outputs.principalId
   }
 }

@@ -12,6 +12,7 @@ from the status.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import azure.durable_functions as df
@@ -52,10 +53,35 @@ def _settle(tasks: list[Any]) -> Any:
 def synthesis_job_orchestrator(context: df.DurableOrchestrationContext) -> Any:
     """Split, speak every segment (bounded fan-out, retried), join in order."""
     job = context.get_input()
+    outcome: dict[str, Any] = {"state": "completed", "segments_done": 0}
+    try:
+        yield from _run(context, job, outcome)
+    except Exception:  # split or join out of retries: still clean up and say so
+        outcome.update(state="failed", reason="the job's storage steps kept failing")
+    if outcome["state"] != "completed":
+        # If even this keeps failing, storage lifecycle removes what is left.
+        with contextlib.suppress(Exception):
+            yield context.call_activity_with_retry("synthesis_job_discard", RETRY, job)
+    _progress(
+        context,
+        job,
+        state=outcome["state"],
+        segments_total=outcome.get("segments_total"),
+        segments_done=outcome["segments_done"],
+    )
+    yield context.call_activity_with_retry(
+        "synthesis_job_finished", RETRY, {"job": job, "outcome": outcome}
+    )
+    return outcome
+
+
+def _run(
+    context: df.DurableOrchestrationContext, job: dict[str, Any], outcome: dict[str, Any]
+) -> Any:
+    """Split, speak and join, recording how far it got in `outcome`."""
     _progress(context, job, state="splitting", segments_done=0)
     split = yield context.call_activity_with_retry("synthesis_job_split", RETRY, job)
-    total = split["segments"]
-    outcome: dict[str, Any] = {"state": "completed", "segments_done": 0}
+    total = outcome["segments_total"] = split["segments"]
     for first in range(0, total, job["parallelism"]):
         _progress(context, job, state="speaking", segments_total=total,
                   segments_done=outcome["segments_done"])  # fmt: skip
@@ -76,25 +102,14 @@ def synthesis_job_orchestrator(context: df.DurableOrchestrationContext) -> Any:
             if refused:
                 outcome.update(state="failed", reason=refused[0])
         if outcome["state"] != "completed":
-            yield from _settle(wave)
-            break
+            yield from _settle(wave)  # so the discard after this finds everything
+            return
         outcome["segments_done"] += len(wave)
-    if outcome["state"] == "completed":
-        _progress(context, job, state="joining", segments_total=total, segments_done=total)
-        joined = yield context.call_activity_with_retry(
-            "synthesis_job_join", RETRY, {"job": job, "count": total}
-        )
-        outcome.update(joined)
-    else:
-        yield context.call_activity_with_retry(
-            "synthesis_job_discard", RETRY, {"job": job, "count": total}
-        )
-    _progress(context, job, state=outcome["state"], segments_total=total,
-              segments_done=outcome["segments_done"])  # fmt: skip
-    yield context.call_activity_with_retry(
-        "synthesis_job_finished", RETRY, {"job": job, "outcome": outcome}
+    _progress(context, job, state="joining", segments_total=total, segments_done=total)
+    joined = yield context.call_activity_with_retry(
+        "synthesis_job_join", RETRY, {"job": job, "count": total}
     )
-    return outcome
+    outcome.update(joined)
 
 
 @bp.activity_trigger(input_name="job")
@@ -115,10 +130,10 @@ def synthesis_job_join(work: dict[str, Any]) -> dict[str, Any]:
     return runtime().synthesis_jobs.join(work["job"], work["count"])
 
 
-@bp.activity_trigger(input_name="work")
-def synthesis_job_discard(work: dict[str, Any]) -> None:
-    """Delete what a stopped job wrote."""
-    runtime().synthesis_jobs.discard(work["job"], work["count"])
+@bp.activity_trigger(input_name="job")
+def synthesis_job_discard(job: dict[str, Any]) -> None:
+    """Delete everything a stopped job wrote."""
+    runtime().synthesis_jobs.discard(job)
 
 
 @bp.activity_trigger(input_name="work")

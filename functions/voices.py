@@ -135,7 +135,8 @@ def register_consent(call: Call) -> Voice:
     summary="Revoke consent: training stops, the voice is undeployed and never used again",
 )
 def revoke_consent(call: Call) -> Voice:
-    """Revoke the voice's consent (audited), stop its training and delete its endpoint."""
+    """Revoke the voice's consent (audited), stop its training, delete its endpoint and the
+    audio cached in its voice."""
     voice = call.runtime.voices.revoke_consent(call.caller, voice_id(call), call.request_id)
     training = call.runtime.voices.training_of(call.caller, voice.id) or {}
     if training.get("instanceId"):
@@ -148,4 +149,6 @@ def revoke_consent(call: Call) -> Voice:
 
     for endpoint_id in voice.endpoint_ids:  # every endpoint the voice was ever deployed to
         call.runtime.training.delete(Resource(kind="endpoint", id=endpoint_id))
+    # Audio already spoken in the voice goes too (never served again in any case).
+    call.runtime.synthesis_cache.forget(call.caller.tenant_id, voice.id)
     return voice

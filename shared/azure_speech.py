@@ -32,7 +32,8 @@ TooManyRequests (HTTP 429 on the upgrade) -> throttled; ServiceTimeout -> timeou
 ServiceError (HTTP 500, or the socket closed with 1011 mid-turn) and ServiceUnavailable
 (503) -> server_error; ConnectionFailure (refused, DNS), AuthenticationFailure (401, and
 403 too) and Forbidden -> unavailable; BadRequest (the socket closed with 1007, e.g. bad
-SSML or voice) and anything else -> canceled. `ProviderFailure.detail` is the code name
+SSML or an unknown voice) -> rejected (the caller's 400, never a breaker count); anything
+else -> canceled. `ProviderFailure.detail` is the code name
 plus the HTTP status or close code parsed out of the SDK's message, never the message
 itself: it quotes the URL and the service's own text, and only the code is known to be
 safe. Neither the spoken text nor the key or token is logged; the log carries the
@@ -127,8 +128,8 @@ OUTPUT_FORMATS: Final[dict[AudioFormat, str]] = {
     AudioFormat.RAW_PCM16_24K: "Raw24Khz16BitMonoPcm",
 }
 
-# Members of `CancellationErrorCode`; any other code (BadRequest, RuntimeError, the
-# internal redirects, EmbeddedModelError, NoError) is "canceled".
+# Members of `CancellationErrorCode`; any other code (RuntimeError, the internal
+# redirects, EmbeddedModelError, NoError) is "canceled".
 FAILURE_KINDS: Final[dict[str, FailureKind]] = {
     "TooManyRequests": "throttled",
     "ServiceTimeout": "timeout",
@@ -137,6 +138,7 @@ FAILURE_KINDS: Final[dict[str, FailureKind]] = {
     "ConnectionFailure": "unavailable",
     "AuthenticationFailure": "unavailable",
     "Forbidden": "unavailable",
+    "BadRequest": "rejected",  # the service refused this request: SSML, voice, format
 }
 
 # The SDK's own timers, as shares of `timeout_s`. The first-chunk timer runs per attempt

@@ -62,6 +62,10 @@ class BlobStore(Protocol):
         """Delete a blob; False if there was none."""
         ...
 
+    def delete_prefix(self, container: str, prefix: str) -> int:
+        """Delete every blob whose name starts with `prefix`; how many were deleted."""
+        ...
+
     def create_container(self, container: str) -> None:
         """Create a container (no error if it exists)."""
         ...
@@ -144,6 +148,17 @@ class AzureBlobStore:
             return False
         return True
 
+    def delete_prefix(self, container: str, prefix: str) -> int:
+        """Delete every blob whose name starts with `prefix`; how many were deleted."""
+        if not prefix:
+            raise ValueError("refusing to delete a whole container by an empty prefix")
+        client = self._service.get_container_client(container)
+        deleted = 0
+        for blob in client.list_blobs(name_starts_with=prefix):
+            if self.delete(container, blob.name):
+                deleted += 1
+        return deleted
+
     def create_container(self, container: str) -> None:
         """Create a container (no error if it exists)."""
         from azure.core.exceptions import ResourceExistsError
@@ -223,6 +238,18 @@ class MemoryBlobStore:
     def delete(self, container: str, name: str) -> bool:
         """Delete a blob; False if there was none."""
         return self.blobs.pop((container, name), None) is not None
+
+    def delete_prefix(self, container: str, prefix: str) -> int:
+        """Delete every blob whose name starts with `prefix`; how many were deleted."""
+        if not prefix:
+            raise ValueError("refusing to delete a whole container by an empty prefix")
+        with self._lock:
+            doomed = [
+                key for key in self.blobs if key[0] == container and key[1].startswith(prefix)
+            ]
+            for key in doomed:
+                del self.blobs[key]
+        return len(doomed)
 
     def create_container(self, container: str) -> None:
         """Create a container (no error if it exists)."""

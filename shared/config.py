@@ -259,6 +259,17 @@ class Settings(BaseSettings):
             raise ValueError(f"not OpenAI voices: {unknown}; use {sorted(OPENAI_VOICES)}")
         return value
 
+    @field_validator("speech_endpoint")
+    @classmethod
+    def _speech_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = urlsplit(value)
+        loopback = url.hostname in {"127.0.0.1", "localhost", "::1"}
+        if url.scheme not in {"https", "wss"} and not (url.scheme == "ws" and loopback):
+            raise ValueError("must be an https URL (ws:// only on loopback, for containers)")
+        return value
+
     @field_validator("auth_authority")
     @classmethod
     def _authority(cls, value: str) -> str:

@@ -14,9 +14,9 @@ forwarded as markup); `<sub alias>` speaks its alias, prosody and styles are dro
 Errors become `ProviderFailure` so the fallback chain can skip this provider: timeouts
 -> timeout, 429 -> throttled, 5xx -> server_error, refused or broken connections and
 401/403/404 (a misconfigured deployment) -> unavailable. A 400 `content_filter` (the
-service's content policy refused the input) and any other refused request -> canceled,
-like a `Canceled` Speech SDK result: the chain's single provider contract is kept, and the
-caller gets the chain's 503 naming the attempts rather than a body echoing the policy.
+service's content policy refused the input), another 400, 413 or 422, and input this
+adapter refuses before calling (empty, over 4,096 characters) -> rejected: the caller's
+400 naming only the code, and no count against the breaker. Other statuses -> canceled.
 
 Every attempt is bounded by `timeout_s` and there are at most `max_retries` retries. The
 SDK's own retries are off: it would sleep a `Retry-After` of up to two minutes. Here 5xx
@@ -150,9 +150,9 @@ class OpenAITtsProvider:
         """Synthesize the request's text, or raise `ProviderFailure`."""
         text = ssml_to_text(request.ssml)
         if not text:
-            raise ProviderFailure("canceled", "no text to speak")
+            raise ProviderFailure("rejected", "no text to speak")
         if len(text) > MAX_INPUT_CHARS:
-            raise ProviderFailure("canceled", f"input over {MAX_INPUT_CHARS} characters")
+            raise ProviderFailure("rejected", f"input over {MAX_INPUT_CHARS} characters")
         voice = self.voice_for(request)
         response_format = RESPONSE_FORMATS[request.format]
         attempt = 0
@@ -204,9 +204,11 @@ class OpenAITtsProvider:
         status = error.status_code
         code = error.code if isinstance(error.code, str) else None
         detail = f"HTTP {status}" + (f" {code[:64]}" if code else "")
-        kind: FailureKind = "canceled"  # refused: content_filter, input rejected
+        kind: FailureKind = "canceled"
         delay: float | None = None
-        if status == 429:
+        if status in (400, 413, 422):
+            kind = "rejected"  # content_filter, or the input itself refused
+        elif status == 429:
             kind = "throttled"
             retry_after = _retry_after_s(error.response.headers)
             if retry_after is not None and retry_after <= self._max_retry_after_s:
@@ -227,7 +229,7 @@ def ssml_to_text(ssml: str) -> str:
             ssml, forbid_dtd=True, forbid_entities=True, forbid_external=True
         )
     except (DefusedXmlException, ParseError):
-        raise ProviderFailure("canceled", "the SSML could not be parsed") from None
+        raise ProviderFailure("rejected", "the SSML could not be parsed") from None
     return " ".join("".join(_words(root)).split())
 
 

@@ -10,17 +10,18 @@ identity otherwise.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Final
 
-from shared.errors import DependencyUnavailable
-
 if TYPE_CHECKING:
     from shared.config import Settings
     from shared.synthesis import SpeechProvider
+
+logger = logging.getLogger(__name__)
 
 COGNITIVE_SCOPE: Final = "https://cognitiveservices.azure.com/.default"
 STOCK_NAME: Final = "azure-speech"
@@ -42,9 +43,20 @@ class ConfiguredProviders:
         self._custom: OrderedDict[str, SpeechProvider] = OrderedDict()
         self._lock = threading.Lock()
 
-    @property
+    @cached_property
     def _speech_configured(self) -> bool:
-        return bool(self._settings.speech_region or self._settings.speech_endpoint)
+        settings = self._settings
+        if not (settings.speech_region or settings.speech_endpoint):
+            return False
+        if not settings.speech_key and not settings.speech_resource_id:
+            # Entra ID auth to Speech needs the resource id; GET /api/v1/voice/status says
+            # so too. Speech is left out so the other providers still speak.
+            logger.error(
+                "Azure Speech is configured without AZURE_SPEECH_KEY or "
+                "AZURE_SPEECH_RESOURCE_ID: its voices are not used"
+            )
+            return False
+        return True
 
     def stock(self) -> SpeechProvider | None:
         """Azure neural voices, or None without Speech settings."""
@@ -97,10 +109,6 @@ class ConfiguredProviders:
         from shared.azure_speech import AzureSpeechProvider
 
         settings = self._settings
-        if not settings.speech_key and not settings.speech_resource_id:
-            raise DependencyUnavailable(
-                "Speech with the managed identity needs AZURE_SPEECH_RESOURCE_ID"
-            )
         return AzureSpeechProvider(
             # The custom-domain endpoint where there is one (Entra ID requires it).
             region=None if settings.speech_endpoint else settings.speech_region,

@@ -116,6 +116,63 @@ def is_valid_voice_name(name: str) -> bool:
     return bool(_STOCK_VOICE.fullmatch(name) or _CUSTOM_VOICE.fullmatch(name))
 
 
+def canonical_language(tag: str) -> str:
+    """A language tag in its canonical case (en-us -> en-US, zh-hant-tw -> zh-Hant-TW);
+    ValueError when it is not a tag of the form the service takes."""
+    parts = tag.split("-")
+    fixed = [parts[0].lower()]
+    for part in parts[1:]:
+        if len(part) == 4 and part.isalpha():
+            fixed.append(part.title())
+        else:
+            fixed.append(part.upper())
+    canonical = "-".join(fixed)
+    if not is_valid_language(canonical):
+        raise ValueError(f"{tag[:20]!r} is not a language tag like en-US or zh-Hans")
+    return canonical
+
+
+# Chinese scripts stand for regions when one side of a comparison names a script only.
+_SCRIPT_REGIONS: Final = {
+    ("zh", "Hans"): frozenset({"CN", "SG"}),
+    ("zh", "Hant"): frozenset({"TW", "HK", "MO"}),
+}
+
+
+def same_language(a: str, b: str) -> bool:
+    """Whether two tags can name the same speech: same language; same region when both
+    name one; same script when both name one; a Chinese script matches its regions."""
+    first, second = _subtags(a), _subtags(b)
+    if first[0] != second[0]:
+        return False
+    (language, script_a, region_a), (_, script_b, region_b) = first, second
+    if region_a and region_b and region_a != region_b:
+        return False
+    if script_a and script_b and script_a != script_b:
+        return False
+    for script, region in ((script_a, region_b), (script_b, region_a)):
+        regions = _SCRIPT_REGIONS.get((language, script or ""))
+        if regions is not None and region and region not in regions:
+            return False
+    return True
+
+
+def _subtags(tag: str) -> tuple[str, str | None, str | None]:
+    parts = canonical_language(tag).split("-")
+    script = next((p for p in parts[1:] if len(p) == 4), None)
+    region = next((p for p in parts[1:] if len(p) in (2, 3)), None)
+    return parts[0], script, region
+
+
+def speakable(text: str) -> str:
+    """The text, if XML can carry it; SsmlRejected naming the problem otherwise."""
+    if not text.strip():
+        raise SsmlRejected("empty_text", "the text is empty")
+    if _NOT_XML.search(text):
+        raise SsmlRejected("invalid_value", "the text contains control characters")
+    return text
+
+
 def is_valid_language(language: str) -> bool:
     """Whether `language` is a BCP-47 tag of the form the service takes (en-US, zh-Hans-CN)."""
     return _LANGUAGE.fullmatch(language) is not None
@@ -214,10 +271,7 @@ def text_to_ssml(
     pitch: str | None = None,
 ) -> str:
     """Wrap plain text in an SSML document for one voice; the text is escaped, never parsed."""
-    if not text.strip():
-        raise SsmlRejected("empty_text", "the text is empty")
-    if _NOT_XML.search(text):
-        raise SsmlRejected("invalid_value", "the text contains control characters")
+    speakable(text)
     if not is_valid_voice_name(voice):
         raise SsmlRejected("invalid_voice", f"{voice!r} is not a neural voice name")
     if not is_valid_language(language):
@@ -361,7 +415,8 @@ def _check_element(element: Element) -> None:
         if len(value) > MAX_ATTRIBUTE_CHARS or not check(value):
             if name == "name" and tag == _VOICE:
                 raise SsmlRejected("invalid_voice", f"{value[:64]!r} is not a neural voice name")
-            raise SsmlRejected("invalid_value", f"<{local} {shown}> has value {value[:64]!r}")
+            # The value is not echoed: sub alias, phoneme ph and bookmark mark are spoken text.
+            raise SsmlRejected("invalid_value", f"<{local} {shown}> has a value it cannot take")
     for name in _REQUIRED.get(tag, ()):
         if name not in element.attrib:
             shown = _attribute_name(name)

@@ -5,8 +5,11 @@ The caller builds the steps in the documented order: the tenant's deployed custo
 Azure OpenAI TTS. `FallbackChain.synthesize` tries each step whose provider's
 `CircuitBreaker` allows a call, skips one that fails (timeout, 5xx, throttling, a
 `Canceled` SDK result), counts the failure, and answers the first success with the list
-of attempts. When nothing succeeds it raises `DependencyUnavailable` (503) naming the
-providers tried and their outcomes, never the text being spoken.
+of attempts. A provider that refuses the request itself (`rejected`: bad SSML or voice,
+a content filter, input over its limit) ends the chain with a 400 and counts against no
+breaker: one caller's bad input must not open a breaker every tenant shares. When
+nothing succeeds it raises `DependencyUnavailable` (503) naming the providers tried and
+their outcomes, never the text being spoken.
 
 Consent rule: a step built by `custom_voice_step` without granted consent is never
 called and never silently swapped for another voice. Unless the caller set
@@ -34,11 +37,11 @@ from typing import Literal, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.errors import DependencyUnavailable, Forbidden
+from shared.errors import DependencyUnavailable, Forbidden, InvalidRequest
 
 logger = logging.getLogger(__name__)
 
-FailureKind = Literal["timeout", "server_error", "throttled", "canceled", "unavailable"]
+FailureKind = Literal["timeout", "server_error", "throttled", "canceled", "unavailable", "rejected"]
 Outcome = Literal[
     "ok",
     "skipped_open_circuit",
@@ -48,6 +51,7 @@ Outcome = Literal[
     "throttled",
     "canceled",
     "unavailable",
+    "rejected",
 ]
 FAILURE_KINDS: frozenset[str] = frozenset(get_args(FailureKind))
 
@@ -107,6 +111,9 @@ DEFAULT_STOCK_VOICES: dict[str, str] = {
     "zh": "zh-CN-XiaoxiaoNeural",
     "zh-Hans": "zh-CN-XiaoxiaoNeural",
     "zh-Hant": "zh-TW-HsiaoChenNeural",
+    "zh-TW": "zh-TW-HsiaoChenNeural",
+    "zh-HK": "zh-HK-HiuMaanNeural",
+    "yue": "zh-HK-HiuMaanNeural",
 }
 
 
@@ -261,6 +268,12 @@ class CircuitBreaker:
                 self._remember(now, failed=False)
             # Open: a call that started before the breaker opened proves nothing now.
 
+    def release_trial(self) -> None:
+        """Forget a call that proved nothing about the provider (the request was refused):
+        a half-open breaker lets the next call be its trial."""
+        with self._lock:
+            self._trial_started = None
+
     def record_failure(self) -> None:
         """Record a failed call; may open (or re-open) the breaker."""
         with self._lock:
@@ -393,6 +406,15 @@ class FallbackChain:
             try:
                 result = step.provider.synthesize(step.request)
             except ProviderFailure as failure:
+                if failure.kind == "rejected":
+                    # The request, not the provider, is at fault: a 400 for the caller,
+                    # and no count against a breaker other tenants depend on.
+                    breaker.release_trial()
+                    raise InvalidRequest(
+                        f"The speech service refused the request ({failure.detail}).",
+                        reason="rejected_by_provider",
+                        provider=name,
+                    ) from None
                 breaker.record_failure()
                 with self._lock:
                     self._failures[(name, failure.kind)] += 1

@@ -2,9 +2,11 @@
 
 Layout, one blob per entry in the cache container (`CACHE_CONTAINER`):
 
-    {tenant}/{hash[:2]}/{hash}.{ext}
+    {tenant}/{partition}/{hash[:2]}/{hash}.{ext}
 
-`SynthesisCache.key` answers `{hash}.{ext}`: `hash` is the SHA-256 (hex) of a canonical JSON
+`partition` is the id of the tenant voice that speaks the entry, or `stock`: revoking a
+voice's consent deletes its partition (`forget`). `SynthesisCache.key` answers
+`{partition}/{hash}.{ext}`: `hash` is the SHA-256 (hex) of a canonical JSON
 of the tenant, the normalized SSML, voice, language, format and the provider options
 (sorted by name); `ext` is the format's file extension (wav, mp3, ogg, pcm), so a lookup
 needs nothing but the tenant and the key. The tenant is both in the hash and the first
@@ -55,7 +57,10 @@ EXTENSIONS: Final[Mapping[AudioFormat, str]] = {
 _FORMAT_BY_EXTENSION: Final = {ext: fmt for fmt, ext in EXTENSIONS.items()}
 
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
-_KEY = re.compile(r"(?P<hash>[0-9a-f]{64})\.(?P<ext>wav|mp3|ogg|pcm)")
+_KEY = re.compile(
+    r"(?P<partition>[a-z0-9][a-z0-9-]{0,63})/(?P<hash>[0-9a-f]{64})\.(?P<ext>wav|mp3|ogg|pcm)"
+)
+STOCK_PARTITION: Final = "stock"
 # A tag, the whitespace after it, and (looked ahead, not consumed) the next tag.
 _BETWEEN_TAGS = re.compile(r"(<[^<>]*>)\s+(?=(<[^<>]*>))")
 _STRUCTURAL = re.compile(r"</?(?:speak|voice)[\s/>]")
@@ -115,9 +120,15 @@ class SynthesisCache:
         tenant_id: str,
         request: SynthesisRequest,
         provider_options: Mapping[str, str] | None = None,
+        *,
+        partition: str = STOCK_PARTITION,
     ) -> str:
-        """`{sha256 hex}.{ext}` of the tenant, normalized SSML, voice, language, format, options."""
+        """`{partition}/{sha256 hex}.{ext}` of the tenant, normalized SSML, voice, language,
+        format and options. `partition` is a tenant voice's id for its audio (so revoking
+        its consent can delete exactly that audio), `stock` for everything else."""
         _check_tenant(tenant_id)
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", partition):
+            raise ValueError("partition must be a voice id or 'stock'")
         options = dict(provider_options or {})
         for name, value in options.items():
             if not isinstance(name, str) or not isinstance(value, str):
@@ -137,13 +148,21 @@ class SynthesisCache:
             ensure_ascii=False,
         )
         digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-        return f"{digest}.{EXTENSIONS[request.format]}"
+        return f"{partition}/{digest}.{EXTENSIONS[request.format]}"
 
     def blob_name(self, tenant_id: str, key: str) -> str:
-        """`{tenant}/{key[:2]}/{key}`: where the entry of this tenant and key lives."""
+        """`{tenant}/{partition}/{hash[:2]}/{hash}.{ext}`: where the entry lives."""
         _check_tenant(tenant_id)
         _parse_key(key)
-        return f"{tenant_id}/{key[:2]}/{key}"
+        partition, entry = key.split("/")
+        return f"{tenant_id}/{partition}/{entry[:2]}/{entry}"
+
+    def forget(self, tenant_id: str, partition: str) -> int:
+        """Delete every entry of a partition (a voice whose consent was revoked)."""
+        _check_tenant(tenant_id)
+        if partition == STOCK_PARTITION or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", partition):
+            raise ValueError("only a voice's partition can be forgotten")
+        return self._store.delete_prefix(self._container, f"{tenant_id}/{partition}/")
 
     def get(self, tenant_id: str, key: str) -> SynthesisResult | None:
         """The cached audio of this tenant and key, or None on a miss."""

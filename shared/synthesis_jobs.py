@@ -30,9 +30,8 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.audio_join import join_segments
 from shared.audit import AuditEvent, AuditLog
 from shared.blobs import BlobStore
 from shared.errors import Conflict, DomainError, InvalidRequest, NotFound
@@ -40,6 +39,7 @@ from shared.identity import Principal
 from shared.orchestrations import Orchestrations, OrchestrationStatus
 from shared.sas import SasIssuer
 from shared.segments import segment_text
+from shared.ssml import SsmlRejected, canonical_language, speakable
 from shared.synthesis import AudioFormat
 from shared.synthesis_cache import EXTENSIONS, RETENTION_CLASS
 from shared.synthesis_service import SynthesisService, SynthesizeBody
@@ -51,7 +51,7 @@ ORCHESTRATOR: Final = "synthesis_job_orchestrator"
 ACTIVE: Final = frozenset({"Pending", "Running", "ContinuedAsNew"})
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
-JobState = Literal["pending", "running", "completed", "failed", "canceled"]
+JobState = Literal["pending", "running", "completed", "failed", "canceled", "expired"]
 
 
 class SynthesisJobBody(BaseModel):
@@ -71,6 +71,11 @@ class SynthesisJobBody(BaseModel):
     allow_fallback: bool = Field(
         False, description="If the custom voice may not be used, start with a stock voice"
     )
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str | None) -> str | None:
+        return None if value is None else canonical_language(value)
 
     def speech(self, text: str, audio_format: AudioFormat) -> SynthesizeBody:
         """The `/synthesize` request of a piece of this job's text."""
@@ -171,8 +176,10 @@ class SynthesisJobs:
                 f"At most {self._max_characters} characters per job (got {len(body.text)}).",
                 limit="max_characters",
             )
-        if not body.text.strip():
-            raise InvalidRequest("The text is empty.", limit="text")
+        try:
+            speakable(body.text)  # the whole text, not only what the probe below speaks
+        except SsmlRejected as error:
+            raise InvalidRequest(f"Refused: {error.detail}", reason=error.reason) from None
         probe = body.text.strip()[: self._segment_characters]
         # Raw PCM: segments are joined, then encoded once into the requested format.
         first = self._synthesis.first_choice(
@@ -239,6 +246,13 @@ class SynthesisJobs:
             raise NotFound(f"No synthesis job {job_id}")
         if found.runtime_status not in ACTIVE:
             raise Conflict("The job has already finished.", reason="job_finished")
+        step = found.custom_status.get("state") if isinstance(found.custom_status, dict) else None
+        if step == "joining":
+            raise Conflict(
+                "Every segment is spoken and the file is being written; it can no longer "
+                "be cancelled.",
+                reason="job_joining",
+            )
         orchestrations.raise_event(instance, "cancel", {"by": caller.subject})
         self._audit.record(
             caller.tenant_id,
@@ -273,6 +287,9 @@ class SynthesisJobs:
             view.duration_s = output.get("duration_s")
             view.bytes = output.get("bytes")
             if view.state == "completed" and output.get("blob"):
+                if self._blobs.properties(JOBS_CONTAINER, output["blob"]) is None:
+                    view.state, view.reason = "expired", "the file was deleted by retention"
+                    return view
                 signed = self._sas.blob_url(
                     JOBS_CONTAINER,
                     output["blob"],
@@ -327,6 +344,7 @@ class SynthesisJobs:
                 job["tenant_id"],
                 body.speech(text, AudioFormat.RAW_PCM16_24K),
                 job["provider"],
+                job["voice"],
             )
         except DomainError as error:
             if error.status >= 500 or error.status == 429:
@@ -343,24 +361,32 @@ class SynthesisJobs:
 
     def join(self, job: dict[str, Any], count: int) -> dict[str, Any]:
         """Stream the segments, in order, into one file of the job's format; clean up."""
+        from shared.audio_join import join_segments  # numpy + soundfile: not at cold start
+
         audio_format = AudioFormat(job["options"]["format"])
+        written = self._blobs.properties(JOBS_CONTAINER, result_blob(job))
+        if written is not None and "durationseconds" in written.metadata:
+            # A retry after the result was written (and maybe the segments removed).
+            self._tidy(job)
+            return {
+                "blob": result_blob(job),
+                "bytes": written.size,
+                "duration_s": float(written.metadata["durationseconds"]),
+            }
         with tempfile.TemporaryFile() as out:
             summary = join_segments(self._segments(job, count), out, audio_format)
             size = out.tell()
             out.seek(0)
+            duration = round(summary.duration_s, 3)
             self._blobs.write(
                 JOBS_CONTAINER,
                 result_blob(job),
                 out,
                 content_type=audio_format.content_type,
-                metadata=_METADATA,
+                metadata={**_METADATA, "durationseconds": str(duration)},
             )
-        self.discard(job, count, keep_result=True)
-        return {
-            "blob": result_blob(job),
-            "bytes": size,
-            "duration_s": round(summary.duration_s, 3),
-        }
+        self._tidy(job)
+        return {"blob": result_blob(job), "bytes": size, "duration_s": duration}
 
     def _segments(self, job: dict[str, Any], count: int) -> Iterator[bytes]:
         for index in range(count):
@@ -370,15 +396,14 @@ class SynthesisJobs:
                 raise RuntimeError(f"segment {index} has no audio")
             yield self._blobs.read(JOBS_CONTAINER, name, etag=info.etag)
 
-    def discard(self, job: dict[str, Any], count: int, *, keep_result: bool = False) -> None:
-        """Delete the job's input and segments (and its result unless kept)."""
-        names = [_blob(job, "input.txt")]
-        for index in range(count):
-            names += [_text_blob(job, index), _audio_blob(job, index)]
-        if not keep_result:
-            names.append(result_blob(job))
-        for name in names:
-            self._blobs.delete(JOBS_CONTAINER, name)
+    def discard(self, job: dict[str, Any]) -> None:
+        """Delete everything the job wrote: input, segments, audio and any result."""
+        self._blobs.delete_prefix(JOBS_CONTAINER, _blob(job, ""))
+
+    def _tidy(self, job: dict[str, Any]) -> None:
+        """Delete the job's input and segments once its result is written."""
+        for part in ("input.txt", "text/", "audio/"):
+            self._blobs.delete_prefix(JOBS_CONTAINER, _blob(job, part))
 
     def finished(self, job: dict[str, Any], outcome: dict[str, Any]) -> None:
         """Audit how the job ended (ids and codes only)."""

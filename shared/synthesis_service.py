@@ -15,10 +15,11 @@ caller SSML is validated once (voices the tenant may use) and, for a fallback st
 `<voice name>` rewritten to the stock voice.
 
 Cache: the first step the caller may use (its SSML, voice, language, format, provider and
-deployment) is the key. Only audio from that step is stored, so a fallback never becomes
-sticky: once the preferred voice recovers it is heard again at once. Cache errors are
-misses, never failed requests. A custom voice's consent is checked before the cache is
-read, so a revoked voice's cached audio is never served.
+deployment) is the key, and a custom voice's audio is kept in that voice's partition, which
+revoking its consent deletes. Only audio from that step is stored, so a fallback never
+becomes sticky: once the preferred voice recovers it is heard again at once. Cache errors
+are misses, never failed requests. A custom voice's consent is checked before the cache
+is read, so a revoked voice's cached audio is never served.
 
 Custom voice use is audited (voice id, provider, cache hit or miss; never the text).
 """
@@ -31,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.audit import AuditEvent, AuditLog
 from shared.errors import (
@@ -41,10 +42,14 @@ from shared.errors import (
     InvalidRequest,
 )
 from shared.identity import Principal
+from shared.openai_tts import MAX_INPUT_CHARS as OPENAI_MAX_INPUT_CHARS
+from shared.openai_tts import ssml_to_text
 from shared.ssml import (
     SsmlRejected,
     ValidatedSsml,
+    canonical_language,
     is_stock_voice_name,
+    same_language,
     text_to_ssml,
     validate_ssml,
     with_voice,
@@ -61,7 +66,7 @@ from shared.synthesis import (
     stock_voice_for,
     voice_locale,
 )
-from shared.synthesis_cache import SynthesisCache
+from shared.synthesis_cache import STOCK_PARTITION, SynthesisCache
 from shared.translation import Translator
 from shared.voices import Speaker
 
@@ -95,8 +100,14 @@ class SynthesizeBody(BaseModel):
     )
     allow_fallback: bool = Field(
         False,
-        description="Let another voice speak when the custom voice may not or cannot be used",
+        description="Let a stock voice speak when the custom voice may not be used (consent "
+        "not granted) or is not deployed; a deployed voice that fails falls back anyway",
     )
+
+    @field_validator("language", "translate_to")
+    @classmethod
+    def _language(cls, value: str | None) -> str | None:
+        return None if value is None else canonical_language(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> SynthesizeBody:
@@ -152,6 +163,16 @@ class SpeechProviders(Protocol):
 
 
 @dataclass(frozen=True)
+class _Choice:
+    """Who may speak, settled before anything is paid for (translation, synthesis)."""
+
+    language: str
+    speaker: Speaker | None
+    stock_voice: str | None
+    validated: ValidatedSsml | None
+
+
+@dataclass(frozen=True)
 class _Plan:
     steps: list[SynthesisStep]
     language: str
@@ -185,8 +206,10 @@ class SynthesisService:
 
     def speak(self, caller: Principal, body: SynthesizeBody, request_id: str) -> Spoken:
         """Synthesize the request for the caller's tenant (see the module docstring)."""
-        text, language, detected = self._source(body)
-        plan = self._plan(caller.tenant_id, body, text, language)
+        self._check_length(body)
+        choice = self._choose(caller.tenant_id, body)  # every 400/403/404/409 before paying
+        text, detected = self._translated(body)
+        plan = self._plan(choice, body, text)
         usable = self._usable(plan, body)
         spoken = self._spoken(caller.tenant_id, plan, usable, body, detected)
         if plan.speaker is not None:
@@ -212,8 +235,8 @@ class SynthesisService:
     def first_choice(self, tenant_id: str, body: SynthesizeBody) -> SynthesisResult:
         """Who would speak the request first (provider and voice), with the checks of
         `speak` (voice, language, consent) but no synthesis: a batch job pins it."""
-        text, language, _ = self._source(body)
-        plan = self._plan(tenant_id, body, text, language)
+        self._check_length(body)
+        plan = self._plan(self._choose(tenant_id, body), body, body.text)
         primary = self._usable(plan, body)[0]
         return SynthesisResult(
             audio=b"",
@@ -222,12 +245,18 @@ class SynthesisService:
             voice=primary.request.voice,
         )
 
-    def speak_pinned(self, tenant_id: str, body: SynthesizeBody, provider: str) -> Spoken:
-        """Synthesize with one provider only, no fallback: every segment of a batch job
-        keeps the voice the job started with. Its loss (consent, deployment) is a 409."""
-        text, language, _ = self._source(body)
-        plan = self._plan(tenant_id, body, text, language)
-        pinned = [step for step in self._usable(plan, body) if step.provider.name == provider]
+    def speak_pinned(
+        self, tenant_id: str, body: SynthesizeBody, provider: str, voice: str
+    ) -> Spoken:
+        """Synthesize with one provider and voice only, no fallback: every segment of a
+        batch job keeps the voice the job started with. Its loss is a 409."""
+        self._check_length(body)
+        plan = self._plan(self._choose(tenant_id, body), body, body.text)
+        pinned = [
+            step
+            for step in self._usable(plan, body)
+            if step.provider.name == provider and step.request.voice == voice
+        ]
         if not pinned:
             raise Conflict(
                 "The voice this job started with can no longer be used.",
@@ -235,77 +264,35 @@ class SynthesisService:
             )
         return self._spoken(tenant_id, plan, pinned, body, None)
 
-    def _usable(self, plan: _Plan, body: SynthesizeBody) -> list[SynthesisStep]:
-        """The steps that may speak: the consent rule applied (403 unless fallback)."""
-        if not body.allow_fallback and any(not step.consent_granted for step in plan.steps):
-            raise Forbidden(
-                "The custom voice may not be used: its consent is not granted. "
-                "Set allow_fallback to let a stock voice speak instead.",
-                reason="consent_not_granted",
-            )
-        usable = [step for step in plan.steps if step.consent_granted]
-        if not usable:
-            raise DependencyUnavailable(
-                "No other voice is configured to speak instead of the custom voice.",
-                tried=[
-                    Attempt(step.provider.name, "consent_not_granted").as_dict()
-                    for step in plan.steps
-                ],
-            )
-        return usable
-
-    def _spoken(
-        self,
-        tenant_id: str,
-        plan: _Plan,
-        steps: list[SynthesisStep],
-        body: SynthesizeBody,
-        detected: str | None,
-    ) -> Spoken:
-        """From the cache (keyed by the first step) or the chain over `steps`."""
-        primary = steps[0]
-        key = self._cache.key(tenant_id, primary.request, {"provider": primary.provider.name})
-        cached = self._cache_get(tenant_id, key)
-        if cached is not None:
-            return Spoken(cached, "hit", plan.language, (), detected)
-        # Steps left out for consent stay in the chain's view, so attempts name them.
-        candidates = [step for step in plan.steps if not step.consent_granted] + steps
-        outcome = self._chain.synthesize(candidates, allow_fallback=body.allow_fallback)
-        if outcome.result.provider == primary.provider.name:
-            self._cache_put(tenant_id, key, outcome.result)
-        attempts = tuple(f"{a.provider}={a.outcome}" for a in outcome.attempts)
-        return Spoken(outcome.result, "miss", plan.language, attempts, detected)
-
-    def _source(self, body: SynthesizeBody) -> tuple[str | None, str | None, str | None]:
-        """The text to speak (translated when asked), its language, the detected source."""
+    def _check_length(self, body: SynthesizeBody) -> None:
         if body.text is not None and len(body.text) > self._max_characters:
             raise InvalidRequest(
                 f"At most {self._max_characters} characters per request; "
                 "use POST /api/v1/synthesis/jobs for longer texts.",
                 limit="max_characters",
             )
-        if body.translate_to is None or body.text is None:
-            return body.text, body.language, None
-        source = body.language.split("-", 1)[0] if body.language else None
-        translated = self._translator().translate([body.text], [body.translate_to], source=source)
-        first = translated[0]
-        return first.translations[0].text, body.translate_to, first.detected_language
 
-    def _plan(
-        self, tenant_id: str, body: SynthesizeBody, text: str | None, language: str | None
-    ) -> _Plan:
+    def _translated(self, body: SynthesizeBody) -> tuple[str | None, str | None]:
+        """The text to speak (translated when asked) and the detected source language."""
+        if body.translate_to is None or body.text is None:
+            return body.text, None
+        source = body.language.split("-", 1)[0] if body.language else None
+        [translated] = self._translator().translate([body.text], [body.translate_to], source=source)
+        return translated.translations[0].text, translated.detected_language
+
+    def _choose(self, tenant_id: str, body: SynthesizeBody) -> _Choice:
+        """The voice, language and checked SSML of a request; refuses what cannot be spoken."""
+        language = body.translate_to or body.language
         speaker = self._speaker(tenant_id, body, language)
+        stock_voice = body.voice if body.voice is not None and speaker is None else None
         if speaker is not None:
             language = speaker.locale
-        stock_voice = None
-        if body.voice is not None and speaker is None:
-            stock_voice = body.voice
+        elif stock_voice is not None:
             language = language or voice_locale(stock_voice)
-
         validated = None
         if body.ssml is not None:
             validated = self._validated(body, speaker)
-            language = language or validated.language
+            language = language or canonical_language(validated.language)
             if stock_voice is None and speaker is None:
                 stock_voice = validated.voices[0]
         if language is None:
@@ -314,9 +301,14 @@ class SynthesisService:
             stock_voice = stock_voice_for(language, self._stock_voices)
             if stock_voice is None and speaker is None:
                 raise InvalidRequest(
-                    f"No stock voice is configured for {language[:20]}; name a voice.",
+                    f"No stock voice is configured for {language}; name a voice.",
                     reason="no_voice_for_language",
                 )
+        return _Choice(language, speaker, stock_voice, validated)
+
+    def _plan(self, choice: _Choice, body: SynthesizeBody, text: str | None) -> _Plan:
+        """The steps of the fallback chain, in order, each with its own SSML."""
+        speaker, validated = choice.speaker, choice.validated
 
         def request_for(voice: str, locale: str, *, custom: bool = False) -> SynthesisRequest:
             try:
@@ -345,24 +337,29 @@ class SynthesisService:
                 steps.append(step)
                 custom_provider = step.provider.name
         stock = self._providers.stock()
-        if stock is not None and stock_voice is not None:
-            steps.append(SynthesisStep(stock, request_for(stock_voice, voice_locale(stock_voice))))
+        if stock is not None and choice.stock_voice is not None:
+            locale = voice_locale(choice.stock_voice)
+            steps.append(SynthesisStep(stock, request_for(choice.stock_voice, locale)))
         openai = self._providers.openai()
-        spoken_by_openai = stock_voice or (speaker.voice_name if speaker else None)
-        if openai is not None and spoken_by_openai is not None:
-            steps.append(SynthesisStep(openai, request_for(spoken_by_openai, language)))
+        spoken_text = ssml_to_text(validated.ssml) if validated is not None else (text or "")
+        # Over OpenAI's input limit the step would only be refused: leave it out.
+        if openai is not None and len(spoken_text) <= OPENAI_MAX_INPUT_CHARS:
+            voice = choice.stock_voice or (speaker.voice_name if speaker else None)
+            if voice is not None:
+                steps.append(SynthesisStep(openai, request_for(voice, choice.language)))
         if not steps:
             raise DependencyUnavailable(
                 "No speech provider is configured: set AZURE_SPEECH_REGION or "
                 "AZURE_SPEECH_ENDPOINT, or AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_TTS_DEPLOYMENT.",
                 tried=[],
             )
-        return _Plan(steps, language, speaker, custom_provider)
+        return _Plan(steps, choice.language, speaker, custom_provider)
 
     def _speaker(
         self, tenant_id: str, body: SynthesizeBody, language: str | None
     ) -> Speaker | None:
-        """The tenant's voice the caller named, or None; refuses a malformed voice."""
+        """The tenant's voice the caller named (consent rule applied), or None; refuses a
+        malformed voice or one of another language."""
         voice = body.voice
         if voice is None:
             return None
@@ -370,10 +367,16 @@ class SynthesisService:
             speaker = self._speakers(tenant_id, voice)
             if body.style:
                 raise InvalidRequest("style applies to stock voices only", reason="style")
-            if language and not _same_language(language, speaker.locale):
+            if language and not same_language(language, speaker.locale):
                 raise InvalidRequest(
-                    f"Voice {voice} speaks {speaker.locale}, not {language[:20]}.",
+                    f"Voice {voice} speaks {speaker.locale}, not {language}.",
                     reason="voice_language_mismatch",
+                )
+            if speaker.consent != "granted" and not body.allow_fallback:
+                raise Forbidden(
+                    "The custom voice may not be used: its consent is not granted. "
+                    "Set allow_fallback to let a stock voice speak instead.",
+                    reason="consent_not_granted",
                 )
             return speaker
         if not is_stock_voice_name(voice):
@@ -381,9 +384,9 @@ class SynthesisService:
                 "voice must be a stock neural voice name or one of the tenant's voice ids",
                 reason="invalid_voice",
             )
-        if language and not _same_language(language, voice_locale(voice)):
+        if language and not same_language(language, voice_locale(voice)):
             raise InvalidRequest(
-                f"Voice {voice} speaks {voice_locale(voice)}, not {language[:20]}.",
+                f"Voice {voice} speaks {voice_locale(voice)}, not {language}.",
                 reason="voice_language_mismatch",
             )
         return None
@@ -416,6 +419,8 @@ class SynthesisService:
         body: SynthesizeBody,
         request_for: Callable[..., SynthesisRequest],
     ) -> SynthesisStep | None:
+        """The custom voice's step; a voice that cannot be used is an error unless the
+        caller allowed fallback (it is never left out silently)."""
         if speaker.endpoint_id is None:
             if body.allow_fallback:
                 return None
@@ -426,12 +431,65 @@ class SynthesisService:
             )
         provider = self._providers.custom(speaker.endpoint_id)
         if provider is None:
-            return None
+            if body.allow_fallback:
+                return None
+            raise DependencyUnavailable(
+                "Custom voices are spoken by Azure Speech, which is not configured or "
+                "not usable here (see GET /api/v1/voice/status).",
+                tried=[],
+            )
         return custom_voice_step(
             provider,
             request_for(speaker.voice_name, speaker.locale, custom=True),
             consent_granted=speaker.consent == "granted",
         )
+
+    def _usable(self, plan: _Plan, body: SynthesizeBody) -> list[SynthesisStep]:
+        """The steps that may speak: the consent rule applied (403 unless fallback)."""
+        if not body.allow_fallback and any(not step.consent_granted for step in plan.steps):
+            raise Forbidden(
+                "The custom voice may not be used: its consent is not granted. "
+                "Set allow_fallback to let a stock voice speak instead.",
+                reason="consent_not_granted",
+            )
+        usable = [step for step in plan.steps if step.consent_granted]
+        if not usable:
+            raise DependencyUnavailable(
+                "No other voice is configured to speak instead of the custom voice.",
+                tried=[
+                    Attempt(step.provider.name, "consent_not_granted").as_dict()
+                    for step in plan.steps
+                ],
+            )
+        return usable
+
+    def _spoken(
+        self,
+        tenant_id: str,
+        plan: _Plan,
+        steps: list[SynthesisStep],
+        body: SynthesizeBody,
+        detected: str | None,
+    ) -> Spoken:
+        """From the cache (keyed by the first step) or the chain over `steps`."""
+        primary = steps[0]
+        custom = plan.speaker is not None and primary.provider.name == plan.custom_provider
+        key = self._cache.key(
+            tenant_id,
+            primary.request,
+            {"provider": primary.provider.name},
+            partition=plan.speaker.voice_id if custom and plan.speaker else STOCK_PARTITION,
+        )
+        cached = self._cache_get(tenant_id, key)
+        if cached is not None:
+            return Spoken(cached, "hit", plan.language, (), detected)
+        # Steps left out for consent stay in the chain's view, so attempts name them.
+        candidates = [step for step in plan.steps if not step.consent_granted] + steps
+        outcome = self._chain.synthesize(candidates, allow_fallback=body.allow_fallback)
+        if outcome.result.provider == primary.provider.name:
+            self._cache_put(tenant_id, key, outcome.result)
+        attempts = tuple(f"{a.provider}={a.outcome}" for a in outcome.attempts)
+        return Spoken(outcome.result, "miss", plan.language, attempts, detected)
 
     def _cache_get(self, tenant_id: str, key: str) -> SynthesisResult | None:
         try:
@@ -445,10 +503,3 @@ class SynthesisService:
             self._cache.put(tenant_id, key, result)
         except Exception:  # the caller still gets the audio
             logger.warning("synthesis cache write failed", exc_info=True)
-
-
-def _same_language(a: str, b: str) -> bool:
-    """en matches en-US; en-GB does not match en-US."""
-    a_parts, b_parts = a.lower().split("-"), b.lower().split("-")
-    shorter = min(len(a_parts), len(b_parts))
-    return a_parts[:shorter] == b_parts[:shorter]

@@ -212,7 +212,7 @@ def test_a_failing_token_provider_is_unavailable_without_its_message(
         ("close_mid_turn", "server_error", "ServiceError (close 1011)"),
         ("auth_refused", "unavailable", "AuthenticationFailure (HTTP 401)"),
         ("forbidden", "unavailable", "AuthenticationFailure (HTTP 403)"),
-        ("bad_request", "canceled", "BadRequest (close 1007)"),
+        ("bad_request", "rejected", "BadRequest (close 1007)"),
     ],
 )
 def test_service_failures_map_to_provider_failures(

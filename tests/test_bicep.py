@@ -23,6 +23,8 @@ from pycep import BicepParser
 from shared.config import PROFILES, Environment, Settings, load_settings
 from shared.errors import ConfigurationError
 from shared.storage import BLOB_CONTAINERS, COSMOS_CONTAINERS
+from shared.synthesis_cache import CACHE_CONTAINER
+from shared.synthesis_jobs import JOBS_CONTAINER
 
 ROOT = Path(__file__).resolve().parents[1]
 BICEP = ROOT / "bicep"
@@ -82,6 +84,13 @@ DEPLOYMENT_OUTPUT = "https://resolved-at-deployment.invalid/"
 
 # Settings that carry keys: local runs only, the accounts refuse keys in Azure.
 KEY_SETTINGS = ("AZURE_SPEECH_KEY", "AZURE_OPENAI_API_KEY", "AZURE_TRANSLATOR_KEY")
+
+# Lifecycle deletion (storage.bicep): container, the module parameter of its day count,
+# the main.bicep parameter passed to it, and that parameter's default.
+LIFECYCLE_DELETES = {
+    CACHE_CONTAINER: ("synthesisCacheDays", "synthesisCacheRetentionDays", 30),
+    JOBS_CONTAINER: ("synthesisJobsDays", "synthesisJobsRetentionDays", 7),
+}
 
 # The Cognitive Services accounts of the AI features: module file, main.bicep module, kind.
 AI_ACCOUNTS = {
@@ -657,6 +666,110 @@ def test_production_always_has_an_audit_policy() -> None:
     for env, profile in PROFILES.items():
         if profile.audit_required:
             assert environment_parameters(env.value)["auditImmutabilityDays"] > 0, env
+
+
+def lifecycle_rules() -> list[dict[str, Any]]:
+    """The rules of the storage account's one lifecycle management policy."""
+    path = BICEP / "modules" / "storage.bicep"
+    policies = resources_of(path, "Microsoft.Storage/storageAccounts/managementPolicies")
+    (policy,) = policies.values()
+    assert "condition" not in policy["config"]  # deployed in every environment
+    assert body(policy)["parent"] == "account"
+    assert body(policy)["name"] == "default"  # the only name Azure accepts
+    rules: list[dict[str, Any]] = body(policy)["properties"]["policy"]["rules"]
+    return rules
+
+
+def test_lifecycle_deletes_synthesized_audio_after_the_parameterised_days() -> None:
+    rules = lifecycle_rules()
+    containers: list[str] = []
+    for rule in rules:
+        assert rule["enabled"] is True
+        assert rule["type"] == "Lifecycle"
+        assert re.fullmatch(r"[A-Za-z0-9]{1,256}", rule["name"]), rule["name"]
+        definition = rule["definition"]
+        # Block blobs only, and one whole container each (`<container>/`).
+        (prefix,) = definition["filters"]["prefixMatch"]
+        assert definition["filters"] == {"blobTypes": ["blockBlob"], "prefixMatch": [prefix]}
+        container = prefix.removesuffix("/")
+        assert container in LIFECYCLE_DELETES, prefix
+        assert "/" not in container, prefix
+        days, _, _ = LIFECYCLE_DELETES[container]
+        # Only the current blob is deleted (no versions or snapshots: versioning is off).
+        assert definition["actions"] == {
+            "baseBlob": {"delete": {"daysAfterModificationGreaterThan": days}}
+        }, rule["name"]
+        containers.append(container)
+    assert sorted(containers) == sorted(LIFECYCLE_DELETES)
+    assert set(containers) <= set(BLOB_CONTAINERS)
+    assert len({rule["name"] for rule in rules}) == len(rules)
+
+    module_params = parse(BICEP / "modules" / "storage.bicep")["parameters"]
+    main_params = parse(MAIN)["parameters"]
+    passed = module("storage")["params"]
+    for days, main_name, default in LIFECYCLE_DELETES.values():
+        assert module_params[days]["type"] == "int"
+        assert passed[days] == main_name
+        assert main_params[main_name]["type"] == "int"
+        assert main_params[main_name]["default"] == default
+        assert_within_decorators(main_name, default, main_params[main_name]["decorators"])
+        # The module accepts whatever main.bicep does.
+        assert decorator_bounds(module_params[days]) == decorator_bounds(main_params[main_name])
+        assert main_name in (BICEP / "README.md").read_text()
+
+
+def test_lifecycle_never_matches_audit_uploads_processed_or_the_package() -> None:
+    protected = {
+        main_variable("auditContainerName"),
+        main_variable("deploymentContainerName"),
+        "uploads",
+        "processed",
+    }
+    assert {"uploads", "processed"} <= set(BLOB_CONTAINERS)
+    for rule in lifecycle_rules():
+        filters = rule["definition"]["filters"]
+        # Without a prefix a rule covers the whole account; tags cannot exclude a container.
+        assert filters["prefixMatch"], rule["name"]
+        assert "blobIndexMatch" not in filters, rule["name"]
+        # The audit log is made of append blobs.
+        assert "appendBlob" not in filters["blobTypes"], rule["name"]
+        for container in protected:
+            for blob in (f"{container}/tenant/x", f"{container}/x"):
+                matched = [p for p in filters["prefixMatch"] if blob.startswith(p)]
+                assert not matched, (rule["name"], container, matched)
+
+
+def test_lifecycle_days_agree_with_the_app_in_every_environment() -> None:
+    main_params = parse(MAIN)["parameters"]
+    settings = app_settings()
+    cache_hours = Settings.model_fields["synthesis_cache_hours"]
+    download_minutes = Settings.model_fields["synthesis_download_minutes"]
+    # main.bicep leaves both to the app's defaults; setting either here changes the check.
+    assert "TIMBRE_SYNTHESIS_CACHE_HOURS" not in settings
+    assert "TIMBRE_SYNTHESIS_DOWNLOAD_MINUTES" not in settings
+    _, cache_param, _ = LIFECYCLE_DELETES[CACHE_CONTAINER]
+    _, jobs_param, _ = LIFECYCLE_DELETES[JOBS_CONTAINER]
+    # Both allow the same range: 1 h to 87,600 h in the app, 1 to 3,650 days here.
+    assert decorator_bounds(main_params[cache_param])[1] * 24 == max_of(cache_hours)
+    # A download URL issued when a job ends expires before its result can be deleted.
+    assert decorator_bounds(main_params[jobs_param])[0] * 24 * 60 > max_of(download_minutes)
+    for env in Environment:
+        given = environment_parameters(env.value)
+        cache_days = given.get(cache_param, main_params[cache_param]["default"])
+        # The cache entry is deleted when the app stops serving it (720 h = 30 days).
+        assert cache_days * 24 == cache_hours.default, env
+
+
+def decorator_bounds(parameter: dict[str, Any]) -> tuple[int | None, int | None]:
+    """A parameter's @minValue and @maxValue (None where absent)."""
+    found = {d["type"]: d["argument"] for d in parameter["decorators"]}
+    return found.get("min_value"), found.get("max_value")
+
+
+def max_of(field: Any) -> int:
+    """The `le` bound of a pydantic field."""
+    (bound,) = [m.le for m in field.metadata if getattr(m, "le", None) is not None]
+    return int(bound)
 
 
 def test_cosmos_has_keys_disabled_and_the_app_containers() -> None:

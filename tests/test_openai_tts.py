@@ -202,7 +202,7 @@ def test_ssml_with_a_dtd_is_refused_and_never_sent() -> None:
     )
     with pytest.raises(ProviderFailure) as caught:
         provider(service).synthesize(bad)
-    assert caught.value.kind == "canceled"
+    assert caught.value.kind == "rejected"
     assert service.seen == []
 
 
@@ -210,7 +210,7 @@ def test_input_over_the_service_limit_is_refused_before_calling() -> None:
     service = Service(audio_reply)
     with pytest.raises(ProviderFailure) as caught:
         provider(service).synthesize(request("word " * 1000))
-    assert caught.value.kind == "canceled"
+    assert caught.value.kind == "rejected"
     assert service.seen == []
 
 
@@ -289,11 +289,11 @@ def test_connection_refused_is_unavailable() -> None:
     assert len(service.seen) == 2
 
 
-def test_content_filter_is_canceled_with_the_code_only() -> None:
+def test_content_filter_is_rejected_with_the_code_only() -> None:
     service = Service(error_reply(400, "content_filter"))
     with pytest.raises(ProviderFailure) as caught:
         provider(service).synthesize(request())
-    assert caught.value.kind == "canceled"
+    assert caught.value.kind == "rejected"
     assert caught.value.detail == "HTTP 400 content_filter"
     assert len(service.seen) == 1
 

@@ -12,7 +12,6 @@ import soundfile as sf
 
 from shared.azure_speech import AzureSpeechProvider
 from shared.blobs import MemoryBlobStore
-from shared.errors import DependencyUnavailable
 from shared.openai_tts import OpenAITtsProvider
 from shared.runtime import Runtime, use_runtime
 from shared.speech_providers import ConfiguredProviders
@@ -59,13 +58,22 @@ def test_speech_and_openai_from_settings() -> None:
     assert openai.name == "azure-openai-tts"
 
 
-def test_speech_with_the_managed_identity_needs_the_resource_id() -> None:
+def test_speech_without_key_or_resource_id_is_left_out_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     providers = ConfiguredProviders(
-        make_settings(AZURE_SPEECH_ENDPOINT="https://spch-timbre.cognitiveservices.azure.com")
+        make_settings(
+            AZURE_SPEECH_ENDPOINT="https://spch-timbre.cognitiveservices.azure.com",
+            AZURE_OPENAI_ENDPOINT="https://timbre-aoai.openai.azure.com",
+            AZURE_OPENAI_TTS_DEPLOYMENT="gpt-4o-mini-tts",
+            AZURE_OPENAI_API_KEY="aoai-key",
+        )
     )
 
-    with pytest.raises(DependencyUnavailable, match="AZURE_SPEECH_RESOURCE_ID"):
-        providers.stock()
+    assert providers.stock() is None
+    assert providers.custom("ep-1") is None
+    assert providers.openai() is not None  # the other providers still speak
+    assert "AZURE_SPEECH_RESOURCE_ID" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -362,3 +362,17 @@ def test_parser_is_the_defused_one_with_everything_forbidden(
     validate_ssml(voiced("Hi"), allowed_voices=tenant_may_use)
 
     assert seen == {"forbid_dtd": True, "forbid_entities": True, "forbid_external": True}
+
+
+def test_a_refused_attribute_value_is_not_echoed() -> None:
+    spoken = "my-secret-word " * 20  # a sub alias is spoken text, and this one is too long
+    document = (
+        f'<speak version="1.0" xmlns="{SSML_NS}" xml:lang="en-US">'
+        f'<voice name="en-US-JennyNeural"><sub alias="{spoken}">x</sub></voice></speak>'
+    )
+
+    with pytest.raises(SsmlRejected) as refused:
+        validate_ssml(document, allowed_voices=lambda _: True)
+
+    assert refused.value.reason == "invalid_value"
+    assert "secret" not in str(refused.value)

@@ -16,6 +16,8 @@ import pytest
 
 from shared.blobs import MemoryBlobStore
 from shared.runtime import Runtime
+from shared.ssml import text_to_ssml
+from shared.synthesis import AudioFormat, SynthesisRequest, SynthesisResult
 from shared.synthesis_cache import CACHE_CONTAINER, SynthesisCache
 from shared.translation import AzureTranslator
 from tests.fakes.speech import ScriptedProviders
@@ -229,6 +231,82 @@ def test_requests_the_service_cannot_speak_are_400s_with_a_reason(
     assert providers.stock_provider.calls == 0  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize(
+    ("language", "voice"),
+    [
+        ("en-us", "en-US-AvaMultilingualNeural"),
+        ("EN", "en-US-AvaMultilingualNeural"),
+        ("zh-hant-tw", "zh-TW-HsiaoChenNeural"),
+        ("zh-HK", "zh-HK-HiuMaanNeural"),
+        ("pt-pt", "pt-PT-RaquelNeural"),
+    ],
+)
+def test_language_tags_are_read_in_any_case_and_pick_the_regional_voice(
+    providers: ScriptedProviders, language: str, voice: str
+) -> None:
+    response = speak(text=unique_text(), language=language)
+
+    assert response.status_code == 200, response.get_body()
+    assert response.headers["X-Timbre-Voice"] == voice
+
+
+@pytest.mark.parametrize("language", ["en-US-évil;x=1", "english", "en_US", ""])
+def test_malformed_language_tags_are_400s_and_never_echoed_in_headers(
+    providers: ScriptedProviders, language: str
+) -> None:
+    response = speak(text="Hi.", language=language)
+
+    assert response.status_code == 400
+    assert providers.stock_provider.calls == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("voice", "language", "status"),
+    [
+        ("zh-CN-XiaoxiaoNeural", "zh-Hans", 200),
+        ("zh-TW-HsiaoChenNeural", "zh-Hant", 200),
+        ("zh-CN-XiaoxiaoNeural", "zh-Hant", 400),
+        ("en-GB-SoniaNeural", "en", 200),
+        ("en-GB-SoniaNeural", "en-US", 400),
+    ],
+)
+def test_a_voice_must_speak_the_language(
+    providers: ScriptedProviders, voice: str, language: str, status: int
+) -> None:
+    assert speak(text=unique_text(), voice=voice, language=language).status_code == status
+
+
+def test_text_over_openais_limit_leaves_openai_out_of_the_chain(
+    providers: ScriptedProviders,
+) -> None:
+    providers.stock_provider.failure = "server_error"  # type: ignore[union-attr]
+
+    response = speak(text="word " * 900, voice="en-US-JennyNeural")  # 4,500 characters
+
+    assert response.status_code == 503
+    assert json_body(response)["tried"] == [{"provider": "azure-speech", "outcome": "server_error"}]
+    assert providers.openai_provider.calls == 0  # type: ignore[union-attr]
+
+
+def test_a_request_the_service_refuses_is_a_400_and_spares_the_breaker(
+    providers: ScriptedProviders,
+) -> None:
+    stock = providers.stock_provider
+    assert stock is not None
+    stock.failure = "rejected"  # e.g. a stock voice name that does not exist
+    for _ in range(4):
+        refused = speak(text=unique_text(), voice="en-US-NopeNeural")
+        assert refused.status_code == 400
+        assert json_body(refused)["reason"] == "rejected_by_provider"
+
+    stock.failure = None
+    response = speak(text=unique_text(), voice="en-US-JennyNeural")  # another tenant, say
+
+    assert response.headers["X-Timbre-Provider"] == "azure-speech"
+    assert "X-Timbre-Attempts" not in response.headers
+    assert providers.openai_provider.calls == 0  # type: ignore[union-attr]
+
+
 def test_viewers_may_not_synthesize(providers: ScriptedProviders) -> None:
     response = request("POST", URL, body={"text": "Hi.", "language": "en"}, token=VIEWER)
 
@@ -342,7 +420,7 @@ def test_translate_to_with_a_voice_of_another_language_is_a_400(
     assert response.status_code == 400
     assert json_body(response)["reason"] == "voice_language_mismatch"
     assert providers.stock_provider.calls == 0  # type: ignore[union-attr]
-    assert len(service.seen) == 1
+    assert service.seen == []  # refused before the translation is paid for
 
 
 def test_translate_to_without_a_translator_is_a_503(providers: ScriptedProviders) -> None:
@@ -581,6 +659,33 @@ def test_revoking_consent_stops_cached_audio_of_the_voice(
 
 
 @pytest.mark.integration
+def test_revoking_consent_through_the_api_deletes_the_voices_cached_audio(
+    live_runtime: Runtime, live_providers: ScriptedProviders
+) -> None:
+    voice = deployed_voice(live_runtime, endpoint=None)
+    cache = live_runtime.synthesis_cache
+    spoken = SynthesisRequest(
+        ssml=text_to_ssml(unique_text(), voice="en-US-JennyNeural", language="en-US"),
+        voice="en-US-JennyNeural",
+        language="en-US",
+        format=AudioFormat.MP3,
+    )
+    result = SynthesisResult(b"mp3", "audio/mpeg", "azure-speech-custom:ep", "TimbreNeural")
+    voice_key = cache.key("dev-tenant", spoken, partition=voice)
+    stock_key = cache.key("dev-tenant", spoken)
+    cache.put("dev-tenant", voice_key, result)
+    cache.put("dev-tenant", stock_key, result)
+
+    response = request(
+        "DELETE", f"/api/v1/voices/{voice}/consent", token="dev_ana_analyst", orchestrations=None
+    )
+
+    assert response.status_code == 200, response.get_body()
+    assert cache.get("dev-tenant", voice_key) is None
+    assert cache.get("dev-tenant", stock_key) is not None
+
+
+@pytest.mark.integration
 def test_a_custom_voice_not_deployed_is_a_409_unless_fallback_is_allowed(
     live_runtime: Runtime, live_providers: ScriptedProviders
 ) -> None:
@@ -608,6 +713,25 @@ def test_a_failing_custom_voice_falls_back_to_the_stock_voice_for_its_language(
     assert response.headers["X-Timbre-Attempts"].startswith(
         "azure-speech-custom:ep-down=server_error"
     )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("consent", ["granted", "revoked"])
+def test_without_speech_a_custom_voice_is_never_swapped_silently(
+    live_runtime: Runtime, consent: str
+) -> None:
+    fakes = ScriptedProviders(stock_provider=None)  # only Azure OpenAI is configured
+    fakes.custom = lambda endpoint_id: None  # type: ignore[method-assign]
+    live_runtime.speech_providers = fakes
+    voice = deployed_voice(live_runtime, consent=consent, endpoint="ep-nospeech")
+
+    refused = speak(text=unique_text(), voice=voice)
+    fallback = speak(text=unique_text(), voice=voice, allow_fallback=True)
+
+    assert refused.status_code == (503 if consent == "granted" else 403)
+    assert fakes.openai_provider.requests[0].voice == "en-US-AvaMultilingualNeural"  # type: ignore[union-attr]
+    assert fakes.openai_provider.calls == 1  # type: ignore[union-attr]
+    assert fallback.headers["X-Timbre-Provider"] == "azure-openai-tts"
 
 
 @pytest.mark.integration

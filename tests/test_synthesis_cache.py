@@ -70,7 +70,9 @@ def test_identical_requests_have_the_same_key(cache: SynthesisCache) -> None:
     first = cache.key(TENANT, make_request(), options)
     second = cache.key(TENANT, make_request(), dict(reversed(options.items())))
     assert first == second
-    digest, ext = first.split(".")
+    partition, entry = first.split("/")
+    digest, ext = entry.split(".")
+    assert partition == "stock"
     assert len(digest) == 64
     assert ext == "mp3"
     assert SECRET not in first
@@ -159,7 +161,9 @@ def test_the_blob_name_is_tenant_scoped_and_sharded(
     cache.put(TENANT, key, make_result())
     [(container, name)] = store.blobs
     assert container == CACHE_CONTAINER
-    assert name == f"{TENANT}/{key[:2]}/{key}"
+    partition, entry = key.split("/")
+    assert partition == "stock"
+    assert name == f"{TENANT}/stock/{entry[:2]}/{entry}"
     assert name.endswith(".mp3")
     assert store.blobs[(container, name)].content_type == "audio/mpeg"
 
@@ -309,10 +313,28 @@ def test_round_trip_on_azurite(live_runtime: Runtime) -> None:
 
         assert cache.get(TENANT, key) == result
         assert cache.get(OTHER_TENANT, key) is None
-        blob = live_runtime.blob_service.get_blob_client(container, f"{TENANT}/{key[:2]}/{key}")
+        blob = live_runtime.blob_service.get_blob_client(container, cache.blob_name(TENANT, key))
         properties = blob.get_blob_properties()
         assert properties.content_settings.content_type == "audio/ogg; codecs=opus"
         assert properties.metadata["dataclass"] == RETENTION_CLASS
         assert SECRET not in str(properties.metadata)
     finally:
         live_runtime.blob_service.delete_container(container)
+
+
+def test_forgetting_a_voice_deletes_its_partition_only(
+    cache: SynthesisCache, store: MemoryBlobStore
+) -> None:
+    voice_key = cache.key(TENANT, make_request(), partition="v-0123456789ab")
+    stock_key = cache.key(TENANT, make_request())
+    other_tenant_key = cache.key(OTHER_TENANT, make_request(), partition="v-0123456789ab")
+    for tenant, key in ((TENANT, voice_key), (TENANT, stock_key), (OTHER_TENANT, other_tenant_key)):
+        cache.put(tenant, key, make_result())
+
+    assert cache.forget(TENANT, "v-0123456789ab") == 1
+
+    assert cache.get(TENANT, voice_key) is None
+    assert cache.get(TENANT, stock_key) == make_result()
+    assert cache.get(OTHER_TENANT, other_tenant_key) == make_result()
+    with pytest.raises(ValueError, match="partition"):
+        cache.forget(TENANT, "stock")

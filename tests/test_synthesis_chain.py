@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from shared.errors import DependencyUnavailable, Forbidden, problem_body
+from shared.errors import DependencyUnavailable, Forbidden, InvalidRequest, problem_body
 from shared.synthesis import (
     Attempt,
     AudioFormat,
@@ -428,3 +428,39 @@ def test_only_one_thread_gets_the_half_open_trial() -> None:
         thread.join()
 
     assert granted.count(True) == 1
+
+
+def test_a_refused_request_is_a_400_and_counts_against_no_breaker() -> None:
+    chain = FallbackChain()
+    refusing = FakeProvider("azure-speech", ["rejected"] * 5)
+    fallback = FakeProvider("azure-openai-tts")
+
+    for _ in range(5):  # one tenant's bad input, over and over
+        with pytest.raises(InvalidRequest) as caught:
+            chain.synthesize([step(refusing), step(fallback)])
+        assert caught.value.extensions == {
+            "reason": "rejected_by_provider",
+            "provider": "azure-speech",
+        }
+
+    assert fallback.calls == 0  # refused input is not spoken by another voice
+    assert chain.breaker("azure-speech").state is BreakerState.CLOSED
+    assert chain.synthesize([step(refusing), step(fallback)]).result.provider == "azure-speech"
+    assert SECRET_TEXT not in json.dumps(problem_body(caught.value, "r"))
+
+
+def test_a_refused_trial_leaves_the_breaker_half_open_for_the_next_call() -> None:
+    clock = FakeClock()
+    chain = chain_with_clock(clock)
+    provider = FakeProvider("p", ["server_error"] * 3 + ["rejected"])
+    for _ in range(3):
+        with pytest.raises(DependencyUnavailable):
+            chain.synthesize([step(provider)])
+    clock.advance(30)
+
+    with pytest.raises(InvalidRequest):
+        chain.synthesize([step(provider)])  # the trial: refused, proves nothing
+
+    assert chain.breaker("p").state is BreakerState.HALF_OPEN
+    assert chain.synthesize([step(provider)]).result.provider == "p"
+    assert chain.breaker("p").state is BreakerState.CLOSED

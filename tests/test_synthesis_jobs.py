@@ -158,6 +158,11 @@ def test_a_long_text_is_spoken_in_order_into_one_downloadable_file(
     # Only the result is left; input and segments are gone.
     assert job_blobs(job_runtime, job["job_id"]) == [f"dev-tenant/{job['job_id']}/result.wav"]
     driver.assert_deterministic()
+    # Once storage lifecycle has deleted the file, the job says so instead of a dead link.
+    job_runtime.blob_store.delete_prefix(JOBS_CONTAINER, f"dev-tenant/{job['job_id']}/")
+    expired = finish(gateway, job["job_id"], result)
+    assert expired["state"] == "expired"
+    assert expired["download_url"] is None
 
 
 def test_mp3_jobs_join_into_one_decodable_file(
@@ -305,3 +310,68 @@ def test_jobs_are_found_only_by_their_tenant_and_a_well_formed_id(
     gateway.outputs[instance] = {"state": "failed"}
     finished = request("DELETE", f"{JOBS}/{job['job_id']}", token=USER, orchestrations=gateway)
     assert finished.status_code == 409
+
+
+def test_a_job_whose_storage_steps_keep_failing_ends_failed_and_cleans_up(
+    job_runtime: Runtime, providers: ScriptedProviders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = job_runtime.synthesis_jobs
+
+    def broken_join(job: dict[str, Any], count: int) -> dict[str, Any]:
+        raise OSError("storage is down")
+
+    monkeypatch.setattr(jobs, "join", broken_join)
+    gateway = MemoryOrchestrations()
+    job, payload = start(gateway, text=long_text(6), voice="en-US-JennyNeural")
+
+    driver, result = drive(payload)
+
+    assert result.status == "Completed"
+    assert result.output["state"] == "failed"
+    assert result.output["reason"] == "the job's storage steps kept failing"
+    assert job_blobs(job_runtime, job["job_id"]) == []
+    assert [c.name for c in result.activity_log][-2:] == [
+        "synthesis_job_discard",
+        "synthesis_job_finished",
+    ]
+    driver.assert_deterministic()
+
+
+def test_a_retried_join_answers_the_file_it_already_wrote(
+    job_runtime: Runtime, providers: ScriptedProviders
+) -> None:
+    gateway = MemoryOrchestrations()
+    _, payload = start(gateway, text=long_text(6), voice="en-US-JennyNeural")
+    _, result = drive(payload)
+
+    again = job_runtime.synthesis_jobs.join(payload, result.output["segments_total"])
+
+    assert again == {key: result.output[key] for key in ("blob", "bytes", "duration_s")}
+
+
+def test_a_job_cannot_be_cancelled_while_its_file_is_written(
+    job_runtime: Runtime, providers: ScriptedProviders
+) -> None:
+    gateway = MemoryOrchestrations()
+    job, _ = start(gateway, text=long_text(3), voice="en-US-JennyNeural")
+    gateway.custom[instance_id("dev-tenant", job["job_id"])] = {"state": "joining"}
+
+    response = request("DELETE", f"{JOBS}/{job['job_id']}", token=USER, orchestrations=gateway)
+
+    assert response.status_code == 409
+    assert json_body(response)["reason"] == "job_joining"
+    assert gateway.events == []
+
+
+def test_the_whole_text_is_checked_before_a_job_starts(
+    job_runtime: Runtime, providers: ScriptedProviders
+) -> None:
+    gateway = MemoryOrchestrations()
+    text = long_text(60) + " A control character \x01 near the end."
+
+    response = request(
+        "POST", JOBS, body={"text": text, "language": "en-us"}, token=USER, orchestrations=gateway
+    )
+
+    assert response.status_code == 400
+    assert gateway.started == {}

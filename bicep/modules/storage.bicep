@@ -45,6 +45,16 @@ param deploymentContainerName string
 @maxValue(365)
 param deleteRetentionDays int
 
+@description('Days after its last modification a synthesis-cache blob is deleted (lifecycle management).')
+@minValue(1)
+@maxValue(3650)
+param synthesisCacheDays int
+
+@description('Days after its last modification a synthesis-jobs blob (job input, segments, result) is deleted (lifecycle management); longer than a download URL lives.')
+@minValue(2)
+@maxValue(3650)
+param synthesisJobsDays int
+
 @description('Principal (object) id of the managed identity.')
 param principalId string
 
@@ -123,6 +133,75 @@ resource auditImmutability 'Microsoft.Storage/storageAccounts/blobServices/conta
   properties: {
     immutabilityPeriodSinceCreationInDays: auditImmutabilityDays
     allowProtectedAppendWrites: true
+  }
+}
+
+// Lifecycle management: synthesized audio does not stay forever, even before the app's
+// retention timer exists. Only the two synthesis containers, block blobs only (the prefix
+// is `<container>/`, so no other container can match); uploads, processed, app-package and
+// the audit container (immutable, append blobs) are never touched by it. The container
+// names are those of shared/synthesis_cache.py and shared/synthesis_jobs.py. The app writes
+// these blobs whole and never appends, so "after modification" is "after the last write".
+// Deleted blobs stay restorable for deleteRetentionDays (soft delete) before they are gone.
+resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
+  parent: account
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          // Cache entries: the app treats an entry older than TIMBRE_SYNTHESIS_CACHE_HOURS
+          // (default 720 h = 30 days, from its `created` metadata) as a miss, so the default
+          // of synthesisCacheDays (30) deletes entries when the app stops using them. Keep
+          // the two in step (tests/test_bicep.py checks the defaults).
+          name: 'deleteSynthesisCache'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                'synthesis-cache/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: synthesisCacheDays
+                }
+              }
+            }
+          }
+        }
+        {
+          // Batch jobs: input text, segments and the joined result. Download URLs live at
+          // most a day (TIMBRE_SYNTHESIS_DOWNLOAD_MINUTES <= 1440), so a week leaves time to
+          // fetch a result; input and segments normally go as soon as the job ends.
+          name: 'deleteSynthesisJobs'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                'synthesis-jobs/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: synthesisJobsDays
+                }
+              }
+            }
+          }
+        }
+      ]
+    }
   }
 }
 
