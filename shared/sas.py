@@ -76,14 +76,18 @@ class SasIssuer:
         return SignedUrl(f"{client.url}?{token}", expiry)
 
     def _window(self, lifetime: timedelta) -> tuple[datetime, datetime, dict[str, Any]]:
-        """Start (5 min back, for clock skew), expiry, and the signing key argument."""
+        """Start (5 min back, for clock skew), expiry, and the signing arguments."""
         now = self._clock()
         expiry = now + lifetime
+        # HTTPS only wherever the account speaks it (Azurite, on loopback, is plain HTTP).
+        signing: dict[str, Any] = (
+            {"protocol": "https"} if self._service.url.startswith("https://") else {}
+        )
         key = getattr(self._service.credential, "account_key", None)
         if key:
-            return now - timedelta(minutes=5), expiry, {"account_key": key}
+            return now - timedelta(minutes=5), expiry, {**signing, "account_key": key}
         delegation = self._delegation_key(now, expiry)
-        return now - timedelta(minutes=5), expiry, {"user_delegation_key": delegation}
+        return now - timedelta(minutes=5), expiry, {**signing, "user_delegation_key": delegation}
 
     def _delegation_key(self, now: datetime, expiry: datetime) -> Any:
         """A user delegation key valid past `expiry`, fetched at most about once an hour."""

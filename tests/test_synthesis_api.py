@@ -755,6 +755,12 @@ def test_custom_voice_ssml_may_name_only_the_tenants_voice(
         '<speak version="1.0" xmlns="http://www.w3.org/2001/10/synthesis" xml:lang="en-US">'
         f'<voice name="{name}">Hello there.</voice></speak>'
     )
+    someone_else = ssml.replace(name, "TimbreV0000000000ffNeural")
+    refused = speak(ssml=someone_else, voice=voice)
+    assert refused.status_code == 400
+    assert json_body(refused)["reason"] == "voice_not_allowed"
+    without_the_voice = speak(ssml=ssml)  # a custom name needs its voice id in the request
+    assert json_body(without_the_voice)["reason"] == "voice_not_allowed"
     live_providers.custom("ep-ssml").failure = "timeout"
 
     response = speak(ssml=ssml, voice=voice)
