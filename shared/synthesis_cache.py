@@ -21,10 +21,11 @@ attribute values is kept. Attribute order and comments are not normalized here:
 SSML that went through `shared.ssml` (`text_to_ssml`, `validate_ssml`) is already
 re-serialized with sorted attributes, so identical requests arrive identical.
 
-Blob metadata: `dataclass=synthesized_audio` (the retention class the retention timer
-sweeps), `created` (ISO 8601 UTC), `provider`, `voice`, `contenttype` and the key schema
-version. Never the text: neither metadata nor names carry what was spoken. An entry whose
-metadata is missing, malformed or of another class is a miss, never an error. A lookup is
+Blob metadata: `dataclass=synthesized_audio` (the retention class; until a retention
+timer sweeps it, the storage lifecycle policy in `bicep/` deletes entries after 30 days),
+`created` (ISO 8601 UTC), `provider`, `voice`, `contenttype` and the key schema version.
+Never the text: neither metadata nor names carry what was spoken. An entry whose metadata
+is missing, malformed or of another class is a miss, never an error. A lookup is
 one request (the download carries the metadata), so a hit costs one round trip.
 """
 
@@ -57,8 +58,9 @@ EXTENSIONS: Final[Mapping[AudioFormat, str]] = {
 _FORMAT_BY_EXTENSION: Final = {ext: fmt for fmt, ext in EXTENSIONS.items()}
 
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+_PARTITION = r"[a-z0-9][a-z0-9-]{0,63}"  # a tenant voice id, or `stock`
 _KEY = re.compile(
-    r"(?P<partition>[a-z0-9][a-z0-9-]{0,63})/(?P<hash>[0-9a-f]{64})\.(?P<ext>wav|mp3|ogg|pcm)"
+    rf"(?P<partition>{_PARTITION})/(?P<hash>[0-9a-f]{{64}})\.(?P<ext>wav|mp3|ogg|pcm)"
 )
 STOCK_PARTITION: Final = "stock"
 # A tag, the whitespace after it, and (looked ahead, not consumed) the next tag.
@@ -127,7 +129,7 @@ class SynthesisCache:
         format and options. `partition` is a tenant voice's id for its audio (so revoking
         its consent can delete exactly that audio), `stock` for everything else."""
         _check_tenant(tenant_id)
-        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", partition):
+        if not re.fullmatch(_PARTITION, partition):
             raise ValueError("partition must be a voice id or 'stock'")
         options = dict(provider_options or {})
         for name, value in options.items():
@@ -160,7 +162,7 @@ class SynthesisCache:
     def forget(self, tenant_id: str, partition: str) -> int:
         """Delete every entry of a partition (a voice whose consent was revoked)."""
         _check_tenant(tenant_id)
-        if partition == STOCK_PARTITION or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", partition):
+        if partition == STOCK_PARTITION or not re.fullmatch(_PARTITION, partition):
             raise ValueError("only a voice's partition can be forgotten")
         return self._store.delete_prefix(self._container, f"{tenant_id}/{partition}/")
 

@@ -182,7 +182,7 @@ class SynthesisJobs:
             raise InvalidRequest(f"Refused: {error.detail}", reason=error.reason) from None
         probe = body.text.strip()[: self._segment_characters]
         # Raw PCM: segments are joined, then encoded once into the requested format.
-        first = self._synthesis.first_choice(
+        provider, voice = self._synthesis.first_choice(
             caller.tenant_id, body.speech(probe, AudioFormat.RAW_PCM16_24K)
         )
         job_id = self._new_id()
@@ -190,8 +190,8 @@ class SynthesisJobs:
             "tenant_id": caller.tenant_id,
             "job_id": job_id,
             "actor": caller.subject,
-            "provider": first.provider,
-            "voice": first.voice,
+            "provider": provider,
+            "voice": voice,
             "options": body.model_dump(mode="json", exclude={"text"}),
             "parallelism": self._parallelism,
         }
@@ -211,8 +211,8 @@ class SynthesisJobs:
                 "synthesis_job",
                 job_id,
                 details={
-                    "provider": first.provider,
-                    "voice": first.voice,
+                    "provider": provider,
+                    "voice": voice,
                     "characters": len(body.text),
                     "format": body.format.value,
                 },
@@ -222,8 +222,8 @@ class SynthesisJobs:
         return SynthesisJob(
             job_id=job_id,
             state="pending",
-            provider=first.provider,
-            voice=first.voice,
+            provider=provider,
+            voice=voice,
             format=body.format,
         )
 
@@ -307,13 +307,13 @@ class SynthesisJobs:
     def split(self, job: dict[str, Any]) -> dict[str, Any]:
         """Split the input into segment blobs; the count goes back to the orchestration."""
         name = _blob(job, "input.txt")
-        info = self._blobs.properties(JOBS_CONTAINER, name)
-        if info is None:  # a retried split after the input was already removed
+        found = self._blobs.fetch(JOBS_CONTAINER, name)
+        if found is None:  # a retried split after the input was already removed
             count = 0
             while self._blobs.properties(JOBS_CONTAINER, _text_blob(job, count)) is not None:
                 count += 1
             return {"segments": count}
-        text = self._blobs.read(JOBS_CONTAINER, name, etag=info.etag).decode("utf-8")
+        text = found[1].decode("utf-8")
         segments = segment_text(text, max_chars=self._segment_characters)
         for segment in segments:
             self._blobs.write(
@@ -333,11 +333,10 @@ class SynthesisJobs:
         returned as `{"ok": False, "reason"}`; transient failures raise, so the
         orchestration retries them.
         """
-        name = _text_blob(job, index)
-        info = self._blobs.properties(JOBS_CONTAINER, name)
-        if info is None:
+        found = self._blobs.fetch(JOBS_CONTAINER, _text_blob(job, index))
+        if found is None:
             return {"ok": False, "reason": f"segment {index} is missing"}
-        text = self._blobs.read(JOBS_CONTAINER, name, etag=info.etag).decode("utf-8")
+        text = found[1].decode("utf-8")
         body = SynthesisJobBody.model_validate({**job["options"], "text": text})
         try:
             spoken = self._synthesis.speak_pinned(
@@ -390,11 +389,10 @@ class SynthesisJobs:
 
     def _segments(self, job: dict[str, Any], count: int) -> Iterator[bytes]:
         for index in range(count):
-            name = _audio_blob(job, index)
-            info = self._blobs.properties(JOBS_CONTAINER, name)
-            if info is None:
+            found = self._blobs.fetch(JOBS_CONTAINER, _audio_blob(job, index))
+            if found is None:
                 raise RuntimeError(f"segment {index} has no audio")
-            yield self._blobs.read(JOBS_CONTAINER, name, etag=info.etag)
+            yield found[1]
 
     def discard(self, job: dict[str, Any]) -> None:
         """Delete everything the job wrote: input, segments, audio and any result."""

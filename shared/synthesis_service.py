@@ -232,18 +232,13 @@ class SynthesisService:
             )
         return spoken
 
-    def first_choice(self, tenant_id: str, body: SynthesizeBody) -> SynthesisResult:
-        """Who would speak the request first (provider and voice), with the checks of
-        `speak` (voice, language, consent) but no synthesis: a batch job pins it."""
+    def first_choice(self, tenant_id: str, body: SynthesizeBody) -> tuple[str, str]:
+        """The provider and voice that would speak the request first, with the checks of
+        `speak` (voice, language, consent) but no synthesis: a batch job pins them."""
         self._check_length(body)
         plan = self._plan(self._choose(tenant_id, body), body, body.text)
         primary = self._usable(plan, body)[0]
-        return SynthesisResult(
-            audio=b"",
-            content_type=body.format.content_type,
-            provider=primary.provider.name,
-            voice=primary.request.voice,
-        )
+        return primary.provider.name, primary.request.voice
 
     def speak_pinned(
         self, tenant_id: str, body: SynthesizeBody, provider: str, voice: str
