@@ -3,7 +3,7 @@
 Providers are in-process and answer at once (no network, no delay), so what is measured is
 Timbre's own work: routing, auth, body validation, voice selection, SSML, cache lookup,
 the fallback chain and the response. Requests go through the host's routing exactly as
-the tests send them (`tests/host.py`).
+the tests send them (`tests/kit/host.py`).
 
 Two runs, each interleaved so that machine noise hits every series alike:
 
@@ -29,12 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.blobs import MemoryBlobStore  # noqa: E402
 from shared.config import load_settings  # noqa: E402
 from shared.runtime import Runtime, use_runtime  # noqa: E402
-from shared.synthesis_cache import SynthesisCache  # noqa: E402
-from tests.fakes.speech import ScriptedProviders  # noqa: E402
-from tests.host import request  # noqa: E402
+from shared.storage.blobs import MemoryBlobStore  # noqa: E402
+from shared.synthesis.cache import SynthesisCache  # noqa: E402
+from tests.kit.fakes.speech import ScriptedProviders  # noqa: E402
+from tests.kit.host import request  # noqa: E402
 
 TOKEN = "dev_bench_user"
 

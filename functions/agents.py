@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from functions.http import Call, endpoint
+from functions._http import Call, endpoint
 from shared.agents import AgentList, VoiceConfig, VoiceStatus, voice_status
-from shared.identity import Role
+from shared.core.identity import Role
 
 bp = func.Blueprint()
 

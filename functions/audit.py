@@ -6,10 +6,10 @@ from datetime import date
 
 import azure.functions as func
 
-from functions.http import Call, endpoint
+from functions._http import Call, endpoint
 from shared.audit import AuditEvent, ChainReport
-from shared.errors import InvalidRequest
-from shared.identity import Role
+from shared.core.errors import InvalidRequest
+from shared.core.identity import Role
 
 bp = func.Blueprint()
 

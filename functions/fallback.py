@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from functions.http import Call, endpoint
-from shared.api import ROUTES
-from shared.errors import NotFound
+from functions._http import Call, endpoint
+from shared.core.api import ROUTES
+from shared.core.errors import NotFound
 
 bp = func.Blueprint()
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from functions.http import Call, endpoint
-from shared.api import ROUTES, Reply
-from shared.health import Liveness, Readiness, liveness
-from shared.openapi import build_openapi
+from functions._http import Call, endpoint
+from shared.core.api import ROUTES, Reply
+from shared.core.health import Liveness, Readiness, liveness
+from shared.core.openapi import build_openapi
 
 bp = func.Blueprint()
 

@@ -17,15 +17,15 @@ import azure.functions as func
 # azure.storage.blob (and azure.identity) when the app is indexed (see README, cold start).
 import azurefunctions.extensions.bindings.blob as blob_binding
 
-from functions.http import Call, endpoint, paging, wrap_continuation
+from functions._http import Call, endpoint, paging, wrap_continuation
 from functions.voices import voice_id
-from shared.identity import Role
-from shared.ingestion import Outcome
-from shared.orchestrations import Orchestrations
-from shared.recordings import DatasetSummary, RecordingPage
+from shared.core.identity import Role
+from shared.core.orchestrations import Orchestrations
+from shared.core.telemetry import bound
+from shared.ingestion.recordings import DatasetSummary, RecordingPage
+from shared.ingestion.service import Outcome
+from shared.ingestion.uploads import UploadPath
 from shared.runtime import runtime
-from shared.telemetry import bound
-from shared.uploads import UploadPath
 
 log = logging.getLogger(__name__)
 bp = df.Blueprint()
@@ -51,7 +51,7 @@ async def ingest_upload(
 ) -> None:
     """Turn an uploaded file into a canonical WAV and a quality report (once per version);
     start the voice's first training once its dataset meets the minimum."""
-    from functions.durable import DurableOrchestrations
+    from functions._durable import DurableOrchestrations
 
     gateway = DurableOrchestrations(client, asyncio.get_running_loop())  # type: ignore[arg-type]
     await asyncio.to_thread(

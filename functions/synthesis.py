@@ -5,11 +5,11 @@ from __future__ import annotations
 import azure.durable_functions as df
 from pydantic import BaseModel, ConfigDict, Field
 
-from functions.http import Call, endpoint
-from shared.api import Reply
-from shared.identity import Role
-from shared.synthesis import AudioFormat
-from shared.synthesis_service import SynthesizeBody
+from functions._http import Call, endpoint
+from shared.core.api import Reply
+from shared.core.identity import Role
+from shared.synthesis.chain import AudioFormat
+from shared.synthesis.service import SynthesizeBody
 from shared.translation import Detection, Profanity, TextType, Translation
 
 bp = df.Blueprint()

@@ -17,11 +17,11 @@ from typing import Any
 
 import azure.durable_functions as df
 
-from functions.http import Call, endpoint
-from shared.api import Reply
-from shared.identity import Role
+from functions._http import Call, endpoint
+from shared.core.api import Reply
+from shared.core.identity import Role
 from shared.runtime import runtime
-from shared.synthesis_jobs import SynthesisJob, SynthesisJobBody
+from shared.synthesis.jobs import SynthesisJob, SynthesisJobBody
 
 bp = df.Blueprint()
 

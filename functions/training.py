@@ -1,7 +1,7 @@
 """Custom Neural Voice training: the orchestration, its activities and its HTTP API.
 
 The orchestrator is control flow only: activities (one-line adapters onto
-`shared.training.TrainingService`), durable timers for the monitor loops, external events
+`shared.training.service.TrainingService`), durable timers for the monitor loops, external events
 for approval and cancellation. Everything it creates is compensated, in reverse order,
 when the run fails, times out, is rejected or cancelled, or loses consent.
 """
@@ -14,14 +14,14 @@ from typing import Any
 import azure.durable_functions as df
 from pydantic import BaseModel, Field
 
-from functions.http import Call, endpoint
+from functions._http import Call, endpoint
 from functions.voices import voice_id
-from shared.api import Reply
-from shared.errors import Conflict, NotFound
-from shared.identity import Role
-from shared.orchestrations import OrchestrationStatus
+from shared.core.api import Reply
+from shared.core.errors import Conflict, NotFound
+from shared.core.identity import Role
+from shared.core.orchestrations import OrchestrationStatus
 from shared.runtime import runtime
-from shared.training import ACTIVE, Resource, Timing, TrainingRun
+from shared.training.service import ACTIVE, Resource, Timing, TrainingRun
 
 bp = df.Blueprint()
 

@@ -6,11 +6,11 @@ import re
 
 import azure.durable_functions as df
 
-from functions.http import Call, endpoint, paging, wrap_continuation
-from shared.api import Reply
-from shared.errors import InvalidRequest
-from shared.identity import Role
-from shared.voices import (
+from functions._http import Call, endpoint, paging, wrap_continuation
+from shared.core.api import Reply
+from shared.core.errors import InvalidRequest
+from shared.core.identity import Role
+from shared.enrollment.voices import (
     ConsentRegistration,
     UploadInstructions,
     UploadRequest,
@@ -145,7 +145,7 @@ def revoke_consent(call: Call) -> Voice:
             call.orchestrations.raise_event(
                 training["instanceId"], "cancel", {"reason": "consent revoked"}
             )
-    from shared.training import Resource
+    from shared.training.service import Resource
 
     for endpoint_id in voice.endpoint_ids:  # every endpoint the voice was ever deployed to
         call.runtime.training.delete(Resource(kind="endpoint", id=endpoint_id))

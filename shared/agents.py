@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from shared.errors import NotFound
+from shared.core.errors import NotFound
 
 if TYPE_CHECKING:
     from shared.config import Settings

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 from pydantic import BaseModel, Field, computed_field
 
-from shared.errors import DependencyUnavailable
+from shared.core.errors import DependencyUnavailable
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient

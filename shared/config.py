@@ -20,8 +20,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared import __version__
 from shared.audio.criteria import AudioThresholds
-from shared.errors import ConfigurationError
-from shared.synthesis import DEFAULT_STOCK_VOICES
+from shared.core.errors import ConfigurationError
+from shared.synthesis.chain import DEFAULT_STOCK_VOICES
 from shared.translation import TranslationLimits
 
 __all__ = ["ConfigurationError", "Environment", "Settings", "get_settings", "load_settings"]
@@ -241,7 +241,7 @@ class Settings(BaseSettings):
     @classmethod
     def _stock_voices(cls, value: dict[str, str]) -> dict[str, str]:
         # The setting adds to (or replaces entries of) the built-in map.
-        from shared.ssml import is_valid_language, is_valid_voice_name
+        from shared.synthesis.ssml import is_valid_language, is_valid_voice_name
 
         for tag, voice in value.items():
             if not is_valid_language(tag) or not is_valid_voice_name(voice):
@@ -251,7 +251,7 @@ class Settings(BaseSettings):
     @field_validator("openai_tts_voices", "openai_tts_default_voice")
     @classmethod
     def _openai_voices(cls, value: Any) -> Any:
-        from shared.openai_tts import OPENAI_VOICES
+        from shared.synthesis.providers.openai_tts import OPENAI_VOICES
 
         names = value.values() if isinstance(value, dict) else [value]
         unknown = sorted(name for name in names if name not in OPENAI_VOICES)

@@ -10,8 +10,8 @@ import threading
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from shared.errors import DependencyUnavailable
-from shared.telemetry import configure_logging
+from shared.core.errors import DependencyUnavailable
+from shared.core.telemetry import configure_logging
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -21,24 +21,24 @@ if TYPE_CHECKING:
 
     from shared.agents import AgentCatalog
     from shared.audit import AuditLog
-    from shared.auth import Authenticator
-    from shared.blobs import AzureBlobStore
     from shared.config import Settings
-    from shared.custom_voice import CustomVoiceClient
-    from shared.health import Readiness
-    from shared.ingestion import IngestionService
-    from shared.ledger import Ledger
-    from shared.recordings import RecordingStore
-    from shared.sas import SasIssuer
-    from shared.speech_providers import ConfiguredProviders
-    from shared.storage import TenantScope
-    from shared.synthesis import FallbackChain
-    from shared.synthesis_cache import SynthesisCache
-    from shared.synthesis_jobs import SynthesisJobs
-    from shared.synthesis_service import SpeechProviders, SynthesisService
-    from shared.training import TrainingService
+    from shared.core.auth import Authenticator
+    from shared.core.health import Readiness
+    from shared.enrollment.voices import VoiceService
+    from shared.ingestion.recordings import RecordingStore
+    from shared.ingestion.service import IngestionService
+    from shared.storage.blobs import AzureBlobStore
+    from shared.storage.clients import TenantScope
+    from shared.storage.ledger import Ledger
+    from shared.storage.sas import SasIssuer
+    from shared.synthesis.cache import SynthesisCache
+    from shared.synthesis.chain import FallbackChain
+    from shared.synthesis.jobs import SynthesisJobs
+    from shared.synthesis.providers.builder import ConfiguredProviders
+    from shared.synthesis.service import SpeechProviders, SynthesisService
+    from shared.training.custom_voice import CustomVoiceClient
+    from shared.training.service import TrainingService
     from shared.translation import Translator
-    from shared.voices import VoiceService
 
 # Services are imported where first used: this module is on every function's cold path.
 
@@ -53,14 +53,14 @@ class Runtime:
     @cached_property
     def blob_service(self) -> BlobServiceClient:
         """The Blob service client."""
-        from shared.storage import make_blob_service
+        from shared.storage.clients import make_blob_service
 
         return make_blob_service(self.settings)
 
     @cached_property
     def cosmos(self) -> CosmosClient:
         """The Cosmos client."""
-        from shared.storage import make_cosmos_client
+        from shared.storage.clients import make_cosmos_client
 
         return make_cosmos_client(self.settings)
 
@@ -72,14 +72,14 @@ class Runtime:
 
     def tenant_scope(self, container: str, tenant_id: str) -> TenantScope:
         """A Cosmos container as one tenant sees it."""
-        from shared.storage import TenantScope
+        from shared.storage.clients import TenantScope
 
         return TenantScope(self.container(container), tenant_id)
 
     @cached_property
     def authenticator(self) -> Authenticator:
         """The bearer-token authenticator (dev tokens, Entra ID)."""
-        from shared.auth import build_authenticator
+        from shared.core.auth import build_authenticator
 
         return build_authenticator(self.settings)
 
@@ -96,27 +96,27 @@ class Runtime:
     @cached_property
     def ledger(self) -> Ledger:
         """The idempotency ledger."""
-        from shared.ledger import Ledger
+        from shared.storage.ledger import Ledger
 
         return Ledger(self.container("ledger"))
 
     @cached_property
     def blob_store(self) -> AzureBlobStore:
         """Blob Storage behind the small BlobStore interface."""
-        from shared.blobs import AzureBlobStore
+        from shared.storage.blobs import AzureBlobStore
 
         return AzureBlobStore(self.blob_service)
 
     def recordings(self, tenant_id: str) -> RecordingStore:
         """A tenant's recording reports and transcripts."""
-        from shared.recordings import RecordingStore
+        from shared.ingestion.recordings import RecordingStore
 
         return RecordingStore(self.tenant_scope("recordings", tenant_id))
 
     @cached_property
     def ingestion(self) -> IngestionService:
         """Audio ingestion: uploads to canonical audio and quality reports."""
-        from shared.ingestion import IngestionService
+        from shared.ingestion.service import IngestionService
 
         return IngestionService(
             self.blob_store,
@@ -132,7 +132,7 @@ class Runtime:
         """Voice profiles, consent and upload URLs."""
         from datetime import timedelta
 
-        from shared.voices import VoiceService
+        from shared.enrollment.voices import VoiceService
 
         return VoiceService(
             lambda tenant_id: self.tenant_scope("voices", tenant_id),
@@ -146,7 +146,7 @@ class Runtime:
     @cached_property
     def sas(self) -> SasIssuer:
         """Signs blob and container URLs (one cached user delegation key per process)."""
-        from shared.sas import SasIssuer
+        from shared.storage.sas import SasIssuer
 
         return SasIssuer(self.blob_service)
 
@@ -157,7 +157,7 @@ class Runtime:
     @cached_property
     def _custom_voice_client(self) -> CustomVoiceClient:
         # One client (and one httpx connection pool) per process, like every other client.
-        from shared.custom_voice import CustomVoiceClient, key_auth, token_auth
+        from shared.training.custom_voice import CustomVoiceClient, key_auth, token_auth
 
         settings = self.settings
         if settings.speech_endpoint:
@@ -168,7 +168,7 @@ class Runtime:
             raise DependencyUnavailable("Custom Voice is not configured: set AZURE_SPEECH_ENDPOINT")
         if settings.speech_key:
             return CustomVoiceClient(base, key_auth(settings.speech_key))
-        from shared.storage import credential
+        from shared.storage.clients import credential
 
         scope = "https://cognitiveservices.azure.com/.default"
         return CustomVoiceClient(base, token_auth(lambda: credential().get_token(scope).token))
@@ -176,7 +176,7 @@ class Runtime:
     @cached_property
     def training(self) -> TrainingService:
         """The activities of voice training."""
-        from shared.training import Timing, TrainingService
+        from shared.training.service import Timing, TrainingService
 
         settings = self.settings
         return TrainingService(
@@ -207,7 +207,7 @@ class Runtime:
 
     @cached_property
     def _configured_providers(self) -> ConfiguredProviders:
-        from shared.speech_providers import ConfiguredProviders
+        from shared.synthesis.providers.builder import ConfiguredProviders
 
         return ConfiguredProviders(self.settings)
 
@@ -216,7 +216,7 @@ class Runtime:
         """The fallback chain, with one circuit breaker per provider for the process."""
         from functools import partial
 
-        from shared.synthesis import CircuitBreaker, FallbackChain
+        from shared.synthesis.chain import CircuitBreaker, FallbackChain
 
         cooldown = self.settings.synthesis_cooldown_s
         return FallbackChain(
@@ -230,7 +230,7 @@ class Runtime:
         """Synthesized audio by request hash, per tenant."""
         from datetime import timedelta
 
-        from shared.synthesis_cache import SynthesisCache
+        from shared.synthesis.cache import SynthesisCache
 
         return SynthesisCache(
             self.blob_store, max_age=timedelta(hours=self.settings.synthesis_cache_hours)
@@ -256,7 +256,7 @@ class Runtime:
                 region=settings.translator_region,
                 limits=settings.translation_limits,
             )
-        from shared.storage import credential
+        from shared.storage.clients import credential
 
         return AzureTranslator(
             settings.translator_endpoint,
@@ -269,7 +269,7 @@ class Runtime:
     @cached_property
     def synthesis(self) -> SynthesisService:
         """Text to speech: translation, voice selection, consent, cache and fallback."""
-        from shared.synthesis_service import SynthesisService
+        from shared.synthesis.service import SynthesisService
 
         return SynthesisService(
             providers=self.speech_providers,
@@ -287,7 +287,7 @@ class Runtime:
         """Batch synthesis of long texts (the orchestration's activities run here)."""
         from datetime import timedelta
 
-        from shared.synthesis_jobs import SynthesisJobs
+        from shared.synthesis.jobs import SynthesisJobs
 
         settings = self.settings
         return SynthesisJobs(
@@ -313,13 +313,13 @@ class Runtime:
 
     def bootstrap(self) -> list[str]:
         """Create the database, containers and blob containers the app needs."""
-        from shared.storage import bootstrap
+        from shared.storage.clients import bootstrap
 
         return bootstrap(self.settings, self.cosmos, self.blob_service)
 
     def readiness(self) -> Readiness:
         """Probe Blob Storage and Cosmos DB in parallel."""
-        from shared.health import readiness
+        from shared.core.health import readiness
 
         settings = self.settings
         return readiness(

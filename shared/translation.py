@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.errors import DependencyUnavailable, InvalidRequest, Throttled
+from shared.core.errors import DependencyUnavailable, InvalidRequest, Throttled
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential

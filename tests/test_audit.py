@@ -127,7 +127,7 @@ def test_a_planted_line_is_reported_and_does_not_stop_auditing(
 
 
 def test_storage_failures_are_503s_not_500s(audit: AuditLog, container: ContainerClient) -> None:
-    from shared.errors import DependencyUnavailable
+    from shared.core.errors import DependencyUnavailable
 
     write(audit, 1)
     container.delete_container()  # the day's blob vanishes under a cached tail
@@ -192,7 +192,7 @@ class TestVerifyEndpoint:
     def test_admin_verifies_the_tenants_day_and_the_check_is_audited(
         self, live_runtime: Runtime
     ) -> None:
-        from tests.host import json_body, request
+        from tests.kit.host import json_body, request
 
         today = datetime.now(UTC).date().isoformat()
         live_runtime.audit.record("dev-tenant", "u", event(1))
@@ -208,13 +208,13 @@ class TestVerifyEndpoint:
         assert last["request_id"] == response.headers["x-request-id"]
 
     def test_needs_admin(self, live_runtime: Runtime) -> None:
-        from tests.host import request
+        from tests.kit.host import request
 
         response = request("GET", "/api/v1/audit/2026-11-21/verify", token="dev_ann_analyst")
         assert response.status_code == 403
 
     def test_bad_day(self, live_runtime: Runtime) -> None:
-        from tests.host import json_body, request
+        from tests.kit.host import json_body, request
 
         response = request("GET", "/api/v1/audit/yesterday/verify", token="dev_root_admin")
         assert response.status_code == 400

@@ -21,10 +21,10 @@ import pytest
 from pycep import BicepParser
 
 from shared.config import PROFILES, Environment, Settings, load_settings
-from shared.errors import ConfigurationError
-from shared.storage import BLOB_CONTAINERS, COSMOS_CONTAINERS
-from shared.synthesis_cache import CACHE_CONTAINER
-from shared.synthesis_jobs import JOBS_CONTAINER
+from shared.core.errors import ConfigurationError
+from shared.storage.clients import BLOB_CONTAINERS, COSMOS_CONTAINERS
+from shared.synthesis.cache import CACHE_CONTAINER
+from shared.synthesis.jobs import JOBS_CONTAINER
 
 ROOT = Path(__file__).resolve().parents[1]
 BICEP = ROOT / "bicep"
@@ -523,8 +523,9 @@ def test_openai_deploys_gpt_4o_mini_tts_and_the_chat_model() -> None:
     }
     assert params["deploymentType"] == "openAiDeploymentType"
     assert main_params["openAiDeploymentType"]["default"] == "GlobalStandard"
-    # Every environment deploys gpt-4o-mini-tts, the model shared/openai_tts.py speaks to,
-    # in its GA version (2025-03-20 was a preview, retired on 2026-10-15).
+    # Every environment deploys gpt-4o-mini-tts, the model that
+    # shared/synthesis/providers/openai_tts.py speaks to, in its GA version (2025-03-20 was a
+    # preview, retired on 2026-10-15).
     for env in Environment:
         given = environment_parameters(env.value)
         for name, expected in (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.config import ConfigurationError, Environment, load_settings
-from tests.conftest import make_settings
+from tests.kit.settings import make_settings
 
 ENTRA = {
     "TIMBRE_AUTH_ALLOWED_TENANTS": "11111111-1111-1111-1111-111111111111",

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from croniter import croniter
 
-from shared.api import ROUTES
 from shared.config import Settings, load_settings
-from tests.host import indexed
+from shared.core.api import ROUTES
+from tests.kit.host import indexed
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]

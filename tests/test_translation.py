@@ -18,7 +18,7 @@ import pytest
 import requests
 from azure.core.credentials import AccessToken
 
-from shared.errors import DependencyUnavailable, InvalidRequest, Throttled
+from shared.core.errors import DependencyUnavailable, InvalidRequest, Throttled
 from shared.translation import (
     AzureTranslator,
     Detection,
@@ -26,7 +26,7 @@ from shared.translation import (
     Translation,
     TranslationLimits,
 )
-from tests.fakes.translator import FakeTranslatorService, Reply, transport_for
+from tests.kit.fakes.translator import FakeTranslatorService, Reply, transport_for
 
 GLOBAL = "https://api.cognitive.microsofttranslator.com"
 CUSTOM = "https://timbre-tr.cognitiveservices.azure.com"

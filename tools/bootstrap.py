@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from shared.config import load_settings
-from shared.errors import ConfigurationError
+from shared.core.errors import ConfigurationError
 from shared.runtime import Runtime
 
 

@@ -1,5 +1,5 @@
 // Azure OpenAI: the text to speech deployment of the synthesis fallback (gpt-4o-mini-tts,
-// shared/openai_tts.py, AZURE_OPENAI_TTS_DEPLOYMENT) and the chat deployment of the persona
+// shared/synthesis/providers/openai_tts.py, AZURE_OPENAI_TTS_DEPLOYMENT) and the chat deployment of the persona
 // agents (AZURE_OPENAI_CHAT_DEPLOYMENT). Local (key) auth is disabled: the app calls it
 // with the managed identity through the custom subdomain endpoint
 // (https://<name>.openai.azure.com/, AZURE_OPENAI_ENDPOINT), which Microsoft Entra

@@ -1,5 +1,5 @@
 // The Speech resource: Custom Voice (projects, consents, training sets, models,
-// endpoints; shared/custom_voice.py) and speech synthesis and recognition. Local (key)
+// endpoints; shared/training/custom_voice.py) and speech synthesis and recognition. Local (key)
 // auth is disabled: the app calls it with the managed identity, and Microsoft Entra
 // authentication requires a custom subdomain (https://<name>.cognitiveservices.azure.com/,
 // AZURE_SPEECH_ENDPOINT). A custom subdomain cannot be removed once set. Training data

@@ -23,7 +23,7 @@ param tags object
 ])
 param skuName string
 
-@description('Blob containers the app uses (shared/storage.py BLOB_CONTAINERS).')
+@description('Blob containers the app uses (shared/storage/clients.py BLOB_CONTAINERS).')
 param appContainerNames array
 
 @description('Name of the append-only audit container (TIMBRE_AUDIT_CONTAINER).')
@@ -140,7 +140,7 @@ resource auditImmutability 'Microsoft.Storage/storageAccounts/blobServices/conta
 // retention timer exists. Only the two synthesis containers, block blobs only (the prefix
 // is `<container>/`, so no other container can match); uploads, processed, app-package and
 // the audit container (immutable, append blobs) are never touched by it. The container
-// names are those of shared/synthesis_cache.py and shared/synthesis_jobs.py. The app writes
+// names are those of shared/synthesis/cache.py and shared/synthesis/jobs.py. The app writes
 // these blobs whole and never appends, so "after modification" is "after the last write".
 // Deleted blobs stay restorable for deleteRetentionDays (soft delete) before they are gone.
 resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {

@@ -11,7 +11,7 @@ import soundfile as sf
 
 from shared.audio.convert import _mix_and_resample, to_canonical, wav_bytes
 from shared.audio.model import DecodedAudio, SourceFormat
-from tests.audio.conftest import level_dbfs, tone
+from tests.kit.audio import level_dbfs, tone
 
 MINUS_6_DBFS = 10 ** (-6 / 20)
 

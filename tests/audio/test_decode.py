@@ -17,7 +17,7 @@ import soundfile as sf
 from shared.audio.convert import to_canonical
 from shared.audio.decode import decode, probe, sniff
 from shared.audio.model import AudioRejected
-from tests.audio.conftest import encode, encode_av, level_dbfs, mp3_frame_offsets, tone
+from tests.kit.audio import encode, encode_av, level_dbfs, mp3_frame_offsets, tone
 
 REASONS = {
     "empty_file",

@@ -21,7 +21,7 @@ from shared.audio.model import AudioRejected, DecodedAudio, DecodedStream
 from shared.audio.parallel import read_ahead
 from shared.audio.process import process_audio
 from shared.audio.quality import clipping_ratio, measure
-from tests.audio.conftest import encode, encode_av, tone
+from tests.kit.audio import encode, encode_av, tone
 
 RATE = 48_000
 LIMIT = 60.0

@@ -1,0 +1,721 @@
+"""Authentication: Entra ID tokens verified against a JWKS served over real httpx, dev tokens."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from shared.config import Settings
+from shared.core.auth import (
+    Authenticator,
+    AuthFailures,
+    JwksCache,
+    Principal,
+    Role,
+    build_authenticator,
+)
+from shared.core.errors import DependencyUnavailable, Forbidden, Unauthenticated
+from tests.kit.settings import make_settings as base_settings
+
+TENANT = "11111111-2222-3333-4444-555555555555"
+OTHER_TENANT = "99999999-8888-7777-6666-555555555555"
+AUDIENCE = "api://timbre"
+AUTHORITY = "http://127.0.0.1:9"  # never contacted: the mock transport answers
+WALL_NOW = 1_700_000_000.0
+JWKS_TIMEOUT_S = 2.5
+
+
+class ManualClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class JwksEndpoint:
+    """The identity provider's keys endpoint, spoken to through httpx.MockTransport."""
+
+    keys: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    mode: str = "ok"  # ok | timeout | error
+    delay_s: float = 0.0
+    requests: list[httpx.Request] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            self.requests.append(request)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.mode == "timeout":
+            raise httpx.ReadTimeout("timed out", request=request)
+        if self.mode == "error":
+            return httpx.Response(500, json={"error": "server_error"})
+        parts = request.url.path.strip("/").split("/")
+        if parts[1:] != ["discovery", "v2.0", "keys"] or parts[0] not in self.keys:
+            return httpx.Response(404)
+        return httpx.Response(200, json={"keys": self.keys[parts[0]]})
+
+    @property
+    def count(self) -> int:
+        return len(self.requests)
+
+
+def public_jwk(key: rsa.RSAPrivateKey, kid: str, **extra: Any) -> dict[str, Any]:
+    jwk: dict[str, Any] = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    return {**jwk, "kid": kid, "use": "sig", **extra}
+
+
+@pytest.fixture(scope="module")
+def signing_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def rotated_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def attacker_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+def endpoint(signing_key: rsa.RSAPrivateKey) -> JwksEndpoint:
+    return JwksEndpoint(keys={TENANT: [public_jwk(signing_key, "k1")]})
+
+
+def make_settings(environment: str = "uat", **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "TIMBRE_ENVIRONMENT": environment,
+        "TIMBRE_AUTH_ALLOWED_TENANTS": TENANT,
+        "TIMBRE_AUTH_AUDIENCES": f"{AUDIENCE},22222222-0000-0000-0000-000000000000",
+        "TIMBRE_AUTH_JWKS_TIMEOUT_SECONDS": JWKS_TIMEOUT_S,
+        "TIMBRE_DEV_TENANT": "dev-tenant",
+    }
+    if environment != "production":
+        values["TIMBRE_AUTH_AUTHORITY"] = AUTHORITY
+    else:  # production refuses storage keys: the identity-based form
+        values["TimbreStorage"] = ""
+        values["TimbreStorage__blobServiceUri"] = "https://acct.blob.core.windows.net"
+    values.update(overrides)
+    return base_settings(**values)
+
+
+@dataclass
+class Harness:
+    """An Authenticator wired to a mock JWKS endpoint, with clocks the test controls."""
+
+    auth: Authenticator
+    endpoint: JwksEndpoint
+    failures: AuthFailures
+    monotonic: ManualClock
+    wall: ManualClock
+    settings: Settings
+
+
+@pytest.fixture
+def harness_for(endpoint: JwksEndpoint) -> Iterator[Callable[..., Harness]]:
+    clients: list[httpx.Client] = []
+
+    def build(environment: str = "uat", **overrides: Any) -> Harness:
+        settings = make_settings(environment, **overrides)
+        # A client default far from the setting: the request must carry the setting's timeout.
+        client = httpx.Client(transport=httpx.MockTransport(endpoint.handle), timeout=30.0)
+        clients.append(client)
+        monotonic = ManualClock(1_000.0)
+        failures = AuthFailures(clock=monotonic)
+        jwks = JwksCache(settings, client, clock=monotonic)
+        wall = ManualClock(WALL_NOW)
+        auth = Authenticator(settings, jwks, failures, clock=wall)
+        return Harness(auth, endpoint, failures, monotonic, wall, settings)
+
+    yield build
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def harness(harness_for: Callable[..., Harness]) -> Harness:
+    return harness_for("uat")
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "aud": AUDIENCE,
+        "iss": f"{AUTHORITY}/{TENANT}/v2.0",
+        "tid": TENANT,
+        "oid": "aaaaaaaa-0000-0000-0000-000000000001",
+        "sub": "pairwise-subject",
+        "iat": int(WALL_NOW) - 60,
+        "nbf": int(WALL_NOW) - 60,
+        "exp": int(WALL_NOW) + 3600,
+        "roles": ["Timbre.User"],
+        "ver": "2.0",
+    }
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def sign(key: rsa.RSAPrivateKey, payload: dict[str, Any], kid: str = "k1") -> str:
+    return jwt.encode(payload, key, algorithm="RS256", headers={"kid": kid})
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unsigned_parts(header: dict[str, Any], payload: dict[str, Any]) -> str:
+    return f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}"
+
+
+def rejected(harness: Harness, header: str | None) -> Unauthenticated:
+    with pytest.raises(Unauthenticated) as info:
+        harness.auth.authenticate(header)
+    assert info.value.status == 401
+    return info.value
+
+
+# --- Entra ID tokens -------------------------------------------------------------------
+
+
+def test_valid_token_maps_roles_tenant_and_subject(
+    harness: Harness, signing_key: rsa.RSAPrivateKey
+) -> None:
+    roles = ["Timbre.Admin", "timbre.ANALYST", "Other.Admin", "Timbre.Owner", "Admin", 7]
+    token = sign(signing_key, claims(roles=roles))
+
+    principal = harness.auth.authenticate(f"Bearer {token}")
+
+    assert principal == Principal(
+        tenant_id=TENANT,
+        subject="aaaaaaaa-0000-0000-0000-000000000001",
+        roles=frozenset({Role.ADMIN, Role.ANALYST}),
+        method="entra",
+    )
+    assert harness.endpoint.count == 1
+    request = harness.endpoint.requests[0]
+    assert str(request.url) == f"{AUTHORITY}/{TENANT}/discovery/v2.0/keys"
+    assert request.extensions["timeout"]["read"] == JWKS_TIMEOUT_S
+    assert harness.failures.count() == 0
+
+
+def test_subject_falls_back_to_sub_and_roles_may_be_absent(
+    harness: Harness, signing_key: rsa.RSAPrivateKey
+) -> None:
+    token = sign(signing_key, claims(oid=None, roles=None))
+
+    principal = harness.auth.authenticate(f"bearer {token}")
+
+    assert principal.subject == "pairwise-subject"
+    assert principal.roles == frozenset()
+    assert not principal.has_role(Role.VIEWER)
+
+
+def test_role_prefix_comes_from_settings(
+    harness_for: Callable[..., Harness], signing_key: rsa.RSAPrivateKey
+) -> None:
+    harness = harness_for("uat", TIMBRE_AUTH_ROLE_PREFIX="Voice-")
+    token = sign(signing_key, claims(roles=["Voice-Analyst", "Timbre.Admin"]))
+
+    assert harness.auth.authenticate(f"Bearer {token}").roles == frozenset({Role.ANALYST})
+
+
+def test_v1_issuer_from_sts_windows_net_is_accepted(
+    harness: Harness, signing_key: rsa.RSAPrivateKey
+) -> None:
+    token = sign(signing_key, claims(iss=f"https://sts.windows.net/{TENANT}/", ver="1.0"))
+
+    assert harness.auth.authenticate(f"Bearer {token}").tenant_id == TENANT
+
+
+def test_forged_payload_with_kept_signature_is_rejected(
+    harness: Harness, signing_key: rsa.RSAPrivateKey
+) -> None:
+    header, _, signature = sign(signing_key, claims(roles=["Timbre.Viewer"])).split(".")
+    forged_payload = b64url(json.dumps(claims(roles=["Timbre.Admin"])).encode())
+
+    error = rejected(harness, f"Bearer {header}.{forged_payload}.{signature}")
+
+    assert error.detail == "token signature is invalid"
+    assert error.reason == "bad_signature"
+
+
+def test_token_signed_by_unknown_key_under_known_kid_is_rejected(
+    harness: Harness, attacker_key: rsa.RSAPrivateKey
+) -> None:
+    error = rejected(harness, f"Bearer {sign(attacker_key, claims(), kid='k1')}")
+
+    assert error.detail == "token signature is invalid"
+
+
+def test_expired_token_is_rejected(harness: Harness, signing_key: rsa.RSAPrivateKey) -> None:
+    leeway = harness.settings.auth_leeway_s
+    token = sign(signing_key, claims(exp=int(WALL_NOW) - leeway - 1))
+
+    error = rejected(harness, f"Bearer {token}")
+
+    assert error.detail == "token expired"
+    assert error.headers["WWW-Authenticate"] == 'Bearer realm="timbre", error="invalid_token"'
+
+
+def test_token_becomes_expired_as_time_passes(
+    harness: Harness, signing_key: rsa.RSAPrivateKey
+) -> None:
+    token = sign(signing_key, claims(exp=int(WALL_NOW) + 10))
+    harness.auth.authenticate(f"Bearer {token}")
+
+    harness.wall.advance(10 + harness.settings.auth_leeway_s)
+
+    assert rejected(harness, f"Bearer {token}").detail == "token expired"
+
+
+def test_not_yet_valid_token_is_rejected(harness: Harness, signing_key: rsa.RSAPrivateKey) -> None:
+    token = sign(signing_key, claims(nbf=int(WALL_NOW) + 120, iat=int(WALL_NOW)))
+
+    assert rejected(harness, f"Bearer {token}").detail == "token is not yet valid"
+
+
+def test_times_within_leeway_are_accepted(harness: Harness, signing_key: rsa.RSAPrivateKey) -> None:
+    assert harness.settings.auth_leeway_s == 60
+    just_expired = sign(signing_key, claims(exp=int(WALL_NOW) - 30))
+    almost_valid = sign(signing_key, claims(nbf=int(WALL_NOW) + 30, iat=int(WALL_NOW) + 30))
+
+    assert harness.auth.authenticate(f"Bearer {just_expired}").method == "entra"
+    assert harness.auth.authenticate(f"Bearer {almost_valid}").method == "entra"
+
+
+def test_token_without_exp_is_rejected(harness: Harness, signing_key: rsa.RSAPrivateKey) -> None:
+    token = sign(signing_key, claims(exp=None))
+
+    assert rejected(harness, f"Bearer {token}").detail == "token has no 'exp' claim"
+
+
+def test_wrong_audience_is_rejected(harness: Harness, signing_key: rsa.RSAPrivateKey) -> None:
+    token = sign(signing_key, claims(aud="api://someone-else"))
+
+    error = rejected(harness, f"Bearer {token}")
+
+    assert error.detail == "token audience is not accepted"
+    assert error.reason == "bad_audience"
+
+
+def test_wrong_issuer_is_rejected(harness: Harness, signing_key: rsa.RSAPrivateKey) -> None:
+    # The right tenant's key, but an issuer naming another tenant.
+    token = sign(signing_key, claims(iss=f"{AUTHORITY}/{OTHER_TENANT}/v2.0"))
+
+    assert rejected(harness, f"Bearer {token}").detail == "token issuer is not accepted"
+
+
+def test_tenant_not_allowed_is_rejected_without_fetching_keys(
+    harness: Harness, signing_key: rsa.RSAPrivateKey
+) -> None:
+    harness.endpoint.keys[OTHER_TENANT] = harness.endpoint.keys[TENANT]
+    token = sign(signing_key, claims(tid=OTHER_TENANT, iss=f"{AUTHORITY}/{OTHER_TENANT}/v2.0"))
+
+    error = rejected(harness, f"Bearer {token}")
+
+    assert error.detail == "token tenant is not allowed"
+    assert harness.endpoint.count == 0
+
+
+def test_alg_none_is_rejected_before_any_key_lookup(harness: Harness) -> None:
+    token = unsigned_parts({"alg": "none", "typ": "JWT", "kid": "k1"}, claims()) + "."
+
+    error = rejected(harness, f"Bearer {token}")
+
+    assert error.detail == "token algorithm is not accepted"
+    assert harness.endpoint.count == 0
+
+
+def test_hs256_signed_with_the_public_key_is_rejected(
+    harness: Harness, signing_key: rsa.RSAPrivateKey
+) -> None:
+    # The classic confusion attack: the RSA public key (PEM) used as the HMAC secret.
+    secret = signing_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    for alg, digest in (("HS256", hashlib.sha256), ("HS512", hashlib.sha512)):
+        signing_input = unsigned_parts({"alg": alg, "typ": "JWT", "kid": "k1"}, claims())
+        mac = hmac.new(secret, signing_input.encode(), digest).digest()
+
+        error = rejected(harness, f"Bearer {signing_input}.{b64url(mac)}")
+
+        assert error.detail == "token algorithm is not accepted"
+    assert harness.endpoint.count == 0
+
+
+def test_other_asymmetric_algorithms_are_rejected(
+    harness: Harness, signing_key: rsa.RSAPrivateKey
+) -> None:
+    token = jwt.encode(claims(), signing_key, algorithm="PS256", headers={"kid": "k1"})
+
+    assert rejected(harness, f"Bearer {token}").detail == "token algorithm is not accepted"
+    assert harness.endpoint.count == 0
+
+
+def test_token_without_kid_is_rejected(harness: Harness, signing_key: rsa.RSAPrivateKey) -> None:
+    token = jwt.encode(claims(), signing_key, algorithm="RS256")
+
+    assert rejected(harness, f"Bearer {token}").detail == "token has no key id"
+
+
+def test_garbage_token_is_rejected(harness: Harness) -> None:
+    assert rejected(harness, "Bearer not-a-jwt").detail == "token is malformed"
+    assert rejected(harness, "Bearer " + "a" * 20_000).detail == "token is too large"
+
+
+# --- The key set: rotation, throttling, outages ----------------------------------------------
+
+
+def test_unknown_kid_refreshes_once_and_accepts_the_rotated_key(
+    harness: Harness, signing_key: rsa.RSAPrivateKey, rotated_key: rsa.RSAPrivateKey
+) -> None:
+    harness.auth.authenticate(f"Bearer {sign(signing_key, claims())}")
+    assert harness.endpoint.count == 1
+    harness.monotonic.advance(61)
+    harness.endpoint.keys[TENANT] = [
+        public_jwk(signing_key, "k1"),
+        public_jwk(rotated_key, "k2"),
+    ]
+    rotated = sign(rotated_key, claims(roles=["Timbre.Analyst"]), kid="k2")
+
+    principal = harness.auth.authenticate(f"Bearer {rotated}")
+
+    assert principal.roles == frozenset({Role.ANALYST})
+    assert harness.endpoint.count == 2
+    harness.auth.authenticate(f"Bearer {rotated}")
+    harness.auth.authenticate(f"Bearer {sign(signing_key, claims())}")
+    assert harness.endpoint.count == 2
+
+
+def test_random_kids_do_not_refetch_within_a_minute(
+    harness: Harness, attacker_key: rsa.RSAPrivateKey, signing_key: rsa.RSAPrivateKey
+) -> None:
+    harness.auth.authenticate(f"Bearer {sign(signing_key, claims())}")
+
+    for _ in range(20):
+        harness.monotonic.advance(2)
+        token = sign(attacker_key, claims(), kid=uuid.uuid4().hex)
+        assert rejected(harness, f"Bearer {token}").detail == "token signing key is not known"
+
+    assert harness.endpoint.count == 1
+    harness.monotonic.advance(20)  # 60 s since the last fetch
+    rejected(harness, f"Bearer {sign(attacker_key, claims(), kid='fresh')}")
+    assert harness.endpoint.count == 2
+
+
+def test_keys_are_refetched_after_max_age(harness: Harness, signing_key: rsa.RSAPrivateKey) -> None:
+    token = sign(signing_key, claims())
+    harness.auth.authenticate(f"Bearer {token}")
+    harness.monotonic.advance(harness.settings.auth_jwks_max_age_s - 1)
+    harness.auth.authenticate(f"Bearer {token}")
+    assert harness.endpoint.count == 1
+
+    harness.monotonic.advance(1)
+    harness.auth.authenticate(f"Bearer {token}")
+
+    assert harness.endpoint.count == 2
+
+
+def test_only_rsa_signing_keys_are_used(harness: Harness, signing_key: rsa.RSAPrivateKey) -> None:
+    harness.endpoint.keys[TENANT] = [
+        public_jwk(signing_key, "enc-key", use="enc"),
+        public_jwk(signing_key, "rs512-key", alg="RS512"),
+        {"kty": "oct", "kid": "hmac-key", "k": b64url(b"secret")},
+        public_jwk(signing_key, "k1"),
+    ]
+
+    for kid in ("enc-key", "rs512-key", "hmac-key"):
+        harness.monotonic.advance(61)
+        token = sign(signing_key, claims(), kid=kid)
+        assert rejected(harness, f"Bearer {token}").detail == "token signing key is not known"
+    assert harness.auth.authenticate(f"Bearer {sign(signing_key, claims())}").tenant_id == TENANT
+
+
+@pytest.mark.parametrize("mode", ["timeout", "error"])
+def test_keys_endpoint_failure_without_cache_is_a_dependency_error(
+    harness: Harness, signing_key: rsa.RSAPrivateKey, mode: str
+) -> None:
+    harness.endpoint.mode = mode
+    token = sign(signing_key, claims())
+
+    with pytest.raises(DependencyUnavailable) as info:
+        harness.auth.authenticate(f"Bearer {token}")
+
+    assert info.value.status == 503
+    assert harness.failures.count() == 0  # the caller did nothing wrong
+    # A failing endpoint is not hammered: the next attempt waits for the back-off.
+    with pytest.raises(DependencyUnavailable):
+        harness.auth.authenticate(f"Bearer {token}")
+    assert harness.endpoint.count == 1
+    harness.endpoint.mode = "ok"
+    harness.monotonic.advance(5)
+    assert harness.auth.authenticate(f"Bearer {token}").tenant_id == TENANT
+    assert harness.endpoint.count == 2
+
+
+def test_keys_endpoint_failure_is_served_from_stale_cache(
+    harness: Harness, signing_key: rsa.RSAPrivateKey, rotated_key: rsa.RSAPrivateKey
+) -> None:
+    token = sign(signing_key, claims())
+    harness.auth.authenticate(f"Bearer {token}")
+    harness.endpoint.mode = "timeout"
+    harness.monotonic.advance(harness.settings.auth_jwks_max_age_s + 1)
+
+    assert harness.auth.authenticate(f"Bearer {token}").tenant_id == TENANT
+    assert harness.endpoint.count == 2
+    # A key the cache never had cannot be judged while the endpoint is down.
+    harness.monotonic.advance(61)
+    with pytest.raises(DependencyUnavailable):
+        harness.auth.authenticate(f"Bearer {sign(rotated_key, claims(), kid='k2')}")
+
+
+def test_concurrent_first_requests_fetch_keys_once(
+    harness: Harness, signing_key: rsa.RSAPrivateKey
+) -> None:
+    harness.endpoint.delay_s = 0.05
+    token = sign(signing_key, claims())
+    results: list[Principal] = []
+
+    def call() -> None:
+        results.append(harness.auth.authenticate(f"Bearer {token}"))
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+
+    assert len(results) == 8
+    assert harness.endpoint.count == 1
+
+
+# --- Header parsing ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header", [None, "", "   "])
+def test_missing_header_is_an_invalid_request(harness: Harness, header: str | None) -> None:
+    error = rejected(harness, header)
+
+    assert error.detail == "Authorization header is missing"
+    assert error.reason == "invalid_request"
+    assert 'error="invalid_request"' in error.headers["WWW-Authenticate"]
+
+
+@pytest.mark.parametrize(
+    "header", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer ", "Bearer a b", "dev_alice", "Token x"]
+)
+def test_malformed_header_is_rejected(harness: Harness, header: str) -> None:
+    error = rejected(harness, header)
+
+    assert error.detail == "Authorization header must be 'Bearer <token>'"
+
+
+# --- Dev tokens --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("environment", ["development", "staging"])
+def test_dev_tokens_are_accepted_where_allowed(
+    harness_for: Callable[..., Harness], environment: str
+) -> None:
+    harness = harness_for(environment)
+
+    principal = harness.auth.authenticate("BEARER dev_alice_admin")
+
+    assert principal == Principal("dev-tenant", "alice", frozenset({Role.ADMIN}), "dev")
+    assert harness.endpoint.count == 0
+
+
+@pytest.mark.parametrize("environment", ["test", "uat", "production"])
+def test_dev_tokens_are_rejected_elsewhere(
+    harness_for: Callable[..., Harness], environment: str
+) -> None:
+    harness = harness_for(environment)
+
+    error = rejected(harness, "Bearer dev_alice_admin")
+
+    assert error.detail == f"dev tokens are not accepted in {environment}"
+    assert harness.failures.by_reason() == {"dev_token_rejected": 1}
+
+
+@pytest.mark.parametrize(
+    ("token", "subject", "role"),
+    [
+        ("dev_alice", "alice", Role.USER),
+        ("dev_alice_viewer", "alice", Role.VIEWER),
+        ("dev_alice_user", "alice", Role.USER),
+        ("dev_alice_analyst", "alice", Role.ANALYST),
+        ("dev_alice_Admin", "alice", Role.ADMIN),
+        ("dev_john_smith", "john_smith", Role.USER),
+        ("dev_j.doe-2_x_analyst", "j.doe-2_x", Role.ANALYST),
+        ("dev_admin", "admin", Role.USER),
+        ("dev_" + "a" * 64, "a" * 64, Role.USER),
+    ],
+)
+def test_dev_token_user_and_role(
+    harness_for: Callable[..., Harness], token: str, subject: str, role: Role
+) -> None:
+    principal = harness_for("development").auth.authenticate(f"Bearer {token}")
+
+    assert (principal.subject, principal.roles, principal.tenant_id) == (
+        subject,
+        frozenset({role}),
+        "dev-tenant",
+    )
+
+
+@pytest.mark.parametrize("token", ["dev_", "dev__admin", "dev_al!ce", "dev_" + "a" * 65])
+def test_invalid_dev_token_user_is_rejected(
+    harness_for: Callable[..., Harness], token: str
+) -> None:
+    error = rejected(harness_for("development"), f"Bearer {token}")
+
+    assert error.detail == "dev token user name is invalid"
+
+
+# --- MFA in production -----------------------------------------------------------------------
+
+
+def test_production_requires_mfa(
+    harness_for: Callable[..., Harness], signing_key: rsa.RSAPrivateKey
+) -> None:
+    harness = harness_for("production")
+    issuer = f"https://login.microsoftonline.com/{TENANT}/v2.0"
+    without_mfa = sign(signing_key, claims(iss=issuer, amr=["pwd"]))
+    no_amr = sign(signing_key, claims(iss=issuer))
+    with_mfa = sign(signing_key, claims(iss=issuer, amr=["pwd", "mfa"]))
+
+    assert rejected(harness, f"Bearer {without_mfa}").detail == (
+        "multi-factor authentication is required"
+    )
+    assert rejected(harness, f"Bearer {no_amr}").reason == "mfa_required"
+    assert harness.auth.authenticate(f"Bearer {with_mfa}").tenant_id == TENANT
+    assert str(harness.endpoint.requests[0].url).startswith("https://login.microsoftonline.com/")
+
+
+def test_mfa_is_not_required_before_production(
+    harness: Harness, signing_key: rsa.RSAPrivateKey
+) -> None:
+    assert harness.auth.authenticate(f"Bearer {sign(signing_key, claims())}").method == "entra"
+
+
+# --- Roles -------------------------------------------------------------------------------
+
+
+def test_role_hierarchy() -> None:
+    assert Role.VIEWER < Role.USER < Role.ANALYST < Role.ADMIN
+    assert sorted([Role.ADMIN, Role.VIEWER, Role.ANALYST, Role.USER]) == [
+        Role.VIEWER,
+        Role.USER,
+        Role.ANALYST,
+        Role.ADMIN,
+    ]
+    analyst = Principal("t", "s", frozenset({Role.ANALYST}), "entra")
+    assert [analyst.has_role(role) for role in Role] == [True, True, True, False]
+    viewer = Principal("t", "s", frozenset({Role.VIEWER}), "entra")
+    assert [viewer.has_role(role) for role in Role] == [True, False, False, False]
+    both = Principal("t", "s", frozenset({Role.VIEWER, Role.ADMIN}), "entra")
+    assert all(both.has_role(role) for role in Role)
+
+
+def test_require_raises_forbidden_naming_the_role(harness_for: Callable[..., Harness]) -> None:
+    harness = harness_for("development")
+    user = harness.auth.authenticate("Bearer dev_bob_user")
+
+    with pytest.raises(Forbidden) as info:
+        harness.auth.require(user, Role.ANALYST)
+
+    assert info.value.status == 403
+    assert info.value.detail == "This action requires the 'analyst' role"
+    harness.auth.require(user, Role.USER)
+    harness.auth.require(harness.auth.authenticate("Bearer dev_root_admin"), Role.ANALYST)
+
+
+# --- Failure counting and logs ---------------------------------------------------------------
+
+
+def test_failures_are_counted_and_tokens_never_logged(
+    harness: Harness,
+    signing_key: rsa.RSAPrivateKey,
+    attacker_key: rsa.RSAPrivateKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tokens = [
+        sign(signing_key, claims(exp=int(WALL_NOW) - 3600)),
+        sign(attacker_key, claims()),
+        sign(signing_key, claims(aud="api://elsewhere")),
+        "dev_mallory_admin",
+    ]
+    caplog.set_level(logging.INFO, logger="shared.core.auth")
+
+    for token in tokens:
+        rejected(harness, f"Bearer {token}")
+    rejected(harness, None)
+
+    assert harness.failures.count() == 5
+    assert harness.failures.by_reason() == {
+        "token_expired": 1,
+        "bad_signature": 1,
+        "bad_audience": 1,
+        "dev_token_rejected": 1,
+        "invalid_request": 1,
+    }
+    warnings = [r for r in caplog.records if getattr(r, "event", None) == "auth_failure"]
+    assert [r.levelno for r in warnings] == [logging.WARNING] * 5
+    assert [getattr(r, "reason", None) for r in warnings][-1] == "invalid_request"
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__!r}" for r in caplog.records)
+    for token in tokens:
+        for part in token.split("."):
+            assert part not in logged
+    assert "mallory" not in logged
+
+    harness.monotonic.advance(60)
+    assert harness.failures.count() == 0
+
+
+def test_auth_failures_window_slides() -> None:
+    clock = ManualClock(0.0)
+    failures = AuthFailures(clock=clock)
+    failures.record("token_expired")
+    clock.advance(30)
+    failures.record("bad_signature")
+    failures.record("bad_signature")
+
+    assert failures.count() == 3
+    assert failures.count(window_s=10) == 2
+    clock.advance(31)
+    assert failures.count() == 2
+    assert failures.by_reason() == {"bad_signature": 2}
+    clock.advance(30)
+    assert failures.count() == 0
+    assert failures.by_reason() == {}
+
+
+def test_build_authenticator_serves_dev_tokens_without_network() -> None:
+    authenticator = build_authenticator(make_settings("development"))
+
+    assert authenticator.authenticate("Bearer dev_carol_viewer").roles == frozenset({Role.VIEWER})
