@@ -11,6 +11,7 @@ from functions import (
     synthesis,
     synthesis_jobs,
     training,
+    translation,
     voices,
 )
 
@@ -23,5 +24,6 @@ app.register_functions(ingestion.bp)
 app.register_functions(voices.bp)
 app.register_functions(training.bp)
 app.register_functions(synthesis.bp)
+app.register_functions(translation.bp)
 app.register_functions(synthesis_jobs.bp)
 app.register_functions(fallback.bp)  # last: the catch-all route

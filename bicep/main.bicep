@@ -143,7 +143,7 @@ var tags = {
   environment: timbreEnvironment
 }
 
-// The same names the app uses (shared/storage/clients.py and the defaults in shared/config.py);
+// The same names the app uses (shared/storage/bootstrap.py and the defaults in shared/config.py);
 // tests/test_bicep.py keeps them in step.
 var appContainerNames = [
   'uploads'

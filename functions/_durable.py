@@ -3,6 +3,9 @@
 The SDK's client is asynchronous and lives on the invocation's event loop; handlers are
 synchronous and run on a thread, so each call is submitted to that loop and awaited
 there, bounded by a timeout.
+
+The SDK reports every refusal of the host as a bare `Exception` carrying a message, so a
+refused start or event is told apart by reading the instance's status afterwards.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Any, TypeVar
 
 import azure.durable_functions as df
 
-from shared.core.orchestrations import OrchestrationStatus
+from shared.core.errors import Conflict, NotFound
+from shared.core.orchestrations import ACTIVE, RESTARTABLE, OrchestrationStatus
 
 T = TypeVar("T")
 
@@ -38,9 +42,19 @@ class DurableOrchestrations:
     def start(self, name: str, instance_id: str, payload: Any) -> bool:
         """Start an instance unless one with this id exists; True if this call started it."""
         existing = self.status(instance_id)
-        if existing is not None and existing.runtime_status not in {"Failed", "Terminated"}:
+        if existing is not None and existing.runtime_status not in RESTARTABLE:
             return False
-        self._await(self._client.start_new(name, instance_id, payload))
+        try:
+            self._await(self._client.start_new(name, instance_id, payload))
+        except TimeoutError:
+            raise
+        except Exception:
+            # The host answers 409 when the id is taken by an instance that has not ended:
+            # a concurrent start won the race.
+            again = self.status(instance_id)
+            if again is not None and again.runtime_status not in RESTARTABLE:
+                return False
+            raise
         return True
 
     def status(self, instance_id: str) -> OrchestrationStatus | None:
@@ -60,5 +74,24 @@ class DurableOrchestrations:
         )
 
     def raise_event(self, instance_id: str, name: str, data: Any) -> None:
-        """Deliver an external event to a running instance."""
-        self._await(self._client.raise_event(instance_id, name, data))
+        """Deliver an external event to an instance that has not finished.
+
+        The SDK encodes `data` twice: the orchestrator receives its JSON text and reads it
+        with `shared.core.orchestrations.event_payload`.
+        """
+        try:
+            self._await(self._client.raise_event(instance_id, name, data))
+        except TimeoutError:
+            raise
+        except Exception:
+            # 404 (no instance) and 410 (it has finished) come back as bare Exceptions.
+            found = self.status(instance_id)
+            if found is None:
+                raise NotFound(f"No orchestration instance {instance_id}") from None
+            if found.runtime_status not in ACTIVE:
+                raise Conflict(
+                    f"The orchestration instance {instance_id} has finished "
+                    f"({found.runtime_status}).",
+                    reason="instance_finished",
+                ) from None
+            raise

@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,6 +72,31 @@ class Call:
 Handler = Callable[[Call], BaseModel | Reply | dict[str, Any] | list[Any]]
 
 
+_VOICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def voice_id(call: Call) -> str:
+    """The route's voice id, checked."""
+    value = call.route["voice_id"]
+    if not _VOICE_ID.match(value):
+        raise InvalidRequest("voice_id is letters, digits, - and _ (1-64)")
+    return value
+
+
+def durable_client_timeout() -> float:
+    """How long one call to the Durable client may take (TIMBRE_DURABLE_CLIENT_TIMEOUT_SECONDS).
+
+    Invalid settings fall back to the default here: the request itself then answers the
+    configuration problem.
+    """
+    from shared.config import ConfigurationError, Settings
+
+    try:
+        return runtime().settings.durable_client_timeout_s
+    except ConfigurationError:
+        return float(Settings.model_fields["durable_client_timeout_s"].default)
+
+
 def endpoint(
     bp: func.Blueprint,
     route: str,
@@ -124,7 +150,9 @@ def endpoint(
             # synchronous pipeline runs on a thread and reaches the client through the loop.
             from functions._durable import DurableOrchestrations
 
-            gateway = DurableOrchestrations(client, asyncio.get_running_loop())
+            gateway = DurableOrchestrations(
+                client, asyncio.get_running_loop(), timeout_s=durable_client_timeout()
+            )
             return await asyncio.to_thread(respond, req, operation, handler, gateway)
 
         chosen: Callable[..., Any] = durable_trigger if orchestrations else trigger

@@ -17,8 +17,14 @@ import azure.functions as func
 # azure.storage.blob (and azure.identity) when the app is indexed (see README, cold start).
 import azurefunctions.extensions.bindings.blob as blob_binding
 
-from functions._http import Call, endpoint, paging, wrap_continuation
-from functions.voices import voice_id
+from functions._http import (
+    Call,
+    durable_client_timeout,
+    endpoint,
+    paging,
+    voice_id,
+    wrap_continuation,
+)
 from shared.core.identity import Role
 from shared.core.orchestrations import Orchestrations
 from shared.core.telemetry import bound
@@ -53,7 +59,11 @@ async def ingest_upload(
     start the voice's first training once its dataset meets the minimum."""
     from functions._durable import DurableOrchestrations
 
-    gateway = DurableOrchestrations(client, asyncio.get_running_loop())  # type: ignore[arg-type]
+    gateway = DurableOrchestrations(
+        client,  # type: ignore[arg-type]
+        asyncio.get_running_loop(),
+        timeout_s=durable_client_timeout(),
+    )
     await asyncio.to_thread(
         ingest_and_maybe_train, upload.blob_name, context.invocation_id, gateway
     )

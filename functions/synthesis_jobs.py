@@ -8,6 +8,10 @@ second time (seen on the replay engine: every segment ran twice). A `cancel` eve
 segment that cannot be spoken, stops it; what the job wrote is then deleted. The outcome
 is the orchestration's output (`state` completed, failed or canceled), so GET reads it
 from the status.
+
+What crosses the Durable boundary is typed in `shared.synthesis.jobs` (`JobSpec` in,
+`JobOutcome` out, one model per activity input and result): dumped to JSON going out,
+validated coming back, so the history holds the same JSON as before the models existed.
 """
 
 from __future__ import annotations
@@ -21,19 +25,31 @@ from functions._http import Call, endpoint
 from shared.core.api import Reply
 from shared.core.identity import Role
 from shared.runtime import runtime
-from shared.synthesis.jobs import SynthesisJob, SynthesisJobBody
+from shared.synthesis.jobs import (
+    SEGMENT_RESULT,
+    JobEnd,
+    JobOutcome,
+    JobSpec,
+    JoinedFile,
+    JoinWork,
+    SegmentRefused,
+    SegmentWork,
+    SplitResult,
+    SynthesisJob,
+    SynthesisJobBody,
+)
 
 bp = df.Blueprint()
 
 RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, max_number_of_attempts=4)
 
 
-def _progress(context: df.DurableOrchestrationContext, job: dict[str, Any], **state: Any) -> None:
+def _progress(context: df.DurableOrchestrationContext, job: JobSpec, **state: Any) -> None:
     context.set_custom_status(
         {
-            "provider": job["provider"],
-            "voice": job["voice"],
-            "format": job["options"]["format"],
+            "provider": job.provider,
+            "voice": job.voice,
+            "format": job.options.format.value,
             **state,
         }
     )
@@ -52,94 +68,106 @@ def _settle(tasks: list[Any]) -> Any:
 @bp.orchestration_trigger(context_name="context")
 def synthesis_job_orchestrator(context: df.DurableOrchestrationContext) -> Any:
     """Split, speak every segment (bounded fan-out, retried), join in order."""
-    job = context.get_input()
-    outcome: dict[str, Any] = {"state": "completed", "segments_done": 0}
+    job = JobSpec.model_validate(context.get_input())
+    outcome = JobOutcome()
     try:
         yield from _run(context, job, outcome)
     except Exception:  # split or join out of retries: still clean up and say so
-        outcome.update(state="failed", reason="the job's storage steps kept failing")
-    if outcome["state"] != "completed":
+        outcome.stop("failed", "the job's storage steps kept failing")
+    if outcome.state != "completed":
         # If even this keeps failing, storage lifecycle removes what is left.
         with contextlib.suppress(Exception):
-            yield context.call_activity_with_retry("synthesis_job_discard", RETRY, job)
+            yield context.call_activity_with_retry(
+                "synthesis_job_discard", RETRY, job.model_dump(mode="json")
+            )
     _progress(
         context,
         job,
-        state=outcome["state"],
-        segments_total=outcome.get("segments_total"),
-        segments_done=outcome["segments_done"],
+        state=outcome.state,
+        segments_total=outcome.segments_total,
+        segments_done=outcome.segments_done,
     )
     yield context.call_activity_with_retry(
-        "synthesis_job_finished", RETRY, {"job": job, "outcome": outcome}
+        "synthesis_job_finished", RETRY, JobEnd(job=job, outcome=outcome).model_dump(mode="json")
     )
-    return outcome
+    return outcome.model_dump(mode="json")
 
 
-def _run(
-    context: df.DurableOrchestrationContext, job: dict[str, Any], outcome: dict[str, Any]
-) -> Any:
+def _run(context: df.DurableOrchestrationContext, job: JobSpec, outcome: JobOutcome) -> Any:
     """Split, speak and join, recording how far it got in `outcome`."""
     _progress(context, job, state="splitting", segments_done=0)
-    split = yield context.call_activity_with_retry("synthesis_job_split", RETRY, job)
-    total = outcome["segments_total"] = split["segments"]
-    for first in range(0, total, job["parallelism"]):
+    result = yield context.call_activity_with_retry(
+        "synthesis_job_split", RETRY, job.model_dump(mode="json")
+    )
+    split = SplitResult.model_validate(result)
+    total = outcome.segments_total = split.segments
+    for first in range(0, total, job.parallelism):
         _progress(context, job, state="speaking", segments_total=total,
-                  segments_done=outcome["segments_done"])  # fmt: skip
+                  segments_done=outcome.segments_done)  # fmt: skip
         wave = [
             context.call_activity_with_retry(
-                "synthesis_job_speak", RETRY, {"job": job, "index": index}
+                "synthesis_job_speak",
+                RETRY,
+                SegmentWork(job=job, index=index).model_dump(mode="json"),
             )
-            for index in range(first, min(first + job["parallelism"], total))
+            for index in range(first, min(first + job.parallelism, total))
         ]
         cancel = context.wait_for_external_event("cancel")
         winner = yield context.task_any([context.task_all(wave), cancel])
         if winner == cancel:
-            outcome.update(state="canceled", reason="canceled by request")
+            # The event's data (who asked) is not needed here: the API audits the request.
+            outcome.stop("canceled", "canceled by request")
         elif isinstance(winner.result, Exception):
-            outcome.update(state="failed", reason="a segment kept failing")
+            outcome.stop("failed", "a segment kept failing")
         else:
-            refused = [result["reason"] for result in winner.result if not result["ok"]]
+            spoken = [SEGMENT_RESULT.validate_python(result) for result in winner.result]
+            refused = [result.reason for result in spoken if isinstance(result, SegmentRefused)]
             if refused:
-                outcome.update(state="failed", reason=refused[0])
-        if outcome["state"] != "completed":
+                outcome.stop("failed", refused[0])
+        if outcome.state != "completed":
             yield from _settle(wave)  # so the discard after this finds everything
             return
-        outcome["segments_done"] += len(wave)
+        outcome.segments_done += len(wave)
     _progress(context, job, state="joining", segments_total=total, segments_done=total)
-    joined = yield context.call_activity_with_retry(
-        "synthesis_job_join", RETRY, {"job": job, "count": total}
+    result = yield context.call_activity_with_retry(
+        "synthesis_job_join", RETRY, JoinWork(job=job, count=total).model_dump(mode="json")
     )
-    outcome.update(joined)
+    joined = JoinedFile.model_validate(result)
+    outcome.blob, outcome.bytes, outcome.duration_s = joined.blob, joined.bytes, joined.duration_s
 
 
 @bp.activity_trigger(input_name="job")
 def synthesis_job_split(job: dict[str, Any]) -> dict[str, Any]:
     """Split the input text into segment blobs."""
-    return runtime().synthesis_jobs.split(job)
+    spec = JobSpec.model_validate(job)
+    return runtime().synthesis_jobs.split(spec).model_dump(mode="json")
 
 
 @bp.activity_trigger(input_name="work")
 def synthesis_job_speak(work: dict[str, Any]) -> dict[str, Any]:
     """Speak one segment with the job's voice."""
-    return runtime().synthesis_jobs.speak(work["job"], work["index"])
+    segment = SegmentWork.model_validate(work)
+    return runtime().synthesis_jobs.speak(segment.job, segment.index).model_dump(mode="json")
 
 
 @bp.activity_trigger(input_name="work")
 def synthesis_job_join(work: dict[str, Any]) -> dict[str, Any]:
     """Join the segments into the result file."""
-    return runtime().synthesis_jobs.join(work["job"], work["count"])
+    join = JoinWork.model_validate(work)
+    return runtime().synthesis_jobs.join(join.job, join.count).model_dump(mode="json")
 
 
 @bp.activity_trigger(input_name="job")
 def synthesis_job_discard(job: dict[str, Any]) -> None:
     """Delete everything a stopped job wrote."""
-    runtime().synthesis_jobs.discard(job)
+    runtime().synthesis_jobs.discard(JobSpec.model_validate(job))
 
 
 @bp.activity_trigger(input_name="work")
 def synthesis_job_finished(work: dict[str, Any]) -> None:
     """Audit the job's end."""
-    runtime().synthesis_jobs.finished(work["job"], work["outcome"])
+    end = JobEnd.model_validate(work)
+    runtime().synthesis_jobs.finished(end.job, end.outcome)
 
 
 @endpoint(

@@ -12,16 +12,14 @@ from datetime import timedelta
 from typing import Any
 
 import azure.durable_functions as df
-from pydantic import BaseModel, Field
 
-from functions._http import Call, endpoint
-from functions.voices import voice_id
+from functions._http import Call, endpoint, voice_id
 from shared.core.api import Reply
-from shared.core.errors import Conflict, NotFound
 from shared.core.identity import Role
-from shared.core.orchestrations import OrchestrationStatus
+from shared.core.orchestrations import event_payload
 from shared.runtime import runtime
-from shared.training.service import ACTIVE, Resource, Timing, TrainingRun
+from shared.training.service import Resource, Timing, TrainingRun
+from shared.training.views import TrainingState
 
 bp = df.Blueprint()
 
@@ -70,7 +68,8 @@ def _wait_until_done(
         cancel = context.wait_for_external_event("cancel")
         winner = yield context.task_any([timer, cancel])
         if winner == cancel:
-            raise TrainingStopped(f"cancelled: {cancel.result.get('reason', 'by request')}")
+            reason = event_payload(cancel.result, "cancel").get("reason", "by request")
+            raise TrainingStopped(f"cancelled: {reason}")
         poll = min(poll * 2, timing.max_poll_s)
 
 
@@ -121,9 +120,11 @@ def train_voice_orchestrator(context: df.DurableOrchestrationContext) -> Any:
             raise TrainingStopped(f"no approval within {timing.approval_timeout_h} h")
         timeout.cancel()
         if winner == cancel:
-            raise TrainingStopped(f"cancelled: {cancel.result.get('reason', 'by request')}")
-        if not approval.result.get("approved"):
-            raise TrainingStopped(f"rejected by {approval.result.get('by', 'an admin')}")
+            reason = event_payload(cancel.result, "cancel").get("reason", "by request")
+            raise TrainingStopped(f"cancelled: {reason}")
+        decision = event_payload(approval.result, "approval")
+        if decision.get("approved") is not True:
+            raise TrainingStopped(f"rejected by {decision.get('by', 'an admin')}")
 
         _status(context, "deploying")
         endpoint_id = str(context.new_uuid())
@@ -241,53 +242,6 @@ def training_mark_deployed(data: dict[str, Any]) -> None:
 # HTTP API.
 
 
-class TrainingState(BaseModel):
-    """A voice's training run as callers see it."""
-
-    voice_id: str
-    instance_id: str
-    dataset_version: str
-    runtime_status: str = Field(description="Pending, Running, Completed, Failed, Terminated")
-    step: str | None = None
-    since: str | None = None
-    service_status: str | None = None
-    reason: str | None = None
-    endpoint_id: str | None = None
-    created_at: str | None = None
-    last_updated_at: str | None = None
-
-
-def _state(voice: str, run: TrainingRun, status: OrchestrationStatus | None) -> TrainingState:
-    custom = (status.custom_status if status else None) or {}
-    return TrainingState(
-        voice_id=voice,
-        instance_id=run.instance_id,
-        dataset_version=run.dataset_version,
-        runtime_status=status.runtime_status if status else "Pending",
-        step=custom.get("step"),
-        since=custom.get("since"),
-        service_status=custom.get("service_status"),
-        reason=custom.get("reason"),
-        endpoint_id=custom.get("endpoint_id"),
-        created_at=status.created_at if status else None,
-        last_updated_at=status.last_updated_at if status else None,
-    )
-
-
-def _current_run(call: Call) -> TrainingRun:
-    voice = call.runtime.voices.get(call.caller, voice_id(call))
-    training = call.runtime.voices.training_of(call.caller, voice.id) or {}
-    if not training.get("datasetVersion"):
-        raise NotFound(f"voice {voice.id} has no training run")
-    return TrainingRun(
-        tenant_id=call.caller.tenant_id,
-        voice_id=voice.id,
-        dataset_version=training["datasetVersion"],
-        requested_by=call.caller.subject,
-        attempt=int(training.get("attempt", 1)),
-    )
-
-
 @endpoint(
     bp,
     "v1/voices/{voice_id}/training",
@@ -303,12 +257,8 @@ def _current_run(call: Call) -> TrainingRun:
 )
 def start_training(call: Call) -> Reply:
     """Start the orchestration for the voice's current accepted dataset."""
-    voice = call.runtime.voices.get(call.caller, voice_id(call))
-    run, started = call.runtime.training.start(
-        call.caller.tenant_id, voice.id, call.caller.subject, call.orchestrations
-    )
-    state = _state(voice.id, run, call.orchestrations.status(run.instance_id))
-    location = f"/api/v1/voices/{voice.id}/training"
+    state, started = call.runtime.training.request(call.caller, voice_id(call), call.orchestrations)
+    location = f"/api/v1/voices/{state.voice_id}/training"
     return Reply(state, status=202 if started else 200, headers={"Location": location})
 
 
@@ -325,20 +275,15 @@ def start_training(call: Call) -> Reply:
 )
 def get_training(call: Call) -> TrainingState:
     """Where the voice's training stands."""
-    run = _current_run(call)
-    return _state(run.voice_id, run, call.orchestrations.status(run.instance_id))
+    return call.runtime.training.state(call.caller, voice_id(call), call.orchestrations)
 
 
 def _decide(call: Call, approved: bool) -> Reply:
-    run = _current_run(call)
-    status = call.orchestrations.status(run.instance_id)
-    step = (status.custom_status or {}).get("step") if status else None
-    if step != "awaiting_approval":
-        raise Conflict(f"the training run is not awaiting approval (step: {step})")
-    call.orchestrations.raise_event(
-        run.instance_id, "approval", {"approved": approved, "by": call.caller.subject}
+    training = call.runtime.training
+    return Reply(
+        training.decide(call.caller, voice_id(call), call.orchestrations, approved=approved),
+        status=202,
     )
-    return Reply(_state(run.voice_id, run, status), status=202)
 
 
 @endpoint(
@@ -389,11 +334,6 @@ def reject_training(call: Call) -> Reply:
 )
 def cancel_training(call: Call) -> Reply:
     """Ask the run to stop and compensate."""
-    run = _current_run(call)
-    status = call.orchestrations.status(run.instance_id)
-    if status is None or status.runtime_status not in ACTIVE:
-        raise Conflict("the training run has already finished")
-    call.orchestrations.raise_event(
-        run.instance_id, "cancel", {"reason": f"cancelled by {call.caller.subject}"}
+    return Reply(
+        call.runtime.training.cancel(call.caller, voice_id(call), call.orchestrations), status=202
     )
-    return Reply(_state(run.voice_id, run, call.orchestrations.status(run.instance_id)), status=202)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 import azure.durable_functions as df
 
-from functions._http import Call, endpoint, paging, wrap_continuation
+from functions._http import Call, endpoint, paging, voice_id, wrap_continuation
 from shared.core.api import Reply
-from shared.core.errors import InvalidRequest
 from shared.core.identity import Role
 from shared.enrollment.voices import (
     ConsentRegistration,
@@ -20,15 +17,6 @@ from shared.enrollment.voices import (
 )
 
 bp = df.Blueprint()
-_VOICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
-
-def voice_id(call: Call) -> str:
-    """The route's voice id, checked."""
-    value = call.route["voice_id"]
-    if not _VOICE_ID.match(value):
-        raise InvalidRequest("voice_id is letters, digits, - and _ (1-64)")
-    return value
 
 
 @endpoint(
@@ -115,12 +103,9 @@ def register_consent(call: Call) -> Voice:
     """Grant consent from the processed recording (pending until it is processed); a
     dataset that already meets the minimum starts training."""
     assert isinstance(call.body, ConsentRegistration)
-    voice = call.runtime.voices.register_consent(
-        call.caller, voice_id(call), call.body, call.request_id
+    return call.runtime.training.register_consent(
+        call.caller, voice_id(call), call.body, call.request_id, call.orchestrations
     )
-    if voice.consent.state == "granted":
-        call.runtime.training.start_when_ready(call.caller.tenant_id, voice.id, call.orchestrations)
-    return voice
 
 
 @endpoint(
@@ -137,18 +122,6 @@ def register_consent(call: Call) -> Voice:
 def revoke_consent(call: Call) -> Voice:
     """Revoke the voice's consent (audited), stop its training, delete its endpoint and the
     audio cached in its voice."""
-    voice = call.runtime.voices.revoke_consent(call.caller, voice_id(call), call.request_id)
-    training = call.runtime.voices.training_of(call.caller, voice.id) or {}
-    if training.get("instanceId"):
-        status = call.orchestrations.status(training["instanceId"])
-        if status is not None and status.runtime_status in {"Pending", "Running"}:
-            call.orchestrations.raise_event(
-                training["instanceId"], "cancel", {"reason": "consent revoked"}
-            )
-    from shared.training.service import Resource
-
-    for endpoint_id in voice.endpoint_ids:  # every endpoint the voice was ever deployed to
-        call.runtime.training.delete(Resource(kind="endpoint", id=endpoint_id))
-    # Audio already spoken in the voice goes too (never served again in any case).
-    call.runtime.synthesis_cache.forget(call.caller.tenant_id, voice.id)
-    return voice
+    return call.runtime.training.revoke_consent(
+        call.caller, voice_id(call), call.request_id, call.orchestrations
+    )

@@ -1,6 +1,6 @@
 # Sourced by scripts/run and scripts/test: make this checkout ready on a fresh machine.
 # Creates .venv (Python 3.11) with the runtime and development requirements, and installs
-# the pinned local services (Azurite, Cosmos server) from tools/local-services.
+# the pinned local services (Azurite, Cosmos server) from tools/local_services/node.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -143,6 +143,21 @@ class Settings(BaseSettings):
     readiness_timeout_s: float = Field(
         3.0, gt=0, le=30, validation_alias="TIMBRE_READINESS_TIMEOUT_SECONDS"
     )
+    custom_voice_timeout_s: float = Field(
+        30.0, gt=0, le=120, validation_alias="TIMBRE_CUSTOM_VOICE_TIMEOUT_SECONDS"
+    )
+    custom_voice_connect_timeout_s: float = Field(
+        5.0, gt=0, le=30, validation_alias="TIMBRE_CUSTOM_VOICE_CONNECT_TIMEOUT_SECONDS"
+    )
+    translator_timeout_s: float = Field(
+        10.0, gt=0, le=60, validation_alias="TIMBRE_TRANSLATOR_TIMEOUT_SECONDS"
+    )
+    translator_connect_timeout_s: float = Field(
+        3.0, gt=0, le=30, validation_alias="TIMBRE_TRANSLATOR_CONNECT_TIMEOUT_SECONDS"
+    )
+    durable_client_timeout_s: float = Field(
+        30.0, gt=0, le=120, validation_alias="TIMBRE_DURABLE_CLIENT_TIMEOUT_SECONDS"
+    )
 
     # Entra ID access tokens.
     auth_tenants: CsvList = Field(

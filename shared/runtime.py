@@ -1,12 +1,16 @@
 """The process's long-lived objects, built lazily from one Settings and then reused.
 
-Functions call `runtime()`; tests build a `Runtime` of their own settings, or swap the
-process one with `use_runtime`. Nothing here connects until first used.
+Functions call `runtime()`; tests build a `Runtime` of their own settings, with explicit
+overrides for what they replace (Custom Voice client, translator, speech providers,
+synthesis cache, clock), and install it with `use_runtime`. Nothing here connects until
+first used.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -24,17 +28,17 @@ if TYPE_CHECKING:
     from shared.config import Settings
     from shared.core.auth import Authenticator
     from shared.core.health import Readiness
+    from shared.enrollment.document import VoiceRecords
     from shared.enrollment.voices import VoiceService
     from shared.ingestion.recordings import RecordingStore
     from shared.ingestion.service import IngestionService
     from shared.storage.blobs import AzureBlobStore
-    from shared.storage.clients import TenantScope
     from shared.storage.ledger import Ledger
     from shared.storage.sas import SasIssuer
+    from shared.storage.scope import TenantScope
     from shared.synthesis.cache import SynthesisCache
     from shared.synthesis.chain import FallbackChain
     from shared.synthesis.jobs import SynthesisJobs
-    from shared.synthesis.providers.builder import ConfiguredProviders
     from shared.synthesis.service import SpeechProviders, SynthesisService
     from shared.training.custom_voice import CustomVoiceClient
     from shared.training.service import TrainingService
@@ -46,9 +50,24 @@ if TYPE_CHECKING:
 class Runtime:
     """Clients and services of one process, created on first use."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        custom_voice: CustomVoiceClient | None = None,
+        translator: Translator | None = None,
+        speech_providers: SpeechProviders | None = None,
+        synthesis_cache: SynthesisCache | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        """Build nothing yet; the keyword arguments replace what settings would build."""
         self.settings = settings
         self.probes_in_flight: dict[str, Future[object]] = {}
+        self._custom_voice = custom_voice
+        self._translator = translator
+        self._speech_providers = speech_providers
+        self._synthesis_cache = synthesis_cache
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
 
     @cached_property
     def blob_service(self) -> BlobServiceClient:
@@ -72,7 +91,7 @@ class Runtime:
 
     def tenant_scope(self, container: str, tenant_id: str) -> TenantScope:
         """A Cosmos container as one tenant sees it."""
-        from shared.storage.clients import TenantScope
+        from shared.storage.scope import TenantScope
 
         return TenantScope(self.container(container), tenant_id)
 
@@ -135,13 +154,21 @@ class Runtime:
         from shared.enrollment.voices import VoiceService
 
         return VoiceService(
-            lambda tenant_id: self.tenant_scope("voices", tenant_id),
+            self.voice_records,
             self.recordings,
             self.audit,
             self.sas,
             consent_lifetime=timedelta(days=self.settings.consent_lifetime_days),
             upload_url_lifetime=timedelta(minutes=self.settings.upload_url_minutes),
+            clock=self.clock,
         )
+
+    @cached_property
+    def voice_records(self) -> VoiceRecords:
+        """Voice documents: their one writer (enrollment and training both write through it)."""
+        from shared.enrollment.document import VoiceRecords
+
+        return VoiceRecords(lambda tenant_id: self.tenant_scope("voices", tenant_id))
 
     @cached_property
     def sas(self) -> SasIssuer:
@@ -152,7 +179,7 @@ class Runtime:
 
     def custom_voice(self) -> CustomVoiceClient:
         """The Custom Voice client: key auth where a key is set, else the managed identity."""
-        return self._custom_voice_client
+        return self._custom_voice or self._custom_voice_client
 
     @cached_property
     def _custom_voice_client(self) -> CustomVoiceClient:
@@ -167,11 +194,18 @@ class Runtime:
         else:
             raise DependencyUnavailable("Custom Voice is not configured: set AZURE_SPEECH_ENDPOINT")
         if settings.speech_key:
-            return CustomVoiceClient(base, key_auth(settings.speech_key))
-        from shared.storage.clients import credential
+            auth = key_auth(settings.speech_key)
+        else:
+            from shared.storage.clients import credential
 
-        scope = "https://cognitiveservices.azure.com/.default"
-        return CustomVoiceClient(base, token_auth(lambda: credential().get_token(scope).token))
+            scope = "https://cognitiveservices.azure.com/.default"
+            auth = token_auth(lambda: credential().get_token(scope).token)
+        return CustomVoiceClient(
+            base,
+            auth,
+            timeout_s=settings.custom_voice_timeout_s,
+            connect_timeout_s=settings.custom_voice_connect_timeout_s,
+        )
 
     @cached_property
     def training(self) -> TrainingService:
@@ -181,7 +215,8 @@ class Runtime:
         settings = self.settings
         return TrainingService(
             client=self.custom_voice,
-            voices=lambda tenant_id: self.tenant_scope("voices", tenant_id),
+            voices=self.voice_records,
+            profiles=self.voices,
             recordings=self.recordings,
             consent_granted=lambda tenant, voice: (
                 self.voices.consent_state(tenant, voice) == "granted"
@@ -198,15 +233,19 @@ class Runtime:
                 model_deadline_h=settings.training_deadline_hours,
                 approval_timeout_h=settings.approval_timeout_hours,
             ),
+            forget_spoken=self._forget_spoken,
+            clock=self.clock,
         )
+
+    def _forget_spoken(self, tenant_id: str, voice_id: str) -> None:
+        # Built on first use: a process that only trains never opens the cache.
+        self.synthesis_cache.forget(tenant_id, voice_id)
 
     @cached_property
     def speech_providers(self) -> SpeechProviders:
-        """The configured speech providers (tests replace this with in-process fakes)."""
-        return self._configured_providers
-
-    @cached_property
-    def _configured_providers(self) -> ConfiguredProviders:
+        """The configured speech providers, or the ones given to the constructor."""
+        if self._speech_providers is not None:
+            return self._speech_providers
         from shared.synthesis.providers.builder import ConfiguredProviders
 
         return ConfiguredProviders(self.settings)
@@ -232,16 +271,20 @@ class Runtime:
 
         from shared.synthesis.cache import SynthesisCache
 
+        if self._synthesis_cache is not None:
+            return self._synthesis_cache
         return SynthesisCache(
-            self.blob_store, max_age=timedelta(hours=self.settings.synthesis_cache_hours)
+            self.blob_store,
+            max_age=timedelta(hours=self.settings.synthesis_cache_hours),
+            clock=self.clock,
         )
 
     def translator(self) -> Translator:
         """The Translator client (one per process); 503 when it is not configured."""
-        return self._translator
+        return self._translator or self._configured_translator
 
     @cached_property
-    def _translator(self) -> Translator:
+    def _configured_translator(self) -> Translator:
         from shared.translation import AzureTranslator
 
         settings = self.settings
@@ -255,6 +298,8 @@ class Runtime:
                 key=settings.translator_key,
                 region=settings.translator_region,
                 limits=settings.translation_limits,
+                timeout_s=settings.translator_timeout_s,
+                connect_timeout_s=settings.translator_connect_timeout_s,
             )
         from shared.storage.clients import credential
 
@@ -264,6 +309,8 @@ class Runtime:
             region=settings.translator_region,
             resource_id=settings.translator_resource_id,
             limits=settings.translation_limits,
+            timeout_s=settings.translator_timeout_s,
+            connect_timeout_s=settings.translator_connect_timeout_s,
         )
 
     @cached_property
@@ -313,7 +360,7 @@ class Runtime:
 
     def bootstrap(self) -> list[str]:
         """Create the database, containers and blob containers the app needs."""
-        from shared.storage.clients import bootstrap
+        from shared.storage.bootstrap import bootstrap
 
         return bootstrap(self.settings, self.cosmos, self.blob_service)
 

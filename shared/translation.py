@@ -32,17 +32,17 @@ slow service costs one `timeout_s`, not several.
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.core.errors import DependencyUnavailable, InvalidRequest, Throttled
+from shared.core.retry import retry_after_seconds
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -401,7 +401,7 @@ def _from_response(
     if status == 429:
         return Throttled(
             "The translation service is throttling requests; retry later.",
-            retry_after_s=_retry_after_seconds(headers.get("Retry-After")),
+            retry_after_s=_retry_after_seconds(headers),
         )
     if status >= 500 or status == 408:
         return DependencyUnavailable(f"The translation service failed ({status}).")
@@ -432,18 +432,10 @@ def _scrub(message: str, texts: Sequence[str]) -> str:
     return message[:_MAX_SERVICE_MESSAGE]
 
 
-def _retry_after_seconds(value: str | None) -> int:
-    if not value:
-        return 1
-    try:
-        return max(1, math.ceil(float(value)))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return 1
-    return max(1, math.ceil(when.timestamp() - time.time()))
+def _retry_after_seconds(headers: Mapping[str, str]) -> int:
+    """Whole seconds to wait (at least 1) for a Retry-After answer."""
+    seconds = retry_after_seconds(headers)
+    return 1 if seconds is None else max(1, math.ceil(seconds))
 
 
 def _unavailable(error: Exception, operation: str) -> DependencyUnavailable:

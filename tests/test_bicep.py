@@ -22,7 +22,7 @@ from pycep import BicepParser
 
 from shared.config import PROFILES, Environment, Settings, load_settings
 from shared.core.errors import ConfigurationError
-from shared.storage.clients import BLOB_CONTAINERS, COSMOS_CONTAINERS
+from shared.storage.bootstrap import BLOB_CONTAINERS, COSMOS_CONTAINERS
 from shared.synthesis.cache import CACHE_CONTAINER
 from shared.synthesis.jobs import JOBS_CONTAINER
 

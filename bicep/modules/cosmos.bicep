@@ -1,5 +1,5 @@
 // Cosmos DB for NoSQL: one account, the `timbre` database and the containers the app
-// declares (shared/storage/clients.py COSMOS_CONTAINERS, partition key /tenantId). Keys are
+// declares (shared/storage/bootstrap.py COSMOS_CONTAINERS, partition key /tenantId). Keys are
 // disabled; the identity reads and writes items through the data-plane role
 // "Cosmos DB Built-in Data Contributor". That role cannot create databases or containers,
 // which is why they are created here and not by the app.

@@ -23,7 +23,7 @@ param tags object
 ])
 param skuName string
 
-@description('Blob containers the app uses (shared/storage/clients.py BLOB_CONTAINERS).')
+@description('Blob containers the app uses (shared/storage/bootstrap.py BLOB_CONTAINERS).')
 param appContainerNames array
 
 @description('Name of the append-only audit container (TIMBRE_AUDIT_CONTAINER).')

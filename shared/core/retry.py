@@ -49,9 +49,11 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if not text:
         return None
     try:
-        return _finite(float(text))
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        return None if seconds < 0 else _finite(seconds)  # delta-seconds is never negative
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
@@ -67,9 +69,10 @@ def retry_after_seconds(headers: Mapping[str, str], *, now: datetime | None = No
         raw = _header(headers, name)
         if raw:
             try:
-                seconds = _finite(float(raw.strip()) / 1000)
+                milliseconds = float(raw.strip())
             except ValueError:
                 continue
+            seconds = _finite(milliseconds / 1000) if milliseconds >= 0 else None
             if seconds is not None:
                 return seconds
     return parse_retry_after(_header(headers, "retry-after"), now=now)

@@ -1,9 +1,9 @@
 """Voice profiles and their consent: who the talent is, and whether the voice may be used.
 
-Documents in the `voices` Cosmos container, partitioned by tenant: `voice` (the profile)
-and `consent` (one per voice). Consent is granted by a processed, not-rejected consent
-recording of the locale's statement; it can be revoked, and it expires. Every change is
-an audit event with ids only (the talent's name never leaves the profile document).
+Each voice is one document in the `voices` Cosmos container (`shared.enrollment.document`,
+its one writer), with its consent inside. Consent is granted by a processed, not-rejected
+consent recording of the locale's statement; it can be revoked, and it expires. Every
+change is an audit event with ids only (the talent's name never leaves the profile).
 """
 
 from __future__ import annotations
@@ -18,15 +18,21 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from shared.audit import AuditEvent, AuditLog
-from shared.core.errors import Conflict, InvalidRequest, NotFound
+from shared.core.errors import Conflict, InvalidRequest
 from shared.core.identity import Principal
+from shared.enrollment.document import (
+    ConsentRecord,
+    ConsentState,
+    TrainingRecord,
+    VoiceDocument,
+    VoiceRecords,
+    VoiceStatus,
+)
 from shared.ingestion.recordings import RecordingStore
 from shared.ingestion.uploads import UPLOADS_CONTAINER, UploadKind
-from shared.storage.clients import TenantScope
 from shared.storage.sas import SasIssuer
 
-ConsentState = Literal["none", "pending", "granted", "revoked", "expired"]
-VoiceStatus = Literal["enrolling", "training", "awaiting_approval", "deployed", "failed", "revoked"]
+__all__ = ["ConsentState", "VoiceStatus"]  # re-exported: API models below use them
 
 # Microsoft's documented consent statement (Custom Neural Voice, "Set up voice talent").
 # Only the English statement is verified here; other locales need Microsoft's text for
@@ -191,7 +197,7 @@ class VoiceService:
 
     def __init__(
         self,
-        voices: Callable[[str], TenantScope],
+        voices: VoiceRecords,
         recordings: Callable[[str], RecordingStore],
         audit: AuditLog,
         sas: SasIssuer,
@@ -212,20 +218,20 @@ class VoiceService:
         """Enroll a voice talent: a profile with consent pending its recording."""
         voice_id = "v-" + uuid.uuid4().hex[:12]
         now = self._now()
-        document = {
-            "id": voice_id,
-            "docType": "voice",
-            "talentName": body.talent_name,
-            "companyName": body.company_name,
-            "locale": body.locale,
-            "dataRegion": body.data_region,
-            "description": body.description,
-            "status": "enrolling",
-            "createdBy": caller.subject,
-            "createdAt": now,
-            "consent": {"state": "none"},
-        }
-        self._voices(caller.tenant_id).create(document)
+        document = VoiceDocument(
+            id=voice_id,
+            doc_type="voice",
+            talent_name=body.talent_name,
+            company_name=body.company_name,
+            locale=body.locale,
+            data_region=body.data_region,
+            description=body.description,
+            status="enrolling",
+            created_by=caller.subject,
+            created_at=now,
+            consent=ConsentRecord(state="none"),
+        )
+        self._voices.create(caller.tenant_id, document)
         self._record(
             caller,
             "voice.create",
@@ -242,11 +248,8 @@ class VoiceService:
 
     def page(self, caller: Principal, *, page_size: int, continuation: str | None) -> VoicePage:
         """Voice profiles of the caller's tenant, newest first."""
-        items, token = self._voices(caller.tenant_id).page(
-            "c.docType = 'voice'",
-            order_by="c.createdAt DESC",
-            page_size=page_size,
-            continuation=continuation,
+        items, token = self._voices.page(
+            caller.tenant_id, page_size=page_size, continuation=continuation
         )
         return VoicePage(items=[self._voice(doc) for doc in items], next=token)
 
@@ -254,8 +257,8 @@ class VoiceService:
         self, caller: Principal, voice_id: str, body: UploadRequest
     ) -> UploadInstructions:
         """Write-only SAS URLs for the announced files under the voice's upload prefix."""
-        voice = self._document(caller.tenant_id, voice_id)
-        consent_state = voice.get("consent", {}).get("state")
+        voice = self._voices.get(caller.tenant_id, voice_id)
+        consent_state = voice.consent.state
         if consent_state == "revoked":
             raise Conflict("consent was revoked: the voice takes no more uploads")
         kind = UploadKind(body.kind)
@@ -278,58 +281,59 @@ class VoiceService:
         self, caller: Principal, voice_id: str, body: ConsentRegistration, request_id: str
     ) -> Voice:
         """Grant consent from a processed consent recording (pending until it is processed)."""
-        document = self._document(caller.tenant_id, voice_id)
-        if document.get("consent", {}).get("state") == "revoked":
+        if self._voices.get(caller.tenant_id, voice_id).consent.state == "revoked":
             raise Conflict("consent was revoked; enroll the voice again")
         stem = body.file.rsplit(".", 1)[0]
         report = self._recordings(caller.tenant_id).previous(voice_id, "consent_audio", stem)
         now = self._clock()
-        consent: dict[str, Any] = {
-            "audioBlob": f"{UPLOADS_CONTAINER}/{caller.tenant_id}/{voice_id}/consent/{body.file}",
-            "recordedBy": caller.subject,
-        }
+        audio_blob = f"{UPLOADS_CONTAINER}/{caller.tenant_id}/{voice_id}/consent/{body.file}"
         if report is None:
-            consent["state"] = "pending"
+            consent = ConsentRecord(
+                audio_blob=audio_blob, recorded_by=caller.subject, state="pending"
+            )
         elif report["verdict"] == "rejected":
             codes = ", ".join(r["code"] for r in report.get("reasons", []))
             raise InvalidRequest(f"the consent recording was rejected ({codes}); record it again")
         else:
-            consent.update(
+            consent = ConsentRecord(
+                audio_blob=audio_blob,
+                recorded_by=caller.subject,
                 state="granted",
-                audioSha256=report["sha256"],
-                audioVerdict=report["verdict"],
-                grantedAt=now.isoformat(),
-                expiresAt=(now + self._consent_lifetime).isoformat(),
+                audio_sha256=report["sha256"],
+                audio_verdict=report["verdict"],
+                granted_at=now.isoformat(),
+                expires_at=(now + self._consent_lifetime).isoformat(),
             )
 
-        def register(current: dict[str, Any]) -> None:
-            if current.get("consent", {}).get("state") == "revoked":
+        def register(current: VoiceDocument) -> None:
+            if current.consent.state == "revoked":
                 raise Conflict("consent was revoked; enroll the voice again")
-            current["consent"] = consent
+            current.consent = consent
 
-        document = self._voices(caller.tenant_id).update(voice_id, register)
-        self._record(caller, "consent.register", voice_id, request_id, state=consent["state"])
+        document = self._voices.change(caller.tenant_id, voice_id, register)
+        self._record(caller, "consent.register", voice_id, request_id, state=consent.state)
         return self._voice(document)
 
     def revoke_consent(self, caller: Principal, voice_id: str, request_id: str) -> Voice:
         """Revoke consent: the voice can no longer be trained or used."""
-        self._document(caller.tenant_id, voice_id)  # 404 for an unknown voice
+        self._voices.get(caller.tenant_id, voice_id)  # 404 for an unknown voice
         revoked_at = self._now()
 
-        def revoke(current: dict[str, Any]) -> None:
-            consent = dict(current.get("consent", {}))
-            consent.update(state="revoked", revokedAt=revoked_at, revokedBy=caller.subject)
-            current["consent"] = consent
-            current["status"] = "revoked"
+        def revoke(current: VoiceDocument) -> None:
+            if current.consent.state == "revoked":
+                return  # the first revocation's time and author stand
+            current.consent = current.consent.model_copy(
+                update={"state": "revoked", "revoked_at": revoked_at, "revoked_by": caller.subject}
+            )
+            current.status = "revoked"
 
-        document = self._voices(caller.tenant_id).update(voice_id, revoke)
+        document = self._voices.change(caller.tenant_id, voice_id, revoke)
         self._record(caller, "consent.revoke", voice_id, request_id)
         return self._voice(document)
 
-    def training_of(self, caller: Principal, voice_id: str) -> dict[str, Any] | None:
+    def training_of(self, caller: Principal, voice_id: str) -> TrainingRecord | None:
         """The voice's training record (instance, dataset version, state fields)."""
-        training = self._document(caller.tenant_id, voice_id).get("training")
-        return dict(training) if training else None
+        return self._voices.get(caller.tenant_id, voice_id).training
 
     def consent_state(self, tenant_id: str, voice_id: str) -> ConsentState:
         """The consent state now (expiry applied): training and synthesis check this."""
@@ -341,87 +345,79 @@ class VoiceService:
         return Speaker(
             voice_id=voice_id,
             voice_name=deployed_voice_name(voice_id),
-            locale=document["locale"],
-            endpoint_id=document.get("endpointId"),
+            locale=document.locale,
+            endpoint_id=document.endpoint_id,
             consent=self._consent(document).state,
         )
 
-    def _settled(self, tenant_id: str, voice_id: str) -> dict[str, Any]:
+    def _settled(self, tenant_id: str, voice_id: str) -> VoiceDocument:
         """The voice, with a pending consent granted once its recording has been processed."""
-        document = self._document(tenant_id, voice_id)
-        consent = document.get("consent", {})
-        if consent.get("state") != "pending":
+        document = self._voices.get(tenant_id, voice_id)
+        if document.consent.state != "pending" or not document.consent.audio_blob:
             return document
-        stem = consent["audioBlob"].rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        stem = document.consent.audio_blob.rsplit("/", 1)[-1].rsplit(".", 1)[0]
         report = self._recordings(tenant_id).previous(voice_id, "consent_audio", stem)
         if report is None:
             return document
         now = self._clock()
         if report["verdict"] == "rejected":
-            settled = {"state": "none", "rejectedAt": now.isoformat()}
+            settled: dict[str, Any] = {"state": "none", "rejected_at": now.isoformat()}
         else:
             settled = {
                 "state": "granted",
-                "audioSha256": report["sha256"],
-                "audioVerdict": report["verdict"],
-                "grantedAt": now.isoformat(),
-                "expiresAt": (now + self._consent_lifetime).isoformat(),
+                "audio_sha256": report["sha256"],
+                "audio_verdict": report["verdict"],
+                "granted_at": now.isoformat(),
+                "expires_at": (now + self._consent_lifetime).isoformat(),
             }
 
-        def settle(current: dict[str, Any]) -> None:
-            if current.get("consent", {}).get("state") == "pending":  # not revoked meanwhile
-                current["consent"] = {**current["consent"], **settled}
+        def settle(current: VoiceDocument) -> None:
+            if current.consent.state == "pending":  # not revoked meanwhile
+                current.consent = current.consent.model_copy(update=settled)
 
-        document = self._voices(tenant_id).update(voice_id, settle)
-        consent = document.get("consent", {})
+        document = self._voices.change(tenant_id, voice_id, settle)
         self._audit.record(
             tenant_id,
             "system:consent",
-            AuditEvent("consent.settle", "voice", voice_id, details={"state": consent["state"]}),
+            AuditEvent(
+                "consent.settle", "voice", voice_id, details={"state": document.consent.state}
+            ),
         )
         return document
 
-    def _document(self, tenant_id: str, voice_id: str) -> dict[str, Any]:
-        document = self._voices(tenant_id).read(voice_id)
-        if document is None or document.get("docType") != "voice":
-            raise NotFound(f"No voice {voice_id}")
-        return document
-
-    def _consent(self, document: dict[str, Any]) -> Consent:
-        raw = document.get("consent", {})
-        state: ConsentState = raw.get("state", "none")
-        expires = raw.get("expiresAt")
+    def _consent(self, document: VoiceDocument) -> Consent:
+        raw = document.consent
+        state: ConsentState = raw.state
+        expires = raw.expires_at
         if state == "granted" and expires and datetime.fromisoformat(expires) <= self._clock():
             state = "expired"
         return Consent(
             state=state,
-            statement=statement_for(
-                document["locale"], document["talentName"], document["companyName"]
-            ),
-            locale=document["locale"],
-            audio_blob=raw.get("audioBlob"),
-            audio_sha256=raw.get("audioSha256"),
-            audio_verdict=raw.get("audioVerdict"),
-            recorded_by=raw.get("recordedBy"),
-            granted_at=raw.get("grantedAt"),
+            statement=statement_for(document.locale, document.talent_name, document.company_name),
+            locale=document.locale,
+            audio_blob=raw.audio_blob,
+            audio_sha256=raw.audio_sha256,
+            audio_verdict=raw.audio_verdict,
+            recorded_by=raw.recorded_by,
+            granted_at=raw.granted_at,
             expires_at=expires,
-            revoked_at=raw.get("revokedAt"),
-            revoked_by=raw.get("revokedBy"),
+            revoked_at=raw.revoked_at,
+            revoked_by=raw.revoked_by,
         )
 
-    def _voice(self, document: dict[str, Any]) -> Voice:
+    def _voice(self, document: VoiceDocument) -> Voice:
         return Voice(
-            id=document["id"],
-            talent_name=document["talentName"],
-            company_name=document["companyName"],
-            locale=document["locale"],
-            data_region=document["dataRegion"],
-            description=document.get("description", ""),
-            status=document["status"],
-            created_by=document["createdBy"],
-            created_at=document["createdAt"],
-            endpoint_id=document.get("endpointId"),
-            endpoint_ids=list(document.get("endpoints", [])),
+            id=document.id,
+            talent_name=document.talent_name,
+            company_name=document.company_name,
+            locale=document.locale,
+            data_region=document.data_region,
+            description=document.description,
+            status=document.status,
+            created_by=document.created_by,
+            created_at=document.created_at,
+            endpoint_id=document.endpoint_id,
+            endpoint_ids=list(document.endpoints),
             consent=self._consent(document),
         )
 

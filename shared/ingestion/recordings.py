@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from shared.audio.criteria import Reason, Verdict, no_transcript
-from shared.storage.clients import TenantScope
+from shared.storage.scope import TenantScope
 
 
 class RecordingReport(BaseModel):

@@ -2,14 +2,20 @@
 
 `AzureBlobStore` is the real one (the Runtime's BlobServiceClient, with its timeouts);
 `MemoryBlobStore` is the in-memory twin the service tests use. Both pass one contract
-test suite (tests/test_blobs.py).
+test suite (tests/contracts/test_blob_store.py, the Azure one on Azurite).
+
+Names are checked the same way by both before any request, so the twin refuses what Azure
+would: container names Azure rejects, empty or over-long blob names, and metadata that is
+not a valid header (keys are identifiers, values printable ASCII) — a ValueError.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
@@ -31,15 +37,27 @@ class BlobChanged(Exception):
     """The blob is no longer the version that was asked for (or is gone)."""
 
 
+class ContainerNotFound(LookupError):
+    """A blob was written to a container that does not exist."""
+
+
 class BlobStore(Protocol):
-    """Read, write and delete blobs by container and name."""
+    """Read, write and delete blobs by container and name.
+
+    Every method raises ValueError, before any request, for a container name Azure would
+    refuse, an empty or over-long blob name, or metadata Azure would refuse.
+    """
 
     def properties(self, container: str, name: str) -> BlobInfo | None:
-        """The blob's size, ETag and metadata; None if it does not exist."""
+        """The blob's size, ETag and metadata; None if it (or its container) does not exist."""
         ...
 
     def read(self, container: str, name: str, *, etag: str) -> bytes:
-        """The content of exactly this version; BlobChanged if it changed or went away."""
+        """The content of exactly this version; BlobChanged if it changed or went away.
+
+        The ETag is compared as Azure's If-Match does: with or without its quotes, and "*"
+        matches any version that exists.
+        """
         ...
 
     def fetch(self, container: str, name: str) -> tuple[BlobInfo, bytes] | None:
@@ -55,15 +73,23 @@ class BlobStore(Protocol):
         content_type: str,
         metadata: dict[str, str] | None = None,
     ) -> None:
-        """Create or replace a block blob from bytes, or from a file read to its end."""
+        """Create or replace a block blob from bytes, or from a file read to its end.
+
+        Every write is a new version (a new ETag), even of the same content; metadata is
+        replaced, not merged, and its values lose leading and trailing blanks.
+        ContainerNotFound if the container does not exist.
+        """
         ...
 
     def delete(self, container: str, name: str) -> bool:
-        """Delete a blob; False if there was none."""
+        """Delete a blob; False if there was none (or no container)."""
         ...
 
     def delete_prefix(self, container: str, prefix: str) -> int:
-        """Delete every blob whose name starts with `prefix`; how many were deleted."""
+        """Delete every blob whose name starts with `prefix`; how many were deleted.
+
+        0 if the container does not exist; ValueError for an empty prefix.
+        """
         ...
 
     def create_container(self, container: str) -> None:
@@ -75,6 +101,38 @@ class BlobStore(Protocol):
         ...
 
 
+# Azure's rules: 3-63 lowercase letters, digits and single hyphens between them (or one of
+# the special containers); blob names of 1-1024 characters; metadata names are C#
+# identifiers (case-insensitive) and values HTTP header text.
+_CONTAINER = re.compile(r"(?=.{3,63}\Z)[a-z0-9]+(?:-[a-z0-9]+)*\Z|\$(?:root|web|logs)\Z")
+_MAX_NAME = 1024
+_METADATA_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_METADATA_VALUE = re.compile(r"[\t\x20-\x7e]*\Z")
+
+
+def _check_container(container: str) -> None:
+    if not _CONTAINER.match(container):
+        raise ValueError(f"{container!r} is not a valid blob container name")
+
+
+def _check_blob(container: str, name: str) -> None:
+    _check_container(container)
+    if not 1 <= len(name) <= _MAX_NAME:
+        raise ValueError(f"a blob name has 1 to {_MAX_NAME} characters, not {len(name)}")
+
+
+def _check_metadata(metadata: Mapping[str, str]) -> None:
+    seen: set[str] = set()
+    for key, value in metadata.items():
+        if not _METADATA_KEY.match(key):
+            raise ValueError(f"metadata name {key!r} is not an identifier")
+        if key.lower() in seen:
+            raise ValueError(f"metadata name {key!r} is given twice (names ignore case)")
+        seen.add(key.lower())
+        if not isinstance(value, str) or not _METADATA_VALUE.match(value):
+            raise ValueError(f"metadata {key!r} is not printable ASCII text")
+
+
 class AzureBlobStore:
     """BlobStore over azure-storage-blob."""
 
@@ -82,9 +140,10 @@ class AzureBlobStore:
         self._service = service
 
     def properties(self, container: str, name: str) -> BlobInfo | None:
-        """The blob's size, ETag and metadata; None if it does not exist."""
+        """The blob's size, ETag and metadata; None if it (or its container) does not exist."""
         from azure.core.exceptions import ResourceNotFoundError
 
+        _check_blob(container, name)
         try:
             props = self._service.get_blob_client(container, name).get_blob_properties()
         except ResourceNotFoundError:
@@ -96,6 +155,7 @@ class AzureBlobStore:
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
+        _check_blob(container, name)
         blob = self._service.get_blob_client(container, name)
         try:
             return blob.download_blob(
@@ -108,6 +168,7 @@ class AzureBlobStore:
         """The blob's properties and content in one request; None if it does not exist."""
         from azure.core.exceptions import ResourceNotFoundError
 
+        _check_blob(container, name)
         try:
             download = self._service.get_blob_client(container, name).download_blob(
                 max_concurrency=2
@@ -128,20 +189,27 @@ class AzureBlobStore:
         metadata: dict[str, str] | None = None,
     ) -> None:
         """Create or replace a block blob; a file is uploaded in blocks, never read whole."""
+        from azure.core.exceptions import ResourceNotFoundError
         from azure.storage.blob import ContentSettings
 
-        self._service.get_blob_client(container, name).upload_blob(
-            data,
-            overwrite=True,
-            content_settings=ContentSettings(content_type=content_type),
-            metadata=metadata,
-            max_concurrency=2,
-        )
+        _check_blob(container, name)
+        _check_metadata(metadata or {})
+        try:
+            self._service.get_blob_client(container, name).upload_blob(
+                data,
+                overwrite=True,
+                content_settings=ContentSettings(content_type=content_type),
+                metadata=metadata,
+                max_concurrency=2,
+            )
+        except ResourceNotFoundError as missing:  # the only 404 of a Put Blob
+            raise ContainerNotFound(container) from missing
 
     def delete(self, container: str, name: str) -> bool:
-        """Delete a blob; False if there was none."""
+        """Delete a blob; False if there was none (or no container)."""
         from azure.core.exceptions import ResourceNotFoundError
 
+        _check_blob(container, name)
         try:
             self._service.get_blob_client(container, name).delete_blob()
         except ResourceNotFoundError:
@@ -150,19 +218,26 @@ class AzureBlobStore:
 
     def delete_prefix(self, container: str, prefix: str) -> int:
         """Delete every blob whose name starts with `prefix`; how many were deleted."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        _check_container(container)
         if not prefix:
             raise ValueError("refusing to delete a whole container by an empty prefix")
         client = self._service.get_container_client(container)
         deleted = 0
-        for blob in client.list_blobs(name_starts_with=prefix):
-            if self.delete(container, blob.name):
-                deleted += 1
+        try:
+            for blob in client.list_blobs(name_starts_with=prefix):
+                if self.delete(container, blob.name):
+                    deleted += 1
+        except ResourceNotFoundError:  # no container: nothing to delete, as with delete()
+            return deleted
         return deleted
 
     def create_container(self, container: str) -> None:
         """Create a container (no error if it exists)."""
         from azure.core.exceptions import ResourceExistsError
 
+        _check_container(container)
         with contextlib.suppress(ResourceExistsError):
             self._service.create_container(container)
 
@@ -170,6 +245,7 @@ class AzureBlobStore:
         """Delete a container and its blobs; False if there was none."""
         from azure.core.exceptions import ResourceNotFoundError
 
+        _check_container(container)
         try:
             self._service.delete_container(container)
         except ResourceNotFoundError:
@@ -185,17 +261,33 @@ class _MemoryBlob:
     metadata: dict[str, str]
 
 
+def _bootstrapped_containers() -> set[str]:
+    from shared.storage.bootstrap import BLOB_CONTAINERS
+
+    return set(BLOB_CONTAINERS)
+
+
+def _etag_matches(current: str, wanted: str) -> bool:
+    return wanted == "*" or current.strip('"') == wanted.strip('"')
+
+
 @dataclass
 class MemoryBlobStore:
-    """BlobStore in memory, for service tests."""
+    """BlobStore in memory, for service tests.
+
+    A new store is the account as bootstrap leaves it: the app's blob containers exist
+    (`containers`; pass `containers=set()` for an empty account), any other must be created
+    before blobs are written to it, as in Azure.
+    """
 
     blobs: dict[tuple[str, str], _MemoryBlob] = field(default_factory=dict)
-    containers: set[str] = field(default_factory=set)
+    containers: set[str] = field(default_factory=_bootstrapped_containers)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _version: int = 0
 
     def properties(self, container: str, name: str) -> BlobInfo | None:
-        """The blob's size, ETag and metadata; None if it does not exist."""
+        """The blob's size, ETag and metadata; None if it (or its container) does not exist."""
+        _check_blob(container, name)
         blob = self.blobs.get((container, name))
         if blob is None:
             return None
@@ -203,13 +295,15 @@ class MemoryBlobStore:
 
     def read(self, container: str, name: str, *, etag: str) -> bytes:
         """The content of exactly this version; BlobChanged if it changed or went away."""
+        _check_blob(container, name)
         blob = self.blobs.get((container, name))
-        if blob is None or blob.etag != etag:
+        if blob is None or not _etag_matches(blob.etag, etag):
             raise BlobChanged(name)
         return blob.data
 
     def fetch(self, container: str, name: str) -> tuple[BlobInfo, bytes] | None:
         """The blob's properties and content in one request; None if it does not exist."""
+        _check_blob(container, name)
         blob = self.blobs.get((container, name))
         if blob is None:
             return None
@@ -225,22 +319,29 @@ class MemoryBlobStore:
         metadata: dict[str, str] | None = None,
     ) -> None:
         """Create or replace a block blob."""
+        _check_blob(container, name)
+        _check_metadata(metadata or {})
         if not isinstance(data, bytes):
             data = data.read()
+        # Azure stores header values without their leading and trailing blanks.
+        stored = {key: value.strip(" \t") for key, value in (metadata or {}).items()}
         with self._lock:
+            if container not in self.containers:
+                raise ContainerNotFound(container)
             self._version += 1
             digest = hashlib.sha256(data).hexdigest()[:8]
             etag = f'"0x{self._version:04X}{digest}"'
-            self.blobs[(container, name)] = _MemoryBlob(
-                data, etag, content_type, dict(metadata or {})
-            )
+            self.blobs[(container, name)] = _MemoryBlob(data, etag, content_type, stored)
 
     def delete(self, container: str, name: str) -> bool:
-        """Delete a blob; False if there was none."""
-        return self.blobs.pop((container, name), None) is not None
+        """Delete a blob; False if there was none (or no container)."""
+        _check_blob(container, name)
+        with self._lock:
+            return self.blobs.pop((container, name), None) is not None
 
     def delete_prefix(self, container: str, prefix: str) -> int:
         """Delete every blob whose name starts with `prefix`; how many were deleted."""
+        _check_container(container)
         if not prefix:
             raise ValueError("refusing to delete a whole container by an empty prefix")
         with self._lock:
@@ -253,12 +354,16 @@ class MemoryBlobStore:
 
     def create_container(self, container: str) -> None:
         """Create a container (no error if it exists)."""
-        self.containers.add(container)
+        _check_container(container)
+        with self._lock:
+            self.containers.add(container)
 
     def delete_container(self, container: str) -> bool:
         """Delete a container and its blobs; False if there was none."""
-        existed = container in self.containers or any(c == container for c, _ in self.blobs)
-        self.containers.discard(container)
-        for key in [key for key in self.blobs if key[0] == container]:
-            del self.blobs[key]
+        _check_container(container)
+        with self._lock:
+            existed = container in self.containers
+            self.containers.discard(container)
+            for key in [key for key in self.blobs if key[0] == container]:
+                del self.blobs[key]
         return existed

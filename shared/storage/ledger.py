@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from azure.cosmos import ContainerProxy
 
-from shared.storage.clients import TENANT_FIELD
+from shared.storage.scope import TENANT_FIELD
 
 
 class ClaimState(StrEnum):

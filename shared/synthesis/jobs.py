@@ -12,6 +12,12 @@ Only offsets and counts travel through the orchestration history, never text or 
 Every blob carries the retention class of synthesized audio, and segments and input are
 deleted as soon as the result is written (or the job is cancelled or fails).
 
+What travels is typed: `JobSpec` is the orchestration's input; `SegmentWork`, `JoinWork`
+and `JobEnd` are activity inputs; `SplitResult`, `SegmentResult` and `JoinedFile` activity
+results; `JobOutcome` the orchestration's output. Each crosses the Durable boundary as
+`model_dump(mode="json")` and is read back with `model_validate`. Their JSON (field names
+and order) is what instances in flight carry and replay by: it must not change.
+
 One voice for the whole file: the job pins the provider and voice that would speak first
 when it starts (the same selection and consent checks as `/synthesize`). Segments are
 spoken by that provider only, with retries; a fallback voice never takes over
@@ -28,9 +34,17 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    field_validator,
+    model_serializer,
+)
 
 from shared.audit import AuditEvent, AuditLog
 from shared.core.errors import Conflict, DomainError, InvalidRequest, NotFound
@@ -115,21 +129,130 @@ def instance_id(tenant_id: str, job_id: str) -> str:
     return f"synth-{tenant_id}-{job_id}"
 
 
-def _blob(job: dict[str, Any], part: str) -> str:
-    return f"{job['tenant_id']}/{job['job_id']}/{part}"
+# ---- what travels through the orchestration (field order is the wire's) -------------------
 
 
-def _text_blob(job: dict[str, Any], index: int) -> str:
-    return _blob(job, f"text/{index:05d}.txt")
+class JobOptions(BaseModel):
+    """How a job speaks: its request's fields other than the text (`SynthesisJobBody`)."""
+
+    voice: str | None = None
+    language: str | None = None
+    format: AudioFormat = AudioFormat.MP3
+    style: str | None = None
+    rate: str | None = None
+    pitch: str | None = None
+    allow_fallback: bool = False
+
+    def body(self, text: str) -> SynthesisJobBody:
+        """The job's request for a piece of its text."""
+        return SynthesisJobBody.model_validate({**self.model_dump(mode="json"), "text": text})
 
 
-def _audio_blob(job: dict[str, Any], index: int) -> str:
-    return _blob(job, f"audio/{index:05d}.pcm")
+class JobSpec(BaseModel):
+    """The orchestration's input: whose job it is, the provider and voice pinned at its
+    start, and how it speaks. Every activity gets it."""
+
+    tenant_id: str
+    job_id: str
+    actor: str
+    provider: str
+    voice: str
+    options: JobOptions
+    parallelism: int = Field(ge=1)
+
+    def blob(self, part: str) -> str:
+        """The name of one of the job's blobs in `JOBS_CONTAINER`."""
+        return f"{self.tenant_id}/{self.job_id}/{part}"
+
+    def text_blob(self, index: int) -> str:
+        """Where segment `index`'s text is stored."""
+        return self.blob(f"text/{index:05d}.txt")
+
+    def audio_blob(self, index: int) -> str:
+        """Where segment `index`'s audio is stored."""
+        return self.blob(f"audio/{index:05d}.pcm")
+
+    def result_blob(self) -> str:
+        """Where the joined file goes."""
+        return self.blob(f"result.{EXTENSIONS[self.options.format]}")
 
 
-def result_blob(job: dict[str, Any]) -> str:
-    """Where the joined file of a job goes."""
-    return _blob(job, f"result.{EXTENSIONS[AudioFormat(job['options']['format'])]}")
+class SplitResult(BaseModel):
+    """`synthesis_job_split`: how many segments the text was split into."""
+
+    segments: int
+
+
+class SegmentWork(BaseModel):
+    """`synthesis_job_speak`'s input: one segment of a job."""
+
+    job: JobSpec
+    index: int
+
+
+class SegmentSpoken(BaseModel):
+    """`synthesis_job_speak`: the segment's audio is stored."""
+
+    ok: Literal[True] = True
+    index: int
+    bytes: int
+
+
+class SegmentRefused(BaseModel):
+    """`synthesis_job_speak`: the segment cannot be spoken and retrying will not help."""
+
+    ok: Literal[False] = False
+    reason: str
+
+
+SegmentResult = Annotated[SegmentSpoken | SegmentRefused, Field(discriminator="ok")]
+SEGMENT_RESULT: Final[TypeAdapter[SegmentSpoken | SegmentRefused]] = TypeAdapter(SegmentResult)
+
+
+class JoinWork(BaseModel):
+    """`synthesis_job_join`'s input: the job and how many segments it has."""
+
+    job: JobSpec
+    count: int
+
+
+class JoinedFile(BaseModel):
+    """`synthesis_job_join`: the joined file."""
+
+    blob: str
+    bytes: int
+    duration_s: float
+
+
+JobEndState = Literal["completed", "failed", "canceled"]
+
+
+class JobOutcome(BaseModel):
+    """The orchestration's output: how the job ended, how far it got and, when it
+    completed, its file. Fields without a value are left out of its JSON."""
+
+    state: JobEndState = "completed"
+    segments_done: int = 0
+    segments_total: int | None = None
+    reason: str | None = None
+    blob: str | None = None
+    bytes: int | None = None
+    duration_s: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_nones(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+    def stop(self, state: JobEndState, reason: str) -> None:
+        """Record that the job ends `state` for `reason`."""
+        self.state, self.reason = state, reason
+
+
+class JobEnd(BaseModel):
+    """`synthesis_job_finished`'s input: the job and its outcome."""
+
+    job: JobSpec
+    outcome: JobOutcome
 
 
 _METADATA: Final = {"dataclass": RETENTION_CLASS}
@@ -186,23 +309,25 @@ class SynthesisJobs:
             caller.tenant_id, body.speech(probe, AudioFormat.RAW_PCM16_24K)
         )
         job_id = self._new_id()
-        job = {
-            "tenant_id": caller.tenant_id,
-            "job_id": job_id,
-            "actor": caller.subject,
-            "provider": provider,
-            "voice": voice,
-            "options": body.model_dump(mode="json", exclude={"text"}),
-            "parallelism": self._parallelism,
-        }
+        job = JobSpec(
+            tenant_id=caller.tenant_id,
+            job_id=job_id,
+            actor=caller.subject,
+            provider=provider,
+            voice=voice,
+            options=JobOptions.model_validate(body.model_dump(mode="json", exclude={"text"})),
+            parallelism=self._parallelism,
+        )
         self._blobs.write(
             JOBS_CONTAINER,
-            _blob(job, "input.txt"),
+            job.blob("input.txt"),
             body.text.encode("utf-8"),
             content_type="text/plain; charset=utf-8",
             metadata=_METADATA,
         )
-        orchestrations.start(ORCHESTRATOR, instance_id(caller.tenant_id, job_id), job)
+        orchestrations.start(
+            ORCHESTRATOR, instance_id(caller.tenant_id, job_id), job.model_dump(mode="json")
+        )
         self._audit.record(
             caller.tenant_id,
             caller.subject,
@@ -304,74 +429,74 @@ class SynthesisJobs:
 
     # ---- activities ------------------------------------------------------------------------
 
-    def split(self, job: dict[str, Any]) -> dict[str, Any]:
+    def split(self, job: JobSpec) -> SplitResult:
         """Split the input into segment blobs; the count goes back to the orchestration."""
-        name = _blob(job, "input.txt")
+        name = job.blob("input.txt")
         found = self._blobs.fetch(JOBS_CONTAINER, name)
         if found is None:  # a retried split after the input was already removed
             count = 0
-            while self._blobs.properties(JOBS_CONTAINER, _text_blob(job, count)) is not None:
+            while self._blobs.properties(JOBS_CONTAINER, job.text_blob(count)) is not None:
                 count += 1
-            return {"segments": count}
+            return SplitResult(segments=count)
         text = found[1].decode("utf-8")
         segments = segment_text(text, max_chars=self._segment_characters)
         for segment in segments:
             self._blobs.write(
                 JOBS_CONTAINER,
-                _text_blob(job, segment.index),
+                job.text_blob(segment.index),
                 segment.spoken_text(text).encode("utf-8"),
                 content_type="text/plain; charset=utf-8",
                 metadata=_METADATA,
             )
         self._blobs.delete(JOBS_CONTAINER, name)
-        return {"segments": len(segments)}
+        return SplitResult(segments=len(segments))
 
-    def speak(self, job: dict[str, Any], index: int) -> dict[str, Any]:
+    def speak(self, job: JobSpec, index: int) -> SegmentSpoken | SegmentRefused:
         """Speak one segment with the job's pinned provider and store its audio.
 
         A refusal that retrying cannot fix (consent revoked, voice gone, text refused) is
-        returned as `{"ok": False, "reason"}`; transient failures raise, so the
-        orchestration retries them.
+        returned as `SegmentRefused`; transient failures raise, so the orchestration
+        retries them.
         """
-        found = self._blobs.fetch(JOBS_CONTAINER, _text_blob(job, index))
+        found = self._blobs.fetch(JOBS_CONTAINER, job.text_blob(index))
         if found is None:
-            return {"ok": False, "reason": f"segment {index} is missing"}
+            return SegmentRefused(reason=f"segment {index} is missing")
         text = found[1].decode("utf-8")
-        body = SynthesisJobBody.model_validate({**job["options"], "text": text})
+        body = job.options.body(text)
         try:
             spoken = self._synthesis.speak_pinned(
-                job["tenant_id"],
+                job.tenant_id,
                 body.speech(text, AudioFormat.RAW_PCM16_24K),
-                job["provider"],
-                job["voice"],
+                job.provider,
+                job.voice,
             )
         except DomainError as error:
             if error.status >= 500 or error.status == 429:
                 raise
-            return {"ok": False, "reason": f"segment {index}: {error.detail}"}
+            return SegmentRefused(reason=f"segment {index}: {error.detail}")
         self._blobs.write(
             JOBS_CONTAINER,
-            _audio_blob(job, index),
+            job.audio_blob(index),
             spoken.result.audio,
             content_type=AudioFormat.RAW_PCM16_24K.content_type,
             metadata=_METADATA,
         )
-        return {"ok": True, "index": index, "bytes": len(spoken.result.audio)}
+        return SegmentSpoken(index=index, bytes=len(spoken.result.audio))
 
-    def join(self, job: dict[str, Any], count: int) -> dict[str, Any]:
+    def join(self, job: JobSpec, count: int) -> JoinedFile:
         """Stream the segments, in order, into one file of the job's format; clean up."""
         from shared.synthesis.join import join_segments  # numpy + soundfile: not at cold start
 
-        audio_format = AudioFormat(job["options"]["format"])
-        written = self._blobs.properties(JOBS_CONTAINER, result_blob(job))
+        audio_format = job.options.format
+        written = self._blobs.properties(JOBS_CONTAINER, job.result_blob())
         if written is not None and "durationseconds" in written.metadata:
             # A retry after the result was written (and maybe the segments removed).
             self._tidy(job)
-            return {
-                "blob": result_blob(job),
-                "bytes": written.size,
-                "duration_s": float(written.metadata["durationseconds"]),
-            }
+            return JoinedFile(
+                blob=job.result_blob(),
+                bytes=written.size,
+                duration_s=float(written.metadata["durationseconds"]),
+            )
         with tempfile.TemporaryFile() as out:
             summary = join_segments(self._segments(job, count), out, audio_format)
             size = out.tell()
@@ -379,41 +504,41 @@ class SynthesisJobs:
             duration = round(summary.duration_s, 3)
             self._blobs.write(
                 JOBS_CONTAINER,
-                result_blob(job),
+                job.result_blob(),
                 out,
                 content_type=audio_format.content_type,
                 metadata={**_METADATA, "durationseconds": str(duration)},
             )
         self._tidy(job)
-        return {"blob": result_blob(job), "bytes": size, "duration_s": duration}
+        return JoinedFile(blob=job.result_blob(), bytes=size, duration_s=duration)
 
-    def _segments(self, job: dict[str, Any], count: int) -> Iterator[bytes]:
+    def _segments(self, job: JobSpec, count: int) -> Iterator[bytes]:
         for index in range(count):
-            found = self._blobs.fetch(JOBS_CONTAINER, _audio_blob(job, index))
+            found = self._blobs.fetch(JOBS_CONTAINER, job.audio_blob(index))
             if found is None:
                 raise RuntimeError(f"segment {index} has no audio")
             yield found[1]
 
-    def discard(self, job: dict[str, Any]) -> None:
+    def discard(self, job: JobSpec) -> None:
         """Delete everything the job wrote: input, segments, audio and any result."""
-        self._blobs.delete_prefix(JOBS_CONTAINER, _blob(job, ""))
+        self._blobs.delete_prefix(JOBS_CONTAINER, job.blob(""))
 
-    def _tidy(self, job: dict[str, Any]) -> None:
+    def _tidy(self, job: JobSpec) -> None:
         """Delete the job's input and segments once its result is written."""
         for part in ("input.txt", "text/", "audio/"):
-            self._blobs.delete_prefix(JOBS_CONTAINER, _blob(job, part))
+            self._blobs.delete_prefix(JOBS_CONTAINER, job.blob(part))
 
-    def finished(self, job: dict[str, Any], outcome: dict[str, Any]) -> None:
+    def finished(self, job: JobSpec, outcome: JobOutcome) -> None:
         """Audit how the job ended (ids and codes only)."""
         self._audit.record(
-            job["tenant_id"],
+            job.tenant_id,
             "system:synthesis",
             AuditEvent(
                 "synthesis.job_end",
                 "synthesis_job",
-                job["job_id"],
-                outcome="success" if outcome["state"] == "completed" else "failure",
-                details={"state": outcome["state"], "segments": outcome.get("segments_done", 0)},
+                job.job_id,
+                outcome="success" if outcome.state == "completed" else "failure",
+                details={"state": outcome.state, "segments": outcome.segments_done},
             ),
         )
 

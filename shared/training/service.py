@@ -18,14 +18,22 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from shared.audit import AuditEvent, AuditLog
-from shared.core.errors import Conflict
+from shared.core.errors import Conflict, NotFound
+from shared.core.identity import Principal
 from shared.core.orchestrations import Orchestrations
-from shared.enrollment.voices import deployed_voice_name
+from shared.enrollment.document import TrainingRecord, VoiceDocument, VoiceRecords, VoiceStatus
+from shared.enrollment.voices import (
+    ConsentRegistration,
+    Voice,
+    VoiceService,
+    deployed_voice_name,
+)
 from shared.ingestion.recordings import RecordingStore
 from shared.ingestion.uploads import PROCESSED_CONTAINER, UPLOADS_CONTAINER
 from shared.storage.blobs import BlobStore
-from shared.storage.clients import TenantScope
 from shared.storage.sas import SasIssuer
+from shared.storage.scope import TenantScope
+from shared.training.views import TrainingState, training_state
 
 if TYPE_CHECKING:
     from shared.training.custom_voice import CustomVoiceClient
@@ -132,13 +140,14 @@ class ConsentLost(Exception):
 
 
 class TrainingService:
-    """The activities of the training orchestration."""
+    """Voice training: the orchestration's activities and the use cases that steer it."""
 
     def __init__(
         self,
         *,
         client: Callable[[], CustomVoiceClient],
-        voices: Callable[[str], TenantScope],
+        voices: VoiceRecords,
+        profiles: VoiceService,
         recordings: Callable[[str], RecordingStore],
         consent_granted: Callable[[str, str], bool],
         blobs: BlobStore,
@@ -148,10 +157,13 @@ class TrainingService:
         minimum_utterances: int,
         recipe_kind: str,
         timing: Timing,
+        forget_spoken: Callable[[str, str], object] = lambda tenant, voice: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._client = client
         self._voices = voices
+        self._profiles = profiles
+        self._forget_spoken = forget_spoken
         self._recordings = recordings
         self._consent_granted = consent_granted
         self._blobs = blobs
@@ -183,7 +195,8 @@ class TrainingService:
         ready = self.check_ready(run)
         if not ready.ok:
             raise Conflict(f"training cannot start: {ready.reason}")
-        current = self._voice(run).get("training", {}).get("instanceId")
+        training = self._voice(run).training
+        current = training.instance_id if training else None
         if current:
             status = orchestrations.status(current)
             if status is not None and status.runtime_status in ACTIVE:
@@ -216,8 +229,8 @@ class TrainingService:
         (POST /training), so a stream of uploads past the minimum starts one run, not one
         per file.
         """
-        voice = self._voices(tenant_id).read(voice_id)
-        if voice is None or voice.get("status") != "enrolling":
+        voice = self._voices.read(tenant_id, voice_id)
+        if voice is None or voice.status != "enrolling":
             return None
         accepted = self.accepted(tenant_id, voice_id)
         if len(accepted) < self._minimum or not self._consent_granted(tenant_id, voice_id):
@@ -272,10 +285,10 @@ class TrainingService:
         """Create the consent resource from the consent recording (SAS made here)."""
         voice = self._voice(run)
         self._require_consent(run)
-        blob = voice["consent"]["audioBlob"].removeprefix(UPLOADS_CONTAINER + "/")
+        blob = (voice.consent.audio_blob or "").removeprefix(UPLOADS_CONTAINER + "/")
         stem = blob.rsplit("/", 1)[-1].rsplit(".", 1)[0]
         report = self._recordings(run.tenant_id).previous(run.voice_id, "consent_audio", stem)
-        if report is None or report["sha256"] != voice["consent"].get("audioSha256"):
+        if report is None or report["sha256"] != voice.consent.audio_sha256:
             raise ConsentLost("the consent recording changed since consent was granted")
         url = self._sas.blob_url(
             UPLOADS_CONTAINER, blob, permission="r", lifetime=timedelta(hours=6)
@@ -284,9 +297,9 @@ class TrainingService:
         self._client().create_consent(
             consent_id,
             run.project_id,
-            talent_name=voice["talentName"],
-            company_name=voice["companyName"],
-            locale=voice["locale"],
+            talent_name=voice.talent_name,
+            company_name=voice.company_name,
+            locale=voice.locale,
             audio_url=url.url,
         )
         return Resource(kind="consent", id=consent_id)
@@ -299,7 +312,7 @@ class TrainingService:
         set_id = run.resource_id("training_set")
         client = self._client()
         client.create_training_set(
-            set_id, run.project_id, voice["locale"], f"dataset {run.dataset_version}"
+            set_id, run.project_id, voice.locale, f"dataset {run.dataset_version}"
         )
         container = self._sas.container_url(
             run.staging_container, permission="rl", lifetime=timedelta(hours=6)
@@ -322,7 +335,7 @@ class TrainingService:
             training_set_id=run.resource_id("training_set"),
             voice_name=run.voice_name,
             recipe_kind=self._recipe,
-            locale=voice["locale"],
+            locale=voice.locale,
         )
         return Resource(kind="model", id=model_id)
 
@@ -369,18 +382,21 @@ class TrainingService:
         }[resource.kind]
         return deleter(resource.id)
 
-    def set_status(self, run: TrainingRun, status: str, **fields: Any) -> None:
+    def set_status(self, run: TrainingRun, status: VoiceStatus, **fields: Any) -> None:
         """Record the voice's training state (and any fields) on its profile."""
 
-        def change(document: dict[str, Any]) -> None:
-            training = document.get("training", {})
-            document["training"] = {**training, **fields, "datasetVersion": run.dataset_version}
-            if document.get("consent", {}).get("state") != "revoked":
-                document["status"] = status  # revocation wins over any progress or failure
+        def change(document: VoiceDocument) -> None:
+            known = (
+                document.training.model_dump(by_alias=True, exclude_unset=True)
+                if (document.training)
+                else {}
+            )
+            document.training = TrainingRecord.model_validate(
+                {**known, **fields, "datasetVersion": run.dataset_version}
+            )
+            document.status = status  # VoiceRecords keeps a revoked voice revoked
 
-        # Only the fields changed here are written, and only over the version read: a
-        # revocation landing meanwhile is never overwritten.
-        self._voices(run.tenant_id).update(run.voice_id, change)
+        self._voices.change(run.tenant_id, run.voice_id, change)
         self._audit.record(
             run.tenant_id,
             ACTOR,
@@ -396,11 +412,11 @@ class TrainingService:
         """Record the endpoint on the voice and publish `voice.deployed` to the outbox."""
         self._require_consent(run)  # revoked while deploying: compensation deletes it
 
-        def record(document: dict[str, Any]) -> None:
-            document["endpointId"] = endpoint_id
-            document["endpoints"] = sorted({*document.get("endpoints", []), endpoint_id})
+        def record(document: VoiceDocument) -> None:
+            document.endpoint_id = endpoint_id
+            document.endpoints = sorted({*document.endpoints, endpoint_id})
 
-        self._voices(run.tenant_id).update(run.voice_id, record)
+        self._voices.change(run.tenant_id, run.voice_id, record)
         self.set_status(
             run, "deployed", endpointId=endpoint_id, deployedAt=self._clock().isoformat()
         )
@@ -423,8 +439,99 @@ class TrainingService:
         if not self._consent_granted(run.tenant_id, run.voice_id):
             raise ConsentLost("consent is no longer granted")
 
-    def _voice(self, run: TrainingRun) -> dict[str, Any]:
-        document = self._voices(run.tenant_id).read(run.voice_id)
+    def _voice(self, run: TrainingRun) -> VoiceDocument:
+        document = self._voices.read(run.tenant_id, run.voice_id)
         if document is None:
             raise LookupError(f"voice {run.voice_id} is gone")
         return document
+
+    # Use cases of the HTTP API: each handler calls one of these.
+
+    def current_run(self, caller: Principal, voice_id: str) -> TrainingRun:
+        """The voice's latest training run; NotFound when it was never trained."""
+        voice = self._profiles.get(caller, voice_id)
+        training = self._profiles.training_of(caller, voice.id)
+        if training is None or not training.dataset_version:
+            raise NotFound(f"voice {voice.id} has no training run")
+        return TrainingRun(
+            tenant_id=caller.tenant_id,
+            voice_id=voice.id,
+            dataset_version=training.dataset_version,
+            requested_by=caller.subject,
+            attempt=training.attempt or 1,
+        )
+
+    def request(
+        self, caller: Principal, voice_id: str, orchestrations: Orchestrations
+    ) -> tuple[TrainingState, bool]:
+        """Start training the voice's current dataset; False when that run already exists."""
+        voice = self._profiles.get(caller, voice_id)
+        run, started = self.start(caller.tenant_id, voice.id, caller.subject, orchestrations)
+        return training_state(run, orchestrations.status(run.instance_id)), started
+
+    def state(
+        self, caller: Principal, voice_id: str, orchestrations: Orchestrations
+    ) -> TrainingState:
+        """Where the voice's training stands."""
+        run = self.current_run(caller, voice_id)
+        return training_state(run, orchestrations.status(run.instance_id))
+
+    def decide(
+        self, caller: Principal, voice_id: str, orchestrations: Orchestrations, *, approved: bool
+    ) -> TrainingState:
+        """Approve or reject deployment; only a run awaiting approval can be decided."""
+        run = self.current_run(caller, voice_id)
+        status = orchestrations.status(run.instance_id)
+        step = (status.custom_status or {}).get("step") if status else None
+        if step != "awaiting_approval":
+            raise Conflict(f"the training run is not awaiting approval (step: {step})")
+        orchestrations.raise_event(
+            run.instance_id, "approval", {"approved": approved, "by": caller.subject}
+        )
+        return training_state(run, status)
+
+    def cancel(
+        self, caller: Principal, voice_id: str, orchestrations: Orchestrations
+    ) -> TrainingState:
+        """Ask a running run to stop and compensate; a finished run cannot be cancelled."""
+        run = self.current_run(caller, voice_id)
+        status = orchestrations.status(run.instance_id)
+        if status is None or status.runtime_status not in ACTIVE:
+            raise Conflict("the training run has already finished")
+        orchestrations.raise_event(
+            run.instance_id, "cancel", {"reason": f"cancelled by {caller.subject}"}
+        )
+        return training_state(run, orchestrations.status(run.instance_id))
+
+    def register_consent(
+        self,
+        caller: Principal,
+        voice_id: str,
+        body: ConsentRegistration,
+        request_id: str,
+        orchestrations: Orchestrations,
+    ) -> Voice:
+        """Register the consent recording; a dataset already at the minimum starts training."""
+        voice = self._profiles.register_consent(caller, voice_id, body, request_id)
+        if voice.consent.state == "granted":
+            self.start_when_ready(caller.tenant_id, voice.id, orchestrations)
+        return voice
+
+    def revoke_consent(
+        self, caller: Principal, voice_id: str, request_id: str, orchestrations: Orchestrations
+    ) -> Voice:
+        """Revoke consent (audited), stop the voice's training, delete every endpoint it was
+        ever deployed to and forget the audio already spoken in it."""
+        voice = self._profiles.revoke_consent(caller, voice_id, request_id)
+        training = self._profiles.training_of(caller, voice.id)
+        if training is not None and training.instance_id:
+            status = orchestrations.status(training.instance_id)
+            if status is not None and status.runtime_status in {"Pending", "Running"}:
+                orchestrations.raise_event(
+                    training.instance_id, "cancel", {"reason": "consent revoked"}
+                )
+        for endpoint_id in voice.endpoint_ids:
+            self.delete(Resource(kind="endpoint", id=endpoint_id))
+        # Audio already spoken in the voice goes too (never served again in any case).
+        self._forget_spoken(caller.tenant_id, voice.id)
+        return voice

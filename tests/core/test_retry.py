@@ -23,7 +23,7 @@ NOW = datetime(2026, 12, 4, 12, 0, 0, tzinfo=UTC)
         (" 7 ", 7.0),
         ("1.5", 1.5),
         ("0", 0.0),
-        ("-3", 0.0),
+        ("-3", None),
         ("Fri, 04 Dec 2026 12:00:30 GMT", 30.0),
         ("Fri, 04 Dec 2026 11:59:00 GMT", 0.0),  # a date in the past: go now
         ("", None),
@@ -46,6 +46,7 @@ def test_milliseconds_win_over_seconds_and_names_are_case_insensitive() -> None:
     assert retry_after_seconds({"x-ms-retry-after-ms": "1500"}) == 1.5
     assert retry_after_seconds({"RETRY-AFTER": "4"}) == 4.0
     assert retry_after_seconds({"retry-after-ms": "bad", "Retry-After": "3"}) == 3.0
+    assert retry_after_seconds({"retry-after-ms": "-5", "Retry-After": "2"}) == 2.0
     assert retry_after_seconds({}) is None
 
 

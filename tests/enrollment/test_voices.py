@@ -8,8 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.runtime import Runtime
+from shared.config import Settings
+from shared.runtime import Runtime, use_runtime
 from tests.kit.audio import speech, wav
+from tests.kit.clock import FakeClock
 from tests.kit.host import json_body, request
 
 pytestmark = pytest.mark.integration
@@ -189,14 +191,22 @@ def test_revoked_consent_stops_uploads_and_is_audited(live_runtime: Runtime) -> 
     assert actions[-2:] == ["consent.register", "consent.revoke"]
 
 
-def test_consent_expires(live_runtime: Runtime) -> None:
-    from shared.enrollment.voices import VoiceService
-
+def test_consent_expires(live_settings: Settings) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    runtime = Runtime(live_settings, clock=clock)
+    runtime.bootstrap()
+    use_runtime(runtime)
     voice = enroll()
-    ingest_consent(live_runtime, voice["id"], wav(speech()))
+    ingest_consent(runtime, voice["id"], wav(speech()))
     request(
         "POST", f"/api/v1/voices/{voice['id']}/consent", body={"file": "consent.wav"}, token=ANALYST
     )
-    service: VoiceService = live_runtime.voices
-    service._clock = lambda: datetime.now(UTC) + timedelta(days=366)  # a year and a day on
-    assert service.consent_state("dev-tenant", voice["id"]) == "expired"
+    assert runtime.voices.consent_state("dev-tenant", voice["id"]) == "granted"
+    clock.advance(timedelta(days=366))  # a year and a day on
+    assert runtime.voices.consent_state("dev-tenant", voice["id"]) == "expired"
+    assert (
+        json_body(request("GET", f"/api/v1/voices/{voice['id']}", token=ANALYST))["consent"][
+            "state"
+        ]
+        == "expired"
+    )

@@ -34,6 +34,9 @@ What the SDK (azure-functions-durable 1.7) requires of the history, and the driv
   the extension does (it cancels only its own task); nothing resumes in that episode.
 - Events raised before the orchestrator waits for them are kept by the SDK (it warns
   "Potential duplicate Task completion") and handed over when it asks.
+- An event's data reaches the orchestrator as `df_loads(EventRaised.Input)`. `raise_event`
+  encodes the data once; the SDK's real client encodes it twice, so to see what the host
+  delivers, pass the body it received to `raise_event_json` (tests/contracts).
 - An orchestrator that raises makes the SDK call raise with the state JSON after
   `$OutOfProcData$:`; the driver reads `error`, `actions` and `customStatus` from it.
 
@@ -65,6 +68,8 @@ import azure.durable_functions as df
 from azure.durable_functions.models.utils.df_serialization import df_dumps, df_loads
 from azure.functions.decorators.function_app import FunctionBuilder
 
+from tests.kit.clock import DEFAULT_START, FakeClock
+
 __all__ = [
     "DEFAULT_START",
     "ActivityCall",
@@ -83,7 +88,6 @@ __all__ = [
     "unwrap_orchestrator",
 ]
 
-DEFAULT_START = datetime(2024, 1, 1, tzinfo=UTC)
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # the SDK's DATETIME_STRING_FORMAT
 OUT_OF_PROC_LABEL = "\n\n$OutOfProcData$:"
 
@@ -129,25 +133,6 @@ class OrchestrationStuck(DurableDriverError):
 
 class NonDeterministicOrchestration(DurableDriverError):
     """A replay produced actions that differ from the history (or from the last replay)."""
-
-
-class FakeClock:
-    """The fake time the driver runs on; share it with fakes that need 'now'."""
-
-    def __init__(self, start: datetime = DEFAULT_START) -> None:
-        self._now = _utc(start)
-
-    def now(self) -> datetime:
-        """Return the current fake time (UTC)."""
-        return self._now
-
-    def advance_to(self, when: datetime) -> None:
-        """Move the clock forward to `when` (never backwards)."""
-        self._now = max(self._now, _utc(when))
-
-    def set(self, when: datetime) -> None:
-        """Put the clock at `when`, even backwards (the driver does after a sub-orchestration)."""
-        self._now = _utc(when)
 
 
 @dataclass(frozen=True)
@@ -382,6 +367,13 @@ class OrchestrationDriver:
         self, name: str, data: Any = None, *, at: datetime | timedelta | None = None
     ) -> None:
         """Queue an external event: now, at a fake time, or at an offset from the start."""
+        self.raise_event_json(name, df_dumps(data), at=at)
+
+    def raise_event_json(
+        self, name: str, input_json: str, *, at: datetime | timedelta | None = None
+    ) -> None:
+        """Queue an external event whose `EventRaised.Input` is exactly `input_json`, as the
+        host stores what a client posted (e.g. the body the fake extension received)."""
         if at is None:
             due = self.now
         elif isinstance(at, timedelta):
@@ -394,7 +386,7 @@ class OrchestrationDriver:
                 seq=0,
                 kind="event",
                 name=name,
-                input_json=df_dumps(data),
+                input_json=input_json,
             )
         )
 

@@ -152,7 +152,7 @@ def request(
             return result
         from functions._http import respond
         from shared.core.api import ROUTES
-        from tests.kit.fakes.orchestrations import MemoryOrchestrations
+        from shared.core.orchestrations import MemoryOrchestrations
 
         operation = ROUTES.by_name(fn.name)
         assert operation.handler is not None

@@ -46,9 +46,10 @@ def local_settings(services: dict[str, str], test_id: str, **overrides: Any) -> 
     )
 
 
-def start_runtime(settings: Settings) -> Runtime:
-    """A bootstrapped runtime of these settings, installed as the process runtime."""
-    runtime = Runtime(settings)
+def start_runtime(settings: Settings, **overrides: Any) -> Runtime:
+    """A bootstrapped runtime of these settings (and Runtime overrides), installed as the
+    process runtime."""
+    runtime = Runtime(settings, **overrides)
     runtime.bootstrap()
     use_runtime(runtime)
     return runtime

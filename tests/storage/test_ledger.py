@@ -9,27 +9,20 @@ import pytest
 
 from shared.runtime import Runtime
 from shared.storage.ledger import ClaimState, LeaseLost, Ledger
+from tests.kit.clock import FakeClock
 
 pytestmark = pytest.mark.integration
 
 KEY = "ingest:uploads/tenant-a/voice-1/samples/0001.wav:0x8DCB"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(datetime(2026, 11, 21, 12, 0, tzinfo=UTC))
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def ledger(live_runtime: Runtime, clock: Clock) -> Ledger:
+def ledger(live_runtime: Runtime, clock: FakeClock) -> Ledger:
     return Ledger(live_runtime.container("ledger"), clock=clock, lease=timedelta(minutes=5))
 
 
@@ -60,12 +53,12 @@ def test_release_never_undoes_completed_work(ledger: Ledger) -> None:
 
 
 def test_a_crashed_workers_claim_is_taken_over_after_its_lease(
-    ledger: Ledger, clock: Clock
+    ledger: Ledger, clock: FakeClock
 ) -> None:
     ledger.claim("tenant-a", KEY)
-    clock.now += timedelta(minutes=4)
+    clock.advance(timedelta(minutes=4))
     assert ledger.claim("tenant-a", KEY).state is ClaimState.IN_PROGRESS
-    clock.now += timedelta(minutes=2)
+    clock.advance(timedelta(minutes=2))
     assert ledger.claim("tenant-a", KEY).state is ClaimState.ACQUIRED
     assert ledger.claim("tenant-a", KEY).state is ClaimState.IN_PROGRESS
 
@@ -83,10 +76,10 @@ def test_concurrent_deliveries_acquire_once(ledger: Ledger) -> None:
 
 
 def test_a_worker_whose_lease_was_taken_over_cannot_release_or_complete(
-    ledger: Ledger, clock: Clock
+    ledger: Ledger, clock: FakeClock
 ) -> None:
     stale = ledger.claim("tenant-a", KEY)
-    clock.now += timedelta(minutes=6)
+    clock.advance(timedelta(minutes=6))
     fresh = ledger.claim("tenant-a", KEY)
     assert fresh.state is ClaimState.ACQUIRED
     ledger.release("tenant-a", KEY, stale)  # the late worker gives up: nothing happens

@@ -6,7 +6,7 @@ import pytest
 from azure.core.exceptions import ServiceRequestError
 
 from shared.runtime import Runtime
-from shared.storage.clients import BLOB_CONTAINERS, COSMOS_CONTAINERS
+from shared.storage.bootstrap import BLOB_CONTAINERS, COSMOS_CONTAINERS
 from tests.kit.host import json_body, request
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from shared.runtime import Runtime
+from shared.config import Settings
+from shared.runtime import Runtime, use_runtime
 from shared.storage.blobs import MemoryBlobStore
 from shared.synthesis.cache import CACHE_CONTAINER, SynthesisCache
 from shared.synthesis.chain import AudioFormat, SynthesisRequest, SynthesisResult
@@ -41,19 +42,40 @@ def speak(**body: Any) -> Any:
 
 
 @pytest.fixture
-def providers(app_runtime: Runtime) -> ScriptedProviders:
-    """Fake providers and an in-memory cache on the offline runtime."""
-    fakes = ScriptedProviders()
-    app_runtime.speech_providers = fakes
-    app_runtime.synthesis_cache = SynthesisCache(MemoryBlobStore())
-    return fakes
+def scripted() -> ScriptedProviders:
+    """The fake providers every runtime of a test speaks through."""
+    return ScriptedProviders()
+
+
+@pytest.fixture
+def app_runtime(app_settings: Settings, scripted: ScriptedProviders) -> Runtime:
+    """The offline runtime with fake providers and an in-memory cache."""
+    runtime = Runtime(
+        app_settings, speech_providers=scripted, synthesis_cache=SynthesisCache(MemoryBlobStore())
+    )
+    use_runtime(runtime)
+    return runtime
+
+
+@pytest.fixture
+def providers(app_runtime: Runtime, scripted: ScriptedProviders) -> ScriptedProviders:
+    """The fake providers of the offline runtime."""
+    return scripted
 
 
 def translator_for(runtime: Runtime, *replies: Reply) -> FakeTranslatorService:
-    """Point the runtime's translator at the fake v3 service."""
+    """Install a runtime like `runtime` whose translator talks to the fake v3 service."""
     service = FakeTranslatorService(*replies)
-    runtime._translator = AzureTranslator(  # type: ignore[misc]
+    translator = AzureTranslator(
         key="k", region="westeurope", transport=transport_for(service), retry_backoff_s=0
+    )
+    use_runtime(
+        Runtime(
+            runtime.settings,
+            speech_providers=runtime.speech_providers,
+            synthesis_cache=runtime.synthesis_cache,
+            translator=translator,
+        )
     )
     return service
 
@@ -178,7 +200,8 @@ def test_a_provider_that_keeps_failing_is_skipped_by_its_breaker(
     assert skipped.headers["X-Timbre-Attempts"].startswith("azure-speech=skipped_open_circuit")
 
 
-def test_no_configured_provider_is_a_503(app_runtime: Runtime) -> None:
+def test_no_configured_provider_is_a_503(app_settings: Settings) -> None:
+    use_runtime(Runtime(app_settings))  # the providers the settings configure: none
     response = speak(text="Hello.", voice="en-US-JennyNeural")
 
     assert response.status_code == 503
@@ -556,11 +579,18 @@ def test_detect_limits_are_400s(app_runtime: Runtime) -> None:
 
 
 @pytest.fixture
-def live_providers(live_runtime: Runtime) -> ScriptedProviders:
-    """Fake providers on the runtime of the local services (cache on Azurite)."""
-    fakes = ScriptedProviders()
-    live_runtime.speech_providers = fakes
-    return fakes
+def live_runtime(live_settings: Settings, scripted: ScriptedProviders) -> Runtime:
+    """The runtime on the local services (cache on Azurite) with fake providers."""
+    runtime = Runtime(live_settings, speech_providers=scripted)
+    runtime.bootstrap()
+    use_runtime(runtime)
+    return runtime
+
+
+@pytest.fixture
+def live_providers(live_runtime: Runtime, scripted: ScriptedProviders) -> ScriptedProviders:
+    """The fake providers of the runtime on the local services."""
+    return scripted
 
 
 @pytest.mark.integration
@@ -694,7 +724,7 @@ def test_without_speech_a_custom_voice_is_never_swapped_silently(
 ) -> None:
     fakes = ScriptedProviders(stock_provider=None)  # only Azure OpenAI is configured
     fakes.custom = lambda endpoint_id: None  # type: ignore[method-assign]
-    live_runtime.speech_providers = fakes
+    use_runtime(Runtime(live_runtime.settings, speech_providers=fakes))
     voice = deployed_voice(live_runtime, consent=consent, endpoint="ep-nospeech")
 
     refused = speak(text=unique_text(), voice=voice)

@@ -8,6 +8,7 @@ times the segment's first `#N` marker, so the joined file shows the order it was
 from __future__ import annotations
 
 import io
+import json
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -19,11 +20,18 @@ import soundfile as sf
 from functions import synthesis_jobs
 from shared.core.errors import NotFound
 from shared.core.identity import Principal, Role
+from shared.core.orchestrations import MemoryOrchestrations
 from shared.runtime import Runtime
-from shared.synthesis.jobs import JOBS_CONTAINER, instance_id
+from shared.synthesis.jobs import (
+    JOBS_CONTAINER,
+    JobOptions,
+    JobSpec,
+    JoinedFile,
+    SynthesisJobBody,
+    instance_id,
+)
 from tests.kit.builders import deployed_voice
 from tests.kit.durable import OrchestrationDriver, OrchestrationResult, activities_of
-from tests.kit.fakes.orchestrations import MemoryOrchestrations
 from tests.kit.fakes.speech import SEGMENT_FRAMES, FlakyProvider, ScriptedProviders
 from tests.kit.host import json_body, request
 from tests.kit.settings import local_settings, start_runtime
@@ -46,7 +54,15 @@ def long_text(sentences: int) -> str:
 
 
 @pytest.fixture
-def job_runtime(local_services: dict[str, str], request: pytest.FixtureRequest) -> Runtime:
+def providers() -> ScriptedProviders:
+    """The fake providers the job runtime speaks through (Azure Speech flaky on demand)."""
+    return ScriptedProviders(stock_provider=FlakyProvider("azure-speech"))
+
+
+@pytest.fixture
+def job_runtime(
+    local_services: dict[str, str], request: pytest.FixtureRequest, providers: ScriptedProviders
+) -> Runtime:
     """The local services, small segments, two segments in flight."""
     return start_runtime(
         local_settings(
@@ -55,15 +71,9 @@ def job_runtime(local_services: dict[str, str], request: pytest.FixtureRequest) 
             TIMBRE_SYNTHESIS_SEGMENT_CHARACTERS="200",
             TIMBRE_SYNTHESIS_JOB_PARALLELISM="2",
             TIMBRE_SYNTHESIS_JOB_MAX_CHARACTERS="20000",
-        )
+        ),
+        speech_providers=providers,
     )
-
-
-@pytest.fixture
-def providers(job_runtime: Runtime) -> ScriptedProviders:
-    fakes = ScriptedProviders(stock_provider=FlakyProvider("azure-speech"))
-    job_runtime.speech_providers = fakes
-    return fakes
 
 
 def start(gateway: MemoryOrchestrations, **body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -116,6 +126,29 @@ def max_in_flight(result: OrchestrationResult) -> int:
 def job_blobs(runtime: Runtime, job_id: str) -> list[str]:
     container = runtime.blob_service.get_container_client(JOBS_CONTAINER)
     return [b.name for b in container.list_blobs(name_starts_with=f"dev-tenant/{job_id}/")]
+
+
+def wire(result: OrchestrationResult) -> list[tuple[str, Any, Any]]:
+    """Each activity as the history holds it: name, input and result, decoded keeping the
+    order of every object's keys (as lists of pairs)."""
+
+    def ordered(text: str | None) -> Any:
+        return None if text is None else json.loads(text, object_pairs_hook=list)
+
+    scheduled = {e["EventId"]: e for e in result.history if e["EventType"] == 4}  # TaskScheduled
+    return [
+        (
+            scheduled[e["TaskScheduledId"]]["Name"],
+            ordered(scheduled[e["TaskScheduledId"]]["Input"]),
+            ordered(e["Result"]),
+        )
+        for e in result.history
+        if e["EventType"] == 5  # TaskCompleted
+    ]
+
+
+def keys(pairs: Any) -> list[str]:
+    return [key for key, _ in pairs]
 
 
 def levels(wav: bytes) -> list[int]:
@@ -267,6 +300,63 @@ def test_revoked_consent_fails_a_custom_voice_job(
     assert providers.custom("ep-job").calls == 0
     assert providers.stock_provider.calls == 0  # type: ignore[union-attr]
     assert job_blobs(job_runtime, job["job_id"]) == []
+    refusals = [out for name, _, out in wire(result) if name == "synthesis_job_speak"]
+    assert refusals
+    assert all(keys(out) == ["ok", "reason"] and out[0] == ("ok", False) for out in refusals)
+
+
+def test_a_jobs_options_are_its_requests_fields_but_the_text() -> None:
+    """The options a job carries are read back into the request to speak each segment."""
+    assert list(JobOptions.model_fields) == [
+        name for name in SynthesisJobBody.model_fields if name != "text"
+    ]
+
+
+def test_the_history_holds_the_json_that_jobs_in_flight_carry(
+    job_runtime: Runtime, providers: ScriptedProviders
+) -> None:
+    """Instances in flight replay by name and by payload: the typed input, activity inputs,
+    results and output must write the same JSON (names and key order) as the plain dicts
+    that came before them."""
+    gateway = MemoryOrchestrations()
+    _, payload = start(gateway, text=long_text(7), voice="en-US-JennyNeural", format="mp3")
+    job = ["tenant_id", "job_id", "actor", "provider", "voice", "options", "parallelism"]
+    options = ["voice", "language", "format", "style", "rate", "pitch", "allow_fallback"]
+    assert list(payload) == job
+    assert list(payload["options"]) == options
+    assert payload["options"]["format"] == "mp3"
+
+    _, result = drive(payload)
+
+    assert keys(json.loads(result.history[1]["Input"], object_pairs_hook=list)) == job
+    stored_job = json.loads(json.dumps(payload), object_pairs_hook=list)
+    calls = wire(result)
+    assert [name for name, _, _ in calls] == [
+        "synthesis_job_split",
+        "synthesis_job_speak",
+        "synthesis_job_speak",
+        "synthesis_job_speak",
+        "synthesis_job_join",
+        "synthesis_job_finished",
+    ]
+    for name, given, out in calls:
+        if name == "synthesis_job_split":
+            assert (given, out) == (stored_job, [("segments", 3)])
+        elif name == "synthesis_job_speak":
+            assert keys(given) == ["job", "index"] and given[0][1] == stored_job
+            assert keys(out) == ["ok", "index", "bytes"] and out[0] == ("ok", True)
+        elif name == "synthesis_job_join":
+            assert given == [("job", stored_job), ("count", 3)]
+            assert keys(out) == ["blob", "bytes", "duration_s"]
+        else:
+            assert keys(given) == ["job", "outcome"] and given[0][1] == stored_job
+            assert keys(given[1][1]) == [
+                "state", "segments_done", "segments_total", "blob", "bytes", "duration_s"
+            ]  # fmt: skip
+            assert out is None
+    assert list(result.output) == [
+        "state", "segments_done", "segments_total", "blob", "bytes", "duration_s"
+    ]  # fmt: skip
 
 
 def test_job_requests_are_checked_when_they_start(
@@ -317,7 +407,7 @@ def test_a_job_whose_storage_steps_keep_failing_ends_failed_and_cleans_up(
 ) -> None:
     jobs = job_runtime.synthesis_jobs
 
-    def broken_join(job: dict[str, Any], count: int) -> dict[str, Any]:
+    def broken_join(job: JobSpec, count: int) -> JoinedFile:
         raise OSError("storage is down")
 
     monkeypatch.setattr(jobs, "join", broken_join)
@@ -344,9 +434,13 @@ def test_a_retried_join_answers_the_file_it_already_wrote(
     _, payload = start(gateway, text=long_text(6), voice="en-US-JennyNeural")
     _, result = drive(payload)
 
-    again = job_runtime.synthesis_jobs.join(payload, result.output["segments_total"])
+    again = job_runtime.synthesis_jobs.join(
+        JobSpec.model_validate(payload), result.output["segments_total"]
+    )
 
-    assert again == {key: result.output[key] for key in ("blob", "bytes", "duration_s")}
+    assert again.model_dump() == {
+        key: result.output[key] for key in ("blob", "bytes", "duration_s")
+    }
 
 
 def test_a_job_cannot_be_cancelled_while_its_file_is_written(

@@ -133,9 +133,9 @@ def speech() -> Iterator[SpeechService]:
 
 def speech_runtime(service: SpeechService, **overrides: str) -> Runtime:
     runtime = Runtime(
-        make_settings(AZURE_SPEECH_ENDPOINT=service.host, AZURE_SPEECH_KEY=KEY, **overrides)
+        make_settings(AZURE_SPEECH_ENDPOINT=service.host, AZURE_SPEECH_KEY=KEY, **overrides),
+        synthesis_cache=SynthesisCache(MemoryBlobStore()),
     )
-    runtime.synthesis_cache = SynthesisCache(MemoryBlobStore())
     use_runtime(runtime)
     return runtime
 

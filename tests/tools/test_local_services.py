@@ -266,6 +266,15 @@ def test_blob_upload_and_append_position(services: Services) -> None:
 # --------------------------------------------------------------------------- lifecycle
 
 
+def test_node_packages_live_inside_the_package() -> None:
+    node = REPO_ROOT / "tools" / "local_services" / "node"
+    assert node == local_services.SERVICES_DIR
+    assert node / "cosmos-launcher.mjs" == local_services.LAUNCHER
+    for name in ("package.json", "package-lock.json", "cosmos-launcher.mjs"):
+        assert (node / name).is_file()
+    assert not (REPO_ROOT / "tools" / "local-services").exists()
+
+
 def test_stop_ends_the_process_group(tmp_path: Path) -> None:
     # Azurite's stop goes through the same RunningService.stop() in the CLI test's `down`.
     with start_cosmos(tmp_path) as cosmos:

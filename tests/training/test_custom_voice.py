@@ -14,18 +14,21 @@ import pytest
 
 from shared.training.custom_voice import (
     API_VERSION,
-    AccessDenied,
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
     BlobSource,
-    Conflict,
     Consent,
     CustomVoiceClient,
+    CustomVoiceConflict,
+    CustomVoiceDenied,
     CustomVoiceError,
-    InvalidRequest,
+    CustomVoiceNotFound,
+    CustomVoiceRejected,
+    CustomVoiceThrottled,
+    CustomVoiceUnavailable,
     Model,
-    NotFound,
+    Operation,
     RetryPolicy,
-    ServiceUnavailable,
-    Throttled,
     TrainingSet,
     key_auth,
     operation_id_for,
@@ -117,7 +120,7 @@ def test_project_lifecycle(fake: FakeCustomVoice, cv: CustomVoiceClient) -> None
     assert put.query == {"api-version": API_VERSION}
     assert put.auth == "key"
     assert cv.delete_project("proj1") is True
-    with pytest.raises(NotFound) as missing:
+    with pytest.raises(CustomVoiceNotFound) as missing:
         cv.get_project("proj1")
     assert missing.value.status == 404
     assert missing.value.code == "NotFound"
@@ -237,6 +240,39 @@ def test_resources_are_json_ready_for_durable_activities(cv: CustomVoiceClient) 
     assert cv.get_operation(operation_id_for("model", "model1")).to_dict()["status"] == "Succeeded"
 
 
+def test_the_services_json_is_read_tolerantly() -> None:
+    model = Model.from_wire(
+        {
+            "id": "model1",
+            "projectId": "proj1",
+            "consentId": 7,  # wrong type: read as absent
+            "trainingSetId": "set1",
+            "voiceName": "AdaNeural",
+            "recipe": {"kind": "Default", "version": "V7"},
+            "properties": {"failureReason": "SpeakerVerificationFailed", "voiceStyles": []},
+            "status": None,
+            "futureField": {"anything": True},  # unknown: ignored
+            "operation": {"id": "not-from-the-service"},  # the client's own attribute
+        }
+    )
+    assert (model.consent_id, model.recipe_kind, model.recipe_version) == ("", "Default", "V7")
+    assert (model.status, model.failure_reason, model.operation) == (
+        "NotStarted",
+        "SpeakerVerificationFailed",
+        None,
+    )
+    training_set = TrainingSet.from_wire({"properties": "odd", "locale": "en-US"})
+    assert (training_set.utterance_count, training_set.status) == (None, "NotStarted")
+    operation = Operation.from_wire(
+        {"id": "op1", "status": "Failed", "error": {"message": "sig=abc", "details": [1, {}]}},
+        url="https://x.example/customvoice/operations/op1",
+    )
+    assert operation.error is not None
+    assert (operation.error.message, len(operation.error.details)) == ("sig=REDACTED", 1)
+    assert operation.url == "https://x.example/customvoice/operations/op1"
+    assert Operation.from_wire({"id": "op1", "error": "boom"}).error is None
+
+
 # ---------------------------------------------------------------------------- retries
 
 
@@ -272,7 +308,7 @@ def test_5xx_then_success_backs_off_exponentially(fake: FakeCustomVoice) -> None
 
 def test_throttled_after_retries(fake: FakeCustomVoice, cv: CustomVoiceClient) -> None:
     fake.fail_next(10, status=429, retry_after=1)
-    with pytest.raises(Throttled) as caught:
+    with pytest.raises(CustomVoiceThrottled) as caught:
         cv.get_project("proj1")
     assert (caught.value.status, caught.value.code, caught.value.retry_after) == (
         429,
@@ -287,7 +323,7 @@ def test_retry_after_beyond_the_cap_is_left_to_the_caller(
     fake: FakeCustomVoice, cv: CustomVoiceClient
 ) -> None:
     fake.fail_next(1, status=429, retry_after=3600)
-    with pytest.raises(Throttled) as caught:
+    with pytest.raises(CustomVoiceThrottled) as caught:
         cv.get_project("proj1")
     assert caught.value.retry_after == 3600.0
     assert fake.sleeps == []
@@ -296,7 +332,7 @@ def test_retry_after_beyond_the_cap_is_left_to_the_caller(
 
 def test_service_unavailable_after_retries(fake: FakeCustomVoice, cv: CustomVoiceClient) -> None:
     fake.fail_next(4, status=503)
-    with pytest.raises(ServiceUnavailable) as caught:
+    with pytest.raises(CustomVoiceUnavailable) as caught:
         cv.delete_model("model1")
     assert caught.value.status == 503
     assert len(fake.sleeps) == 3
@@ -304,7 +340,7 @@ def test_service_unavailable_after_retries(fake: FakeCustomVoice, cv: CustomVoic
 
 def test_timeouts_become_service_unavailable(fake: FakeCustomVoice, cv: CustomVoiceClient) -> None:
     fake.timeout_next(4)
-    with pytest.raises(ServiceUnavailable) as caught:
+    with pytest.raises(CustomVoiceUnavailable) as caught:
         cv.get_project("proj1")
     assert caught.value.code == "ReadTimeout"
     assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
@@ -328,17 +364,18 @@ def test_every_attempt_is_bounded_by_the_timeout() -> None:
         BASE_URL,
         key_auth(FAKE_KEY),
         http=httpx.Client(transport=httpx.MockTransport(hang)),
-        timeout=httpx.Timeout(3.0, connect=1.0),
+        timeout_s=3.0,
+        connect_timeout_s=1.0,
         retry=RetryPolicy(max_attempts=2),
         sleep=lambda _: None,
     )
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(CustomVoiceUnavailable):
         cv.get_model("model1")
     assert seen == [{"connect": 1.0, "read": 3.0, "write": 3.0, "pool": 3.0}] * 2
 
 
 def test_client_errors_are_not_retried(fake: FakeCustomVoice, cv: CustomVoiceClient) -> None:
-    with pytest.raises(InvalidRequest) as caught:
+    with pytest.raises(CustomVoiceRejected) as caught:
         cv.create_training_set("set1", "nope", "en-US")
     assert caught.value.target == "projectId"
     assert fake.sleeps == []
@@ -389,7 +426,7 @@ def test_an_id_taken_by_another_definition_is_a_conflict(status: int) -> None:
     cv.create_project("proj1")
     cv.create_training_set("set1", "proj1", "en-US")
     assert cv.create_training_set("set1", "proj1", "en-US").id == "set1"
-    with pytest.raises(Conflict) as caught:
+    with pytest.raises(CustomVoiceConflict) as caught:
         cv.create_training_set("set1", "proj1", "fr-FR")
     assert caught.value.status == status
 
@@ -432,7 +469,7 @@ def test_a_model_on_unvalidated_data_is_refused_with_the_services_reason(
     cv.create_project("proj1")
     wait(lambda: cv.get_consent(consent(cv).id))
     cv.create_training_set("set1", "proj1", "en-US")
-    with pytest.raises(InvalidRequest) as caught:
+    with pytest.raises(CustomVoiceRejected) as caught:
         cv.create_model(
             "model1", "proj1", consent_id="consent1", training_set_id="set1", voice_name="AdaNeural"
         )
@@ -443,7 +480,7 @@ def test_a_model_on_unvalidated_data_is_refused_with_the_services_reason(
 
 def test_voice_name_must_end_with_neural(fake: FakeCustomVoice, cv: CustomVoiceClient) -> None:
     for bad in ("Ada", "AdaNeuralVoice", "Neural", "Ada Neural", "../Neural"):
-        with pytest.raises(InvalidRequest) as caught:
+        with pytest.raises(CustomVoiceRejected) as caught:
             cv.create_model(
                 "model1", "proj1", consent_id="consent1", training_set_id="set1", voice_name=bad
             )
@@ -460,7 +497,7 @@ def test_ids_are_checked_before_they_reach_a_url(
         lambda: cv.delete_endpoint("not-a-uuid"),
         lambda: cv.get_operation("https://evil.example/steal"),
     ):
-        with pytest.raises(InvalidRequest):
+        with pytest.raises(CustomVoiceRejected):
             call()
     assert fake.requests == []
 
@@ -479,7 +516,7 @@ def test_operation_urls_never_carry_credentials_elsewhere(
 
 def test_wrong_api_version_is_rejected(fake: FakeCustomVoice) -> None:
     cv = fake.custom_voice_client(api_version="2023-04-01-preview")
-    with pytest.raises(InvalidRequest) as caught:
+    with pytest.raises(CustomVoiceRejected) as caught:
         cv.get_project("proj1")
     assert "api-version" in caught.value.message
 
@@ -488,7 +525,7 @@ def test_missing_required_fields_get_the_services_400(
     fake: FakeCustomVoice, cv: CustomVoiceClient
 ) -> None:
     cv.create_project("proj1")
-    with pytest.raises(InvalidRequest) as caught:
+    with pytest.raises(CustomVoiceRejected) as caught:
         cv.create_consent(
             "consent1",
             "proj1",
@@ -514,9 +551,9 @@ def test_compensation_in_reverse_order_and_project_delete_rules(
 ) -> None:
     trained_model(cv)
     cv.create_endpoint(ENDPOINT_ID, "proj1", "model1")
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(CustomVoiceRejected):
         cv.delete_project("proj1")
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(CustomVoiceRejected):
         cv.delete_model("model1")  # still deployed
     for delete, resource_id in (
         (cv.delete_endpoint, ENDPOINT_ID),
@@ -557,7 +594,7 @@ def test_token_auth_sends_a_fresh_bearer_token_per_request(fake: FakeCustomVoice
 
 def test_a_rejected_key_is_access_denied_without_retry(fake: FakeCustomVoice) -> None:
     cv = fake.custom_voice_client(auth=key_auth("wrong"))
-    with pytest.raises(AccessDenied) as caught:
+    with pytest.raises(CustomVoiceDenied) as caught:
         cv.get_project("proj1")
     assert caught.value.status == 401
     assert len(fake.requests) == 1
@@ -575,13 +612,13 @@ def test_keys_tokens_and_sas_signatures_never_reach_the_logs(
     cv.create_training_set("set1", "proj1", "en-US")
     fake.fail_next(1, status=503)
     cv.upload_training_set("set1", *sources())
-    with pytest.raises(InvalidRequest) as caught:  # the fake quotes the URL it was given
+    with pytest.raises(CustomVoiceRejected) as caught:  # the fake quotes the URL it was given
         consent(cv, consent_id="consent2", url=f"ftp://acct/consent.wav?{SAS}")
     assert SIGNATURE not in str(caught.value)
     assert "sig=REDACTED" in str(caught.value)
     try:
         raise caught.value
-    except InvalidRequest:
+    except CustomVoiceRejected:
         logging.getLogger("tests").exception("consent rejected")
 
     assert caplog.records, "the client should log its calls"
@@ -606,7 +643,7 @@ def test_errors_keep_the_service_body(fake: FakeCustomVoice, cv: CustomVoiceClie
     with pytest.raises(CustomVoiceError) as caught:
         cv.get_model("model404")
     error = caught.value
-    assert isinstance(error, NotFound)
+    assert isinstance(error, CustomVoiceNotFound)
     assert (error.status, error.code) == (404, "NotFound")
     assert error.message == "The model 'model404' was not found."
     assert error.request_id
@@ -617,6 +654,14 @@ def test_the_base_url_must_be_https() -> None:
         CustomVoiceClient("http://eastus.api.cognitive.microsoft.com/customvoice/", key_auth("k"))
     loopback = CustomVoiceClient("http://127.0.0.1:7071/customvoice", key_auth("k"))
     loopback.close()
+
+
+def test_timeouts_are_constructor_parameters() -> None:
+    assert (DEFAULT_TIMEOUT_S, DEFAULT_CONNECT_TIMEOUT_S) == (30.0, 5.0)
+    with pytest.raises(ValueError, match="timeouts"):
+        CustomVoiceClient(BASE_URL, key_auth("k"), timeout_s=0.0)
+    with pytest.raises(ValueError, match="timeouts"):
+        CustomVoiceClient(BASE_URL, key_auth("k"), connect_timeout_s=-1.0)
 
 
 def test_the_fake_records_requests_without_secrets(

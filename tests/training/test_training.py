@@ -10,13 +10,14 @@ import pytest
 
 from functions import training
 from shared.core.identity import Principal, Role
+from shared.core.orchestrations import MemoryOrchestrations
+from shared.enrollment.document import VoiceDocument, VoiceRecords
 from shared.enrollment.voices import ConsentRegistration, VoiceCreate
 from shared.runtime import Runtime, use_runtime
 from shared.training.service import Timing, TrainingRun, dataset_version
 from tests.kit.audio import speech, wav
 from tests.kit.durable import OrchestrationDriver, activities_of
 from tests.kit.fakes.custom_voice import FakeCustomVoice
-from tests.kit.fakes.orchestrations import MemoryOrchestrations
 from tests.kit.host import json_body, request, run_async
 from tests.kit.settings import make_settings
 
@@ -45,9 +46,8 @@ def trained_runtime(live_settings: Any, fake: FakeCustomVoice) -> Runtime:
             "TIMBRE_TRAINING_MIN_UTTERANCES": "3",
         }
     )
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, custom_voice=fake.custom_voice_client())
     runtime.bootstrap()
-    runtime.custom_voice = fake.custom_voice_client  # type: ignore[method-assign]
     use_runtime(runtime)
     return runtime
 
@@ -118,7 +118,7 @@ def test_happy_path_from_uploads_to_a_deployed_voice(
     driver = driver_for(run, on_idle=approve_when_asked)
     result = driver.run()
     assert result.status == "Completed", result.failure
-    assert result.output["status"] == "deployed"
+    assert result.output["status"] == "deployed", result.output
     endpoint_id = result.output["endpoint_id"]
     assert steps(result) == [
         "checking",
@@ -520,11 +520,19 @@ def test_a_revocation_landing_mid_write_is_never_overwritten(trained_runtime: Ru
         return document
 
     scope.read = read_then_revoke  # type: ignore[method-assign]
-    trained_runtime.training._voices = lambda tenant: scope  # type: ignore[attr-defined]
-    trained_runtime.training.set_status(run, "awaiting_approval")
+
+    def awaiting_approval(document: VoiceDocument) -> None:
+        document.status = "awaiting_approval"
+
+    VoiceRecords(lambda tenant: scope).change("dev-tenant", voice_id, awaiting_approval)
     voice = trained_runtime.voices.get(ANALYST, voice_id)
     assert (voice.consent.state, voice.status) == ("revoked", "revoked")
     assert raced == [True]
+    # And without a race: whatever a later write asks for, the revocation stands.
+    trained_runtime.training.set_status(run, "deployed", endpointId="ep-late")
+    voice = trained_runtime.voices.get(ANALYST, voice_id)
+    assert (voice.consent.state, voice.status) == ("revoked", "revoked")
+    assert voice.consent.revoked_by == ANALYST.subject
 
 
 def test_consent_granted_last_starts_the_training(trained_runtime: Runtime) -> None:

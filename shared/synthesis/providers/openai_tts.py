@@ -39,6 +39,7 @@ from xml.etree.ElementTree import Element, ParseError
 from defusedxml import DefusedXmlException  # type: ignore[import-untyped,unused-ignore]
 from defusedxml import ElementTree as DefusedET  # type: ignore[import-untyped,unused-ignore]
 
+from shared.core.retry import retry_after_seconds
 from shared.synthesis.chain import (
     AudioFormat,
     FailureKind,
@@ -210,7 +211,7 @@ class OpenAITtsProvider:
             kind = "rejected"  # content_filter, or the input itself refused
         elif status == 429:
             kind = "throttled"
-            retry_after = _retry_after_s(error.response.headers)
+            retry_after = retry_after_seconds(error.response.headers)
             if retry_after is not None and retry_after <= self._max_retry_after_s:
                 delay = retry_after
         elif status >= 500:
@@ -254,18 +255,6 @@ def _words(root: Element) -> Iterator[str]:
             stack.append(item.text)
         if local in _BOUNDARIES:
             stack.append(" ")
-
-
-def _retry_after_s(headers: Mapping[str, str]) -> float | None:
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is not None:
-            try:
-                seconds = float(value) * scale
-            except ValueError:
-                return None
-            return seconds if seconds >= 0 else None
-    return None
 
 
 class _RedactInput(logging.Filter):

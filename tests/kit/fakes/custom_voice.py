@@ -1,30 +1,33 @@
 """An in-memory Custom Voice service (api-version 2024-02-01-preview) behind an httpx transport.
 
-It follows the documented wire format (see the module docstring of
-`shared.training.custom_voice` for the sources): routes, ids, required fields, `api-version`,
-`Operation-Id` / `Operation-Location`, `201`/`202`/`204` answers, the
-`{"error": {"code", "message", ...}}` body, and the resource statuses
-NotStarted -> Running -> Succeeded | Failed.
+It follows the documented wire format (sources: `shared/training/custom_voice/README.md`):
+routes, ids, required and typed fields, `api-version`, `Operation-Id` / `Operation-Location`,
+`201`/`202`/`204` answers, the `{"error": {"code", "message", ...}}` body with the documented
+error codes, and the resource statuses NotStarted -> Running -> Succeeded | Failed.
+`tests/contracts/test_custom_voice_api.py` holds it to Microsoft's published definition.
 
 Time is a step counter: every GET of a resource or of its operation moves that piece of
 work one step (unless `auto_advance=False`), and `advance()` moves all of them. Defaults:
 consent verification 2 steps, upload validation 2, model training 3, deployment 2.
 
 Behaviour the documentation leaves open, as assumed here (keep in step with the client's
-docstring):
+README):
 - creating an id that exists answers `duplicate_create_status` (400 by default, the
-  ErrorCode enum has no Conflict; pass 409 to test the other reading);
+  ErrorCode enum has no Conflict; pass 409 to test the other reading, still with a
+  documented error code);
 - a long-running create or upload repeated with the same `Operation-Id` and the identical
   body is accepted again with the same operation; a different body is a 400 (documented);
 - a created training set is `Succeeded` (documented example); an upload puts it back to
   NotStarted -> Running -> Succeeded | Failed, and a failed validation is reported on the
-  operation as an Azure-guidelines `error` with one detail per reason;
+  operation as an Azure-guidelines `error` with one detail per reason (the definition's
+  Operation has no `error`; the contract test allows exactly this extension);
 - a model needs its project, a `Succeeded` consent and a `Succeeded`, non-empty training set
   of the same project (400 otherwise); an endpoint needs a `Succeeded` model;
 - deleting a project with models or endpoints is a 400 unless `forceDelete=true`
   (documented: "will fail"); otherwise its children go with it (documented). Deleting a
   model used by an endpoint, or a consent/training set used by a model, is a 400;
-- a missing or unknown `api-version` is a 400; a bad key or token is a 401.
+- a missing or unknown `api-version`, or a `forceDelete` that is not a boolean, is a 400; a
+  bad key or token is a 401.
 """
 
 from __future__ import annotations
@@ -66,14 +69,25 @@ _ROUTE = re.compile(
 )
 _LONG_RUNNING = frozenset({"consents", "models", "endpoints"})
 _SECRET_HEADERS = frozenset({"ocp-apim-subscription-key", "authorization"})
+# The definition's ErrorCode values only (it has no Conflict: a 409 says BadRequest).
 _ERROR_CODES = {
     400: "BadRequest",
     401: "Unauthorized",
     403: "Forbidden",
     404: "NotFound",
-    409: "Conflict",
+    409: "BadRequest",
+    415: "UnsupportedMediaType",
     429: "TooManyRequests",
+    500: "InternalServerError",
     503: "ServiceUnavailable",
+}
+# Optional string properties each create body may carry (besides its required ones).
+_OPTIONAL_TEXT = {
+    "projects": ("displayName", "description"),
+    "consents": ("displayName", "description"),
+    "trainingsets": ("displayName", "description"),
+    "models": ("description", "locale"),
+    "endpoints": ("displayName", "description"),
 }
 
 
@@ -366,6 +380,7 @@ class FakeCustomVoice:
 
     def _put(self, collection: str, resource_id: str, request: httpx.Request) -> httpx.Response:
         body = self._body(request)
+        self._optional_text(body, *_OPTIONAL_TEXT[collection])
         store = self.resources[collection]
         operation_id = self._operation_id(request) if collection in _LONG_RUNNING else None
         fingerprint = self._fingerprint(request, body)
@@ -508,6 +523,7 @@ class FakeCustomVoice:
         self._check_id("trainingsets", set_id)
         training_set = self._resource("trainingsets", set_id)
         body = self._body(request)
+        self._optional_text(body, "displayName", "description")
         kind = body.get("kind")
         if kind not in DATASET_KINDS:
             raise _Reject(
@@ -539,7 +555,15 @@ class FakeCustomVoice:
     def _delete(self, collection: str, resource_id: str, request: httpx.Request) -> httpx.Response:
         self._resource(collection, resource_id)
         if collection == "projects":
-            self._delete_project(resource_id, request.url.params.get("forceDelete") == "true")
+            force = request.url.params.get("forceDelete", "false").lower()
+            if force not in ("true", "false"):
+                raise _Reject(
+                    400,
+                    "'forceDelete' must be a boolean.",
+                    code="BadArgument",
+                    target="forceDelete",
+                )
+            self._delete_project(resource_id, force == "true")
         else:
             users = {
                 "models": ("endpoints", "modelId"),
@@ -597,7 +621,7 @@ class FakeCustomVoice:
         if pending is not None:
             work.outcome = FAILED
             work.failure_reason = pending.reason if collection in ("consents", "models") else None
-            details = [{"code": "InvalidData", "message": reason} for reason in pending.details]
+            details = [{"code": "BadArgument", "message": reason} for reason in pending.details]
             work.error = {
                 "code": "BadRequest" if collection != "endpoints" else "InternalServerError",
                 "message": pending.reason,
@@ -705,6 +729,14 @@ class FakeCustomVoice:
         return {name: body[name] for name in names}
 
     @staticmethod
+    def _optional_text(body: Mapping[str, Any], *names: str) -> None:
+        wrong = [name for name in names if name in body and not isinstance(body[name], str)]
+        if wrong:
+            raise _Reject(
+                400, f"'{wrong[0]}' must be a string.", code="BadArgument", target=wrong[0]
+            )
+
+    @staticmethod
     def _check_url(value: str, target: str) -> None:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -730,6 +762,11 @@ class FakeCustomVoice:
             raise _Reject(
                 400, f"'{target}.extensions' is required.", code="BadArgument", target=target
             )
+        if not all(isinstance(extension, str) for extension in extensions):
+            raise _Reject(
+                400, f"'{target}.extensions' must be strings.", code="BadArgument", target=target
+            )
+        self._optional_text(source, "prefix")
 
     def _resource(self, collection: str, resource_id: str) -> dict[str, Any]:
         resource = self.resources[collection].get(resource_id)

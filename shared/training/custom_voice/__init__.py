@@ -1,0 +1,90 @@
+"""Azure AI Speech Custom Voice (professional voice) REST client, resources and errors.
+
+Sources, verified facts and assumptions: README.md in this package.
+"""
+
+from __future__ import annotations
+
+from shared.training.custom_voice.client import (
+    API_VERSION,
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    AuthHeaders,
+    CustomVoiceClient,
+    RetryPolicy,
+    check_voice_name,
+    key_auth,
+    operation_id_for,
+    token_auth,
+)
+from shared.training.custom_voice.errors import (
+    CustomVoiceConflict,
+    CustomVoiceDenied,
+    CustomVoiceError,
+    CustomVoiceNotFound,
+    CustomVoiceRejected,
+    CustomVoiceThrottled,
+    CustomVoiceUnavailable,
+)
+from shared.training.custom_voice.redaction import redact
+from shared.training.custom_voice.resources import (
+    AUDIO_AND_SCRIPT,
+    DATASET_KINDS,
+    DISABLED,
+    DISABLING,
+    FAILED,
+    NOT_STARTED,
+    PROFESSIONAL_VOICE,
+    RESOURCE_ID,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL_STATUSES,
+    BlobSource,
+    Consent,
+    Endpoint,
+    ErrorInfo,
+    Model,
+    Operation,
+    Project,
+    TrainingSet,
+)
+
+__all__ = [
+    "API_VERSION",
+    "AUDIO_AND_SCRIPT",
+    "DATASET_KINDS",
+    "DEFAULT_CONNECT_TIMEOUT_S",
+    "DEFAULT_TIMEOUT_S",
+    "DISABLED",
+    "DISABLING",
+    "FAILED",
+    "NOT_STARTED",
+    "PROFESSIONAL_VOICE",
+    "RESOURCE_ID",
+    "RUNNING",
+    "SUCCEEDED",
+    "TERMINAL_STATUSES",
+    "AuthHeaders",
+    "BlobSource",
+    "Consent",
+    "CustomVoiceClient",
+    "CustomVoiceConflict",
+    "CustomVoiceDenied",
+    "CustomVoiceError",
+    "CustomVoiceNotFound",
+    "CustomVoiceRejected",
+    "CustomVoiceThrottled",
+    "CustomVoiceUnavailable",
+    "Endpoint",
+    "ErrorInfo",
+    "Model",
+    "Operation",
+    "Project",
+    "RetryPolicy",
+    "TrainingSet",
+    "check_voice_name",
+    "key_auth",
+    "operation_id_for",
+    "redact",
+    "token_auth",
+]
