@@ -21,7 +21,8 @@ from typing import Any
 
 
 def surface() -> dict[str, Any]:
-    """The function metadata (sorted by name) and the OpenAPI document, as one JSON value."""
+    """The function metadata in indexing order and the OpenAPI document as served (its key
+    order kept), as one JSON value."""
     from pathlib import Path
 
     import azure.functions as func
@@ -31,11 +32,11 @@ def surface() -> dict[str, Any]:
         os.environ.setdefault(name, value)
     import function_app
 
-    functions: dict[str, Any] = {}
+    functions: list[Any] = []
     openapi: Any = None
     for fn in function_app.app.get_functions():
         metadata = json.loads(fn.get_function_json())
-        functions[fn.get_function_name()] = metadata
+        functions.append([fn.get_function_name(), metadata])
         trigger = next(b for b in metadata["bindings"] if b["type"].endswith("Trigger"))
         if trigger.get("route") == "openapi.json":
             request = func.HttpRequest(
@@ -45,12 +46,12 @@ def surface() -> dict[str, Any]:
             if response.status_code != 200:
                 raise SystemExit(f"openapi.json answered {response.status_code}")
             openapi = json.loads(response.get_body())
-    return {"functions": dict(sorted(functions.items())), "openapi": openapi}
+    return {"functions": functions, "openapi": openapi}
 
 
 def main() -> None:
-    """Write the surface to standard output, keys sorted, one stable byte sequence."""
-    json.dump(surface(), sys.stdout, indent=1, sort_keys=True)
+    """Write the surface to standard output, in the order the host and callers see it."""
+    json.dump(surface(), sys.stdout, indent=1)
     sys.stdout.write("\n")
 
 
