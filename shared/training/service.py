@@ -449,8 +449,8 @@ class TrainingService:
 
     def current_run(self, caller: Principal, voice_id: str) -> TrainingRun:
         """The voice's latest training run; NotFound when it was never trained."""
-        voice = self._profiles.get(caller, voice_id)
-        training = self._profiles.training_of(caller, voice.id)
+        voice = self._voices.get(caller.tenant_id, voice_id)  # one read; NotFound if unknown
+        training = voice.training
         if training is None or not training.dataset_version:
             raise NotFound(f"voice {voice.id} has no training run")
         return TrainingRun(

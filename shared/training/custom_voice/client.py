@@ -54,7 +54,6 @@ __all__ = [
     "check_voice_name",
     "key_auth",
     "operation_id_for",
-    "redact",
     "token_auth",
 ]
 
