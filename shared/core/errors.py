@@ -11,6 +11,11 @@ from typing import Any, ClassVar
 PROBLEM_TYPE_BASE = "urn:timbre:problem:"
 
 
+# When a caller may try again after a dependency failed, unless the failure says better
+# (an open circuit breaker's remaining cool-down, a throttled service's own Retry-After).
+DEFAULT_RETRY_AFTER_S = 5
+
+
 class DomainError(Exception):
     """Base of every error a caller may see. Subclasses fix status, slug and title."""
 
@@ -121,11 +126,26 @@ class Throttled(DomainError):
 
 
 class DependencyUnavailable(DomainError):
-    """A service Timbre depends on failed or timed out (503)."""
+    """A service Timbre depends on failed or timed out (503, always with Retry-After)."""
 
     status = 503
     slug = "dependency-unavailable"
     title = "A dependency is unavailable"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after_s: int = DEFAULT_RETRY_AFTER_S,
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(
+            detail,
+            headers={**(headers or {}), "Retry-After": str(max(1, retry_after_s))},
+            **extensions,
+        )
+        self.retry_after_s = max(1, retry_after_s)
 
 
 class ConfigurationInvalid(DomainError):
