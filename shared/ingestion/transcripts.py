@@ -6,7 +6,7 @@ import re
 
 from pydantic import BaseModel, Field
 
-_UTTERANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_UTTERANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 MAX_TEXT_CHARS = 1_000
 
 

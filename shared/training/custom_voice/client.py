@@ -65,7 +65,7 @@ API_VERSION: Final = "2024-02-01-preview"
 DEFAULT_TIMEOUT_S: Final = 30.0
 DEFAULT_CONNECT_TIMEOUT_S: Final = 5.0
 
-VOICE_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*Neural$")
+VOICE_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*Neural\Z")
 
 AuthHeaders = Callable[[], Mapping[str, str]]
 """Returns the auth headers for one request (called per attempt, so tokens refresh)."""

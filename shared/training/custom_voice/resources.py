@@ -48,7 +48,7 @@ PROFESSIONAL_VOICE: Final = "ProfessionalVoice"
 AUDIO_AND_SCRIPT: Final = "AudioAndScript"
 DATASET_KINDS: Final = frozenset({AUDIO_AND_SCRIPT, "LongAudio", "AudioOnly"})
 
-RESOURCE_ID: Final = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,62}[a-zA-Z0-9]$")
+RESOURCE_ID: Final = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,62}[a-zA-Z0-9]\Z")
 
 
 # The service's JSON is read tolerantly: a field of the wrong type counts as absent, as a
