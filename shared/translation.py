@@ -62,7 +62,9 @@ _TEXT_TYPE: dict[str, str] = {"plain": "Plain", "html": "Html"}
 
 # Translator codes are BCP-47 subsets: language (2-3 letters), optional script
 # (zh-Hans, sr-Latn), optional region (fr-CA, es-419).
-_LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}(?:-[a-z]{4})?(?:-(?:[a-z]{2}|[0-9]{3}))?\Z", re.IGNORECASE)
+_LANGUAGE_CODE = re.compile(
+    r"^[a-z]{2,3}(?:-[a-z]{4})?(?:-(?:[a-z]{2}|[0-9]{3}))?\Z", re.IGNORECASE
+)
 _MAX_SERVICE_MESSAGE = 300
 
 
