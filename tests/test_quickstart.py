@@ -1,0 +1,107 @@
+"""README's quickstart, step by step, as a newcomer runs it (the host imitated in process).
+
+The uploads go over plain HTTP to the SAS URLs Timbre hands out, with the headers the
+README shows; the blob trigger is delivered as the host delivers it. Step 5 speaks through
+stand-in providers, since Speech and Azure OpenAI are not reachable here.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from shared.config import Settings
+from shared.runtime import Runtime, use_runtime
+from tests.kit.audio import speech, wav
+from tests.kit.fakes.speech import ScriptedProviders
+from tests.kit.host import json_body, request
+from tests.kit.triggers import deliver_upload
+
+pytestmark = pytest.mark.integration
+AUTH = "dev_alice_analyst"
+
+
+def upload(urls: dict[str, object], data: bytes, content_type: str) -> httpx.Response:
+    url = urls["urls"][0]["url"]  # type: ignore[index]
+    return httpx.put(
+        url,
+        content=data,
+        headers={"x-ms-blob-type": "BlockBlob", "Content-Type": content_type},
+        timeout=10,
+    )
+
+
+def test_the_quickstart_from_enrolling_a_voice_to_a_stock_voice_speaking(
+    live_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    providers = ScriptedProviders()
+    runtime = Runtime(live_settings, speech_providers=providers)
+    runtime.bootstrap()
+    use_runtime(runtime)
+    connection = live_settings.storage_connection_string or ""
+
+    # 1. Enroll a voice talent.
+    created = request(
+        "POST",
+        "/api/v1/voices",
+        body={
+            "talent_name": "Jane Doe",
+            "company_name": "Contoso",
+            "locale": "en-US",
+            "data_region": "EU",
+        },
+        token=AUTH,
+    )
+    assert created.status_code == 201
+    voice = json_body(created)["id"]
+    assert "Jane Doe" in json_body(created)["consent"]["statement"]
+
+    # 2. Upload URLs, then PUT the recording and the transcript over plain HTTP.
+    urls = json_body(
+        request(
+            "POST",
+            f"/api/v1/voices/{voice}/uploads",
+            body={"kind": "samples", "files": ["utt-0001.wav"]},
+            token=AUTH,
+        )
+    )
+    assert upload(urls, wav(speech(seconds=3)), "audio/wav").status_code == 201
+    script = b"utt-0001\tThe birch canoe slid on the smooth planks.\n"
+    urls = json_body(
+        request(
+            "POST",
+            f"/api/v1/voices/{voice}/uploads",
+            body={"kind": "transcripts", "files": ["script.txt"]},
+            token=AUTH,
+        )
+    )
+    assert upload(urls, script, "text/plain").status_code == 201
+    tenant = "dev-tenant"
+    for blob in (
+        f"{tenant}/{voice}/samples/utt-0001.wav",
+        f"{tenant}/{voice}/transcripts/script.txt",
+    ):
+        deliver_upload(connection, blob, monkeypatch)
+
+    # 3. The quality report of the recording, with its transcript.
+    recordings = json_body(request("GET", f"/api/v1/voices/{voice}/recordings", token=AUTH))
+    [report] = recordings["items"]
+    assert report["verdict"] == "accepted", report
+    assert report["transcript"] == "The birch canoe slid on the smooth planks."
+
+    # 4. The dataset: one accepted utterance, far from the training minimum.
+    dataset = json_body(request("GET", f"/api/v1/voices/{voice}/dataset", token=AUTH))
+    assert dataset["accepted"] == 1
+    assert dataset["meets_minimum"] is False
+
+    # 5. A stock voice speaks (here a stand-in for Azure Speech).
+    spoken = request(
+        "POST",
+        "/api/v1/synthesize",
+        body={"text": "Hello from Timbre.", "voice": "en-US-JennyNeural", "format": "mp3"},
+        token=AUTH,
+    )
+    assert spoken.status_code == 200
+    assert spoken.headers["Content-Type"] == "audio/mpeg"
+    assert spoken.headers["X-Timbre-Voice"] == "en-US-JennyNeural"
+    assert len(spoken.get_body()) > 0
