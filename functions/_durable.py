@@ -87,7 +87,9 @@ class DurableOrchestrations:
             # 404 (no instance) and 410 (it has finished) come back as bare Exceptions.
             found = self.status(instance_id)
             if found is None:
-                raise NotFound(f"No orchestration instance {instance_id}") from None
+                raise NotFound(
+                    f"No orchestration instance {instance_id}", reason="instance_not_found"
+                ) from None
             if found.runtime_status not in ACTIVE:
                 raise Conflict(
                     f"The orchestration instance {instance_id} has finished "

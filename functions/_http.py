@@ -4,7 +4,8 @@
 reads) and registers the Functions HTTP trigger. Each request then goes through one
 pipeline: request id -> settings -> body size -> authentication and role -> JSON body
 validation -> handler -> JSON response, with every `DomainError` mapped to
-`application/problem+json` and anything else to a 500 problem that leaks nothing.
+`application/problem+json`, a storage outage to a 503 with `Retry-After`
+(`shared.storage.outages`), and anything else to a 500 problem that leaks nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import base64
 import binascii
 import json
 import logging
-import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,10 +31,17 @@ from shared.core.errors import (
     InvalidRequest,
     problem_body,
 )
-from shared.core.identity import Principal, Role
+from shared.core.identity import DEV_API_KEY_HEADER, Principal, Role
+from shared.core.openapi import (
+    PATH_PARAMETERS,
+    QUERY_PARAMETERS,
+    QueryParameter,
+    check_path_parameters,
+)
 from shared.core.orchestrations import Orchestrations
 from shared.core.telemetry import bind_tenant, bound, request_id_from
 from shared.runtime import Runtime, runtime
+from shared.storage.outages import storage_outage
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +79,9 @@ class Call:
 Handler = Callable[[Call], BaseModel | Reply | dict[str, Any] | list[Any]]
 
 
-_VOICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
-
 def voice_id(call: Call) -> str:
-    """The route's voice id, checked."""
-    value = call.route["voice_id"]
-    if not _VOICE_ID.match(value):
-        raise InvalidRequest("voice_id is letters, digits, - and _ (1-64)")
-    return value
+    """The route's voice id, checked against its declared pattern (400)."""
+    return PATH_PARAMETERS["voice_id"].check(call.route["voice_id"])
 
 
 def durable_client_timeout() -> float:
@@ -113,6 +114,8 @@ def endpoint(
     max_body_bytes: int | None = None,
     documented: bool = True,
     methods: list[str] | None = None,
+    any_method: bool = False,
+    query: tuple[QueryParameter, ...] = (),
     orchestrations: bool = False,
     binary: tuple[str, ...] = (),
 ) -> Callable[[Handler], Any]:
@@ -140,7 +143,12 @@ def endpoint(
             binary=binary,
             handler=handler,
         )
+        undeclared = set(operation.path_parameters()) - set(PATH_PARAMETERS)
+        if documented and undeclared:
+            raise ValueError(f"{route}: declare {sorted(undeclared)} in PATH_PARAMETERS")
         ROUTES.add(operation)
+        if query:
+            QUERY_PARAMETERS[operation.name] = query
 
         def trigger(req: func.HttpRequest) -> func.HttpResponse:
             return respond(req, operation, handler)
@@ -161,7 +169,10 @@ def endpoint(
         chosen.__doc__ = handler.__doc__
         chosen.__module__ = handler.__module__
         registered = bp.route(
-            route=route, methods=methods or [operation.method], auth_level=func.AuthLevel.ANONYMOUS
+            route=route,
+            # No methods at all: the host sends every method, TRACE included.
+            methods=None if any_method else (methods or [operation.method]),
+            auth_level=func.AuthLevel.ANONYMOUS,
         )(chosen)
         if orchestrations:
             registered = bp.durable_client_input(client_name="client")(registered)  # type: ignore[attr-defined]
@@ -189,7 +200,10 @@ def respond(
                     extra={"event": "http_error", "operation": operation.name, "type": error.slug},
                 )
             return problem_response(error, request_id)
-        except Exception:
+        except Exception as exc:
+            outage = storage_outage(exc)  # Blob Storage or Cosmos DB down: 503, Retry-After
+            if outage is not None:
+                return problem_response(outage, request_id)
             log.exception(
                 "unhandled error", extra={"event": "http_unhandled", "operation": operation.name}
             )
@@ -220,9 +234,12 @@ def _run(
     check_body_size(req.headers.get("content-length"), len(raw), limit)
     principal: Principal | None = None
     if operation.role is not None:
-        principal = rt.authenticator.authenticate(req.headers.get("authorization"))
+        principal = rt.authenticator.authenticate(
+            req.headers.get("authorization"), api_key=req.headers.get(DEV_API_KEY_HEADER)
+        )
         bind_tenant(principal.tenant_id)
         rt.authenticator.require(principal, operation.role)
+    check_path_parameters(req.route_params or {})
     parsed = (
         parse_body(req.headers.get("content-type"), raw, operation.body) if operation.body else None
     )
@@ -269,7 +286,9 @@ def problem_response(error: DomainError, request_id: str) -> func.HttpResponse:
 def _page_size(call: Call) -> int:
     raw = call.query.get("page_size", "50")
     if not raw.isdigit() or not 1 <= int(raw) <= 200:
-        raise InvalidRequest("page_size must be a whole number from 1 to 200")
+        raise InvalidRequest(
+            "page_size must be a whole number from 1 to 200", reason="invalid_page_size"
+        )
     return int(raw)
 
 
@@ -284,7 +303,9 @@ def _continuation(call: Call) -> str | None:
         if not isinstance(token, str):
             raise TypeError(token)
     except (binascii.Error, UnicodeDecodeError, ValueError, KeyError, TypeError):
-        raise InvalidRequest("continuation is not a token this API returned") from None
+        raise InvalidRequest(
+            "continuation is not a token this API returned", reason="invalid_continuation"
+        ) from None
     return token
 
 
@@ -306,4 +327,6 @@ def paging(call: Call) -> Iterator[tuple[int, str | None]]:
     except (ValueError, HttpResponseError) as exc:
         if isinstance(exc, HttpResponseError) and exc.status_code != 400:
             raise
-        raise InvalidRequest("continuation is not a token this API returned") from None
+        raise InvalidRequest(
+            "continuation is not a token this API returned", reason="invalid_continuation"
+        ) from None

@@ -29,7 +29,7 @@ def verify_audit_day(call: Call) -> ChainReport:
     try:
         day = date.fromisoformat(call.route["day"])
     except ValueError:
-        raise InvalidRequest("day must be a date: YYYY-MM-DD") from None
+        raise InvalidRequest("day must be a date: YYYY-MM-DD", reason="invalid_day") from None
     audit = call.runtime.audit
     report = audit.verify(call.caller.tenant_id, day)
     audit.record(

@@ -1,7 +1,9 @@
 """Unknown routes and wrong methods: a problem+json 404 or 405 instead of the host's empty page.
 
 The catch-all route has the lowest precedence in the host's router, so every declared
-route wins over it.
+route wins over it. It declares no methods, so the host sends it every method (TRACE,
+CONNECT and any other token included; the Python library cannot name TRACE): a known path
+answers 405 with `Allow` to each method it does not take.
 """
 
 from __future__ import annotations
@@ -14,14 +16,12 @@ from shared.core.errors import NotFound
 
 bp = func.Blueprint()
 
-ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-
 
 @endpoint(
     bp,
     "{*path}",
     "GET",
-    methods=ALL_METHODS,
+    any_method=True,
     summary="Unknown routes",
     role=None,
     tag="fallback",
@@ -30,4 +30,6 @@ ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 def route_not_found(call: Call) -> None:
     """Answer 405 for a known route with another method, else 404."""
     path = call.route.get("path", "")
-    raise ROUTES.unmatched(path, call.method) or NotFound(f"No route /api/{path}")
+    raise ROUTES.unmatched(path, call.method) or NotFound(
+        f"No route /api/{path}", reason="route_not_found"
+    )

@@ -6,7 +6,7 @@ import azure.functions as func
 
 from functions._http import Call, endpoint
 from shared.core.api import ROUTES, Reply
-from shared.core.health import Liveness, Readiness, liveness
+from shared.core.health import Liveness, Readiness, liveness, readiness_headers
 from shared.core.openapi import build_openapi
 
 bp = func.Blueprint()
@@ -37,9 +37,10 @@ def health(call: Call) -> Liveness:
     summary="Readiness: storage and Cosmos reachable, AI services configured",
 )
 def health_ready(call: Call) -> Reply:
-    """Probe the required dependencies; 503 when one fails."""
+    """Probe the required dependencies; 503 with Retry-After when one fails."""
     report = call.runtime.readiness()
-    return Reply(report, status=200 if report.status == "ready" else 503)
+    status = 200 if report.status == "ready" else 503
+    return Reply(report, status=status, headers=readiness_headers(report))
 
 
 @endpoint(

@@ -26,6 +26,7 @@ from functions._http import (
     wrap_continuation,
 )
 from shared.core.identity import Role
+from shared.core.openapi import PAGING
 from shared.core.orchestrations import Orchestrations
 from shared.core.telemetry import bound
 from shared.ingestion.recordings import DatasetSummary, RecordingPage
@@ -114,12 +115,13 @@ def record_poison_upload(message: func.QueueMessage, context: func.Context) -> N
     role=Role.USER,
     tag="recordings",
     response=RecordingPage,
-    errors=(400,),
+    errors=(400, 404),
+    query=PAGING,
     summary="Quality reports of a voice's recordings, paged (page_size, continuation)",
 )
 def list_recordings(call: Call) -> RecordingPage:
     """One page of reports, transcripts joined; `next` is the continuation of the next page."""
-    voice = voice_id(call)
+    voice = _known_voice(call)
     store = call.runtime.recordings(call.caller.tenant_id)
     with paging(call) as (page_size, continuation):
         page = store.page(voice, page_size=page_size, continuation=continuation)
@@ -134,10 +136,20 @@ def list_recordings(call: Call) -> RecordingPage:
     role=Role.USER,
     tag="recordings",
     response=DatasetSummary,
-    errors=(400,),
-    summary="Dataset summary of a voice: counts, accepted duration, training minimum",
+    errors=(400, 404),
+    summary="Dataset summary of a voice: counts, why recordings do not count, training minimum",
 )
 def dataset_summary(call: Call) -> DatasetSummary:
-    """Whether the voice's accepted recordings meet the training minimum."""
+    """Whether the voice's accepted recordings meet the training minimum, and why the
+    others do not count."""
+    voice = _known_voice(call)
     store = call.runtime.recordings(call.caller.tenant_id)
-    return store.summary(voice_id(call), call.runtime.settings.training_min_utterances)
+    return store.summary(voice, call.runtime.settings.training_min_utterances)
+
+
+def _known_voice(call: Call) -> str:
+    """The route's voice id, once it names a voice of the caller's tenant (else 404, as
+    `GET /voices/{id}` answers)."""
+    voice = voice_id(call)
+    call.runtime.voice_records.get(call.caller.tenant_id, voice)
+    return voice

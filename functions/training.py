@@ -4,11 +4,15 @@ The orchestrator is control flow only: activities (one-line adapters onto
 `shared.training.service.TrainingService`), durable timers for the monitor loops, external events
 for approval and cancellation. Everything it creates is compensated, in reverse order,
 when the run fails, times out, is rejected or cancelled, or loses consent.
+
+`voice_cleanup_orchestrator` removes a voice whose consent was revoked from Custom Voice
+(`shared.training.cleanup`): one round of deletes per execution, then a durable timer and
+continue-as-new, until a round after the settling time finds nothing left.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import azure.durable_functions as df
@@ -16,14 +20,19 @@ import azure.durable_functions as df
 from functions._http import Call, endpoint, voice_id
 from shared.core.api import Reply
 from shared.core.identity import Role
-from shared.core.orchestrations import event_payload
+from shared.core.orchestrations import EventPayloadError, event_payload
 from shared.runtime import runtime
+from shared.training.cleanup import CleanupJob, RoundReport, Target
 from shared.training.service import Resource, Timing, TrainingRun
-from shared.training.views import TrainingState
+from shared.training.views import TrainingState, failure_reason
 
 bp = df.Blueprint()
 
 RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=30_000, max_number_of_attempts=5)
+# Cleanup activities retry a little; what still fails is retried by the next round.
+CLEANUP_RETRY = df.RetryOptions(
+    first_retry_interval_in_milliseconds=30_000, max_number_of_attempts=3
+)
 TERMINAL = {"Succeeded", "Failed"}
 
 
@@ -146,7 +155,9 @@ def train_voice_orchestrator(context: df.DurableOrchestrationContext) -> Any:
         _status(context, "deployed", endpoint_id=endpoint_id)
         return {"status": "deployed", "endpoint_id": endpoint_id}
     except Exception as error:
-        reason = str(error).strip() or type(error).__name__
+        # The run's own reasons are Timbre's words; anything else is reduced to its step.
+        ours = isinstance(error, TrainingStopped | EventPayloadError)
+        reason = (str(error).strip() or "stopped") if ours else failure_reason(error)
         _status(context, "compensating", reason=reason)
         for resource in reversed(created):
             yield context.call_activity_with_retry("training_delete_resource", RETRY, resource)
@@ -156,6 +167,103 @@ def train_voice_orchestrator(context: df.DurableOrchestrationContext) -> Any:
         )
         _status(context, "failed", reason=reason)
         return {"status": "failed", "reason": reason}
+
+
+def _next_round(
+    job: CleanupJob,
+    now: datetime,
+    started: datetime,
+    *,
+    error: str | None,
+    deleted: bool,
+    retry_after_s: float | None,
+) -> tuple[datetime | None, int]:
+    """When the next round runs (None: done) and the consecutive failures so far."""
+    timing = job.timing
+    if error is not None:
+        failures = job.failures + 1
+        wait = min(timing.first_wait_s * 2 ** (failures - 1), timing.max_wait_s)
+        wait = max(wait, min(retry_after_s or 0, timing.max_wait_s))
+        return now + timedelta(seconds=wait), failures
+    settle_until = datetime.fromisoformat(job.settle_until or started.isoformat())
+    if not deleted and started >= settle_until:
+        return None, 0  # a round past the settling time found nothing left
+    return max(now + timedelta(seconds=timing.first_wait_s), settle_until), 0
+
+
+@bp.orchestration_trigger(context_name="context")
+def voice_cleanup_orchestrator(context: df.DurableOrchestrationContext) -> Any:
+    """Remove a revoked voice from Custom Voice, one round per execution, until done."""
+    job = CleanupJob.model_validate(context.get_input())
+    started = context.current_utc_datetime
+    if job.settle_until is None:
+        settle = started + timedelta(seconds=job.timing.settle_s)
+        job = job.model_copy(update={"settle_until": settle.isoformat()})
+    number = job.round + 1
+    data = job.model_dump()
+    targets: list[dict[str, Any]] = []
+    removed: list[dict[str, Any]] = []
+    error: str | None = None
+    deleted = False
+    retry_after: float | None = None
+    context.set_custom_status({"step": "removing", "round": number})
+    try:
+        plan = yield context.call_activity_with_retry(
+            "voice_cleanup_plan",
+            CLEANUP_RETRY,
+            {"job": data, "round": number, "at": started.isoformat()},
+        )
+        if not plan["revoked"]:
+            return {"status": "not_revoked"}
+        targets = plan["targets"]
+        for target in targets:
+            outcome = yield context.call_activity_with_retry(
+                "voice_cleanup_delete", CLEANUP_RETRY, target
+            )
+            if outcome["gone"]:
+                removed.append(target)
+                deleted = deleted or outcome["deleted"]
+                continue
+            error, retry_after = outcome["error"], outcome.get("retry_after_s")
+            if outcome["stop"]:
+                break  # the service as a whole failed: the rest would too
+    except Exception:  # an activity failed past its retries (storage down, say)
+        error = error or "failed"
+    try:  # the audio already spoken in the voice (Timbre's own storage)
+        yield context.call_activity_with_retry("voice_cleanup_forget_spoken", CLEANUP_RETRY, data)
+    except Exception:
+        error = error or "failed"
+    now = context.current_utc_datetime
+    wake, failures = _next_round(
+        job, now, started, error=error, deleted=deleted, retry_after_s=retry_after
+    )
+    report = RoundReport(
+        round=number,
+        at=now.isoformat(),
+        targets=[Target.model_validate(t) for t in targets],
+        removed=[Target.model_validate(t) for t in removed],
+        error=error,
+        done=wake is None,
+        next_attempt_at=None if wake is None else wake.isoformat(),
+    )
+    try:
+        yield context.call_activity_with_retry(
+            "voice_cleanup_record", CLEANUP_RETRY, {"job": data, "report": report.model_dump()}
+        )
+    except Exception:
+        if wake is None:  # "done" must be on the profile: one more round records it
+            wake = now + timedelta(seconds=job.timing.first_wait_s)
+    if wake is None:
+        context.set_custom_status({"step": "done", "round": number})
+        return {"status": "done", "rounds": number, "resources": len(targets)}
+    context.set_custom_status(
+        {"step": "waiting", "round": number, "error": error, "next": wake.isoformat()}
+    )
+    yield context.create_timer(wake)
+    context.continue_as_new(
+        job.model_copy(update={"round": number, "failures": failures}).model_dump()
+    )
+    return None
 
 
 # Activities: one-line adapters onto the training service.
@@ -237,6 +345,32 @@ def training_set_status(data: dict[str, Any]) -> None:
 def training_mark_deployed(data: dict[str, Any]) -> None:
     """Record the endpoint and publish voice.deployed."""
     runtime().training.mark_deployed(_run(data["run"]), data["endpoint_id"])
+
+
+@bp.activity_trigger(input_name="data")
+def voice_cleanup_plan(data: dict[str, Any]) -> dict[str, Any]:
+    """What this cleanup round removes, in order."""
+    job = CleanupJob.model_validate(data["job"])
+    return runtime().training.cleanup.plan(job, data["round"], data["at"]).model_dump()
+
+
+@bp.activity_trigger(input_name="job")
+def voice_cleanup_forget_spoken(job: dict[str, Any]) -> None:
+    """Delete the audio already spoken in the revoked voice."""
+    runtime().training.cleanup.forget_spoken(CleanupJob.model_validate(job))
+
+
+@bp.activity_trigger(input_name="target")
+def voice_cleanup_delete(target: dict[str, Any]) -> dict[str, Any]:
+    """Remove one resource of the revoked voice (404: already gone)."""
+    return runtime().training.cleanup.delete(Target.model_validate(target)).model_dump()
+
+
+@bp.activity_trigger(input_name="data")
+def voice_cleanup_record(data: dict[str, Any]) -> None:
+    """Record the round's progress on the voice's profile."""
+    report = RoundReport.model_validate(data["report"])
+    runtime().training.cleanup.record(CleanupJob.model_validate(data["job"]), report)
 
 
 # HTTP API.
@@ -328,9 +462,9 @@ def reject_training(call: Call) -> Reply:
     tag="training",
     response=TrainingState,
     status=202,
-    errors=(404,),
+    errors=(404, 409),
     orchestrations=True,
-    summary="Cancel training: the run deletes what it created and fails",
+    summary="Cancel training: the run deletes what it created and fails (409 once finished)",
 )
 def cancel_training(call: Call) -> Reply:
     """Ask the run to stop and compensate."""

@@ -7,6 +7,7 @@ import azure.durable_functions as df
 from functions._http import Call, endpoint, paging, voice_id, wrap_continuation
 from shared.core.api import Reply
 from shared.core.identity import Role
+from shared.core.openapi import PAGING
 from shared.enrollment.voices import (
     ConsentRegistration,
     UploadInstructions,
@@ -45,6 +46,7 @@ def create_voice(call: Call) -> Reply:
     tag="voices",
     response=VoicePage,
     errors=(400,),
+    query=PAGING,
     summary="The tenant's voice profiles, newest first (paged)",
 )
 def list_voices(call: Call) -> VoicePage:
@@ -115,13 +117,14 @@ def register_consent(call: Call) -> Voice:
     role=Role.ANALYST,
     tag="voices",
     response=Voice,
-    errors=(404,),
+    errors=(404, 503),
     orchestrations=True,
-    summary="Revoke consent: training stops, the voice is undeployed and never used again",
+    summary="Revoke consent: the voice is never used again; its removal from Custom Voice "
+    "runs in the background (see cleanup)",
 )
 def revoke_consent(call: Call) -> Voice:
-    """Revoke the voice's consent (audited), stop its training, delete its endpoint and the
-    audio cached in its voice."""
+    """Revoke the voice's consent (audited) at once, stop its training, and start removing
+    it from Custom Voice (progress in the profile's `cleanup`)."""
     return call.runtime.training.revoke_consent(
         call.caller, voice_id(call), call.request_id, call.orchestrations
     )

@@ -98,7 +98,9 @@ class AgentCatalog:
             if agent.id == agent_id.strip().lower():
                 return agent
         known = ", ".join(a.id for a in self._agents)
-        raise NotFound(f"No agent named {agent_id!r}; known agents: {known}")
+        raise NotFound(
+            f"No agent named {agent_id!r}; known agents: {known}", reason="agent_not_found"
+        )
 
     def voice_config(self, agent_id: str) -> VoiceConfig:
         """The voice configuration of one agent."""

@@ -37,10 +37,10 @@ log = logging.getLogger(__name__)
 GENESIS = "0" * 64
 _TAIL_BYTES = 65_536
 MAX_RECORD_BYTES = 16_384
-_ACTION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
-_DETAIL_KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
-_DETAIL_TEXT = re.compile(r"^[A-Za-z0-9_.:,/+-]{0,200}$")  # codes and ids, never prose
+_ACTION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\Z")
+_DETAIL_KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}\Z")
+_DETAIL_TEXT = re.compile(r"^[A-Za-z0-9_.:,/+-]{0,200}\Z")  # codes and ids, never prose
 
 Scalar = str | int | float | bool | None
 Outcome = Literal["success", "failure", "denied"]
@@ -283,5 +283,9 @@ def _jsonl_content_settings() -> Any:
 
 
 def _unavailable(exc: Exception) -> DependencyUnavailable:
+    from shared.storage.outages import retry_after_s
+
     log.warning("audit storage failed", extra={"event": "audit_error", "error": type(exc).__name__})
-    return DependencyUnavailable("The audit log storage is unavailable")
+    return DependencyUnavailable(
+        "The audit log storage is unavailable", retry_after_s=retry_after_s(exc)
+    )

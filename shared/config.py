@@ -9,13 +9,22 @@ setting by that name, never with the value (values may be secrets).
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared import __version__
@@ -61,6 +70,31 @@ PROFILES: dict[Environment, EnvironmentProfile] = {
 }
 
 
+# Set by the platform, never by Timbre, wherever the Functions host runs in Azure
+# (Microsoft documents them in "Environment variables and app settings in Azure App
+# Service" and "Manage environment variables in Azure Container Apps"). Core Tools set
+# none of them: they set WEBSITE_HOSTNAME=localhost:<port> and AZURE_FUNCTIONS_ENVIRONMENT,
+# which therefore say nothing. CONTAINER_NAME (Linux and Flex Consumption also set it) is
+# left out on purpose: dev containers and CI runners set it too, and those are local.
+AZURE_HOST_VARIABLES = (
+    "WEBSITE_SITE_NAME",  # read-only app name: every Functions plan (host id derives from it)
+    "WEBSITE_INSTANCE_ID",  # the instance: App Service plans (Dedicated, Premium)
+    "CONTAINER_APP_NAME",  # Functions on Azure Container Apps
+)
+
+# A dev tenant (TIMBRE_DEV_TENANT, or `@<tenant>` of a development dev token): a name that
+# is safe as a Cosmos partition key and a blob path segment.
+DEV_TENANT_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\Z")
+DEV_API_KEY_MIN_CHARS = 32
+DEV_API_KEY_MAX_CHARS = 256
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+\Z")  # visible ASCII: travels in a header as is
+
+
+def azure_host_variable(environ: Mapping[str, str]) -> str | None:
+    """The first platform variable that shows the app runs in Azure, or None (local)."""
+    return next((name for name in AZURE_HOST_VARIABLES if environ.get(name, "").strip()), None)
+
+
 def _csv(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -80,6 +114,9 @@ class Settings(BaseSettings):
         frozen=True,
         env_ignore_empty=True,  # an empty app setting means "not set"
     )
+
+    # Which platform variable showed Azure (AZURE_HOST_VARIABLES), read from the process.
+    _azure_host_variable: str | None = PrivateAttr(default=None)
 
     environment: Environment = Field(validation_alias="TIMBRE_ENVIRONMENT")
     log_level_override: LogLevel | None = Field(None, validation_alias="TIMBRE_LOG_LEVEL")
@@ -135,10 +172,14 @@ class Settings(BaseSettings):
     cosmos_endpoint: str | None = Field(None, validation_alias="CosmosDb__accountEndpoint")
     cosmos_database: str = Field("timbre", validation_alias="TIMBRE_COSMOS_DATABASE")
     cosmos_ca_file: str | None = Field(None, validation_alias="TIMBRE_COSMOS_CA_FILE")
+    # The Functions host's own storage (Durable task hub, blob trigger receipts): read only
+    # so that production can refuse a key or the emulator in it.
+    host_storage_connection_string: str | None = Field(None, validation_alias="AzureWebJobsStorage")
 
     # Timeouts for every outbound call (seconds).
+    # The whole of one Blob Storage or Cosmos DB call, the SDK's retries included.
     storage_timeout_s: float = Field(
-        10.0, gt=0, le=120, validation_alias="TIMBRE_STORAGE_TIMEOUT_SECONDS"
+        5.0, gt=0, le=120, validation_alias="TIMBRE_STORAGE_TIMEOUT_SECONDS"
     )
     readiness_timeout_s: float = Field(
         3.0, gt=0, le=30, validation_alias="TIMBRE_READINESS_TIMEOUT_SECONDS"
@@ -175,7 +216,12 @@ class Settings(BaseSettings):
     auth_jwks_max_age_s: int = Field(
         21_600, ge=60, validation_alias="TIMBRE_AUTH_JWKS_MAX_AGE_SECONDS"
     )
+    auth_max_token_lifetime_s: int = Field(
+        86_400, ge=300, le=86_400, validation_alias="TIMBRE_AUTH_MAX_TOKEN_LIFETIME_SECONDS"
+    )
     dev_tenant: str = Field("dev-tenant", validation_alias="TIMBRE_DEV_TENANT")
+    # Staging and development in Azure: a dev token counts only with this key (Key Vault).
+    dev_api_key: SecretStr | None = Field(None, validation_alias="TIMBRE_DEV_API_KEY")
 
     # Persona agents and their neural voices.
     agent_elena_voice: str = Field(
@@ -222,6 +268,10 @@ class Settings(BaseSettings):
     synthesis_cache_hours: int = Field(
         720, ge=1, le=87_600, validation_alias="TIMBRE_SYNTHESIS_CACHE_HOURS"
     )
+    # A cache read or write that takes longer is skipped: the cache never holds a request.
+    synthesis_cache_timeout_s: float = Field(
+        1.0, gt=0, le=10, validation_alias="TIMBRE_SYNTHESIS_CACHE_TIMEOUT_SECONDS"
+    )
     synthesis_cooldown_s: float = Field(
         30.0, ge=1, le=3600, validation_alias="TIMBRE_SYNTHESIS_COOLDOWN_SECONDS"
     )
@@ -251,6 +301,30 @@ class Settings(BaseSettings):
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         return _csv(value)
+
+    @field_validator("dev_tenant")
+    @classmethod
+    def _dev_tenant(cls, value: str) -> str:
+        if not DEV_TENANT_PATTERN.match(value):
+            raise ValueError(
+                "lowercase letters, digits and '-' (1-64, not starting or ending in '-')"
+            )
+        return value
+
+    @field_validator("dev_api_key")
+    @classmethod
+    def _dev_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # The messages never include the value: it is a secret.
+        if value is None:
+            return None
+        key = value.get_secret_value()
+        if len(key) < DEV_API_KEY_MIN_CHARS:
+            raise ValueError(f"must be at least {DEV_API_KEY_MIN_CHARS} characters")
+        if len(key) > DEV_API_KEY_MAX_CHARS:
+            raise ValueError(f"must be at most {DEV_API_KEY_MAX_CHARS} characters")
+        if not _HEADER_SAFE.match(key):
+            raise ValueError("must be visible ASCII characters only (no spaces), to fit a header")
+        return value
 
     @field_validator("stock_voices")
     @classmethod
@@ -307,6 +381,25 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError(" | ".join(problems))
         return self
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Note, once, whether the platform says the app runs in Azure."""
+        self._azure_host_variable = azure_host_variable(os.environ)
+
+    @property
+    def hosted_in_azure(self) -> bool:
+        """Whether the Functions host runs in Azure (see AZURE_HOST_VARIABLES), not locally."""
+        return self._azure_host_variable is not None
+
+    @property
+    def dev_api_key_required(self) -> bool:
+        """Dev tokens need the API key in Azure, and wherever the key is configured."""
+        return self.dev_tokens_allowed and (self.hosted_in_azure or self.dev_api_key is not None)
+
+    @property
+    def dev_token_tenants_allowed(self) -> bool:
+        """Dev tokens may name their tenant (`dev_<user>_<role>@<tenant>`) in development."""
+        return self.environment is Environment.DEVELOPMENT
 
     @property
     def profile(self) -> EnvironmentProfile:
@@ -376,15 +469,82 @@ def _cross_problems(values: dict[str, Any]) -> list[str]:
     if profile.audit_required and str(audit).strip().lower() in {"false", "0", "no", "off"}:
         problems.append(f"TIMBRE_AUDIT_ENABLED: audit cannot be disabled in {environment.value}")
     if environment is Environment.PRODUCTION:
-        if "AccountKey=" in str(get("TimbreStorage") or ""):
-            problems.append("TimbreStorage: production uses the managed identity, not keys")
-        for name in ("AZURE_SPEECH_KEY", "AZURE_OPENAI_API_KEY", "AZURE_TRANSLATOR_KEY"):
-            if get(name):
-                problems.append(f"{name}: production uses the managed identity, not keys")
-        authority = get("TIMBRE_AUTH_AUTHORITY")
-        if authority and str(authority).rstrip("/") != "https://login.microsoftonline.com":
-            problems.append("TIMBRE_AUTH_AUTHORITY: production trusts Entra ID only")
+        problems.extend(_production_problems(get))
     return problems
+
+
+def _production_problems(get: Callable[[str], Any]) -> list[str]:
+    """No keys, no local emulators, no dev tokens, no identity provider but Entra ID."""
+    problems: list[str] = []
+    for name, identity_form in _CONNECTION_STRINGS.items():
+        if get(name):
+            problems.append(_production_connection_problem(name, str(get(name)), identity_form))
+    for name in _SERVICE_ENDPOINTS:
+        if get(name) and not _is_cloud_endpoint(str(get(name))):
+            problems.append(
+                f"{name}: production needs an https endpoint in Azure, not a local emulator"
+            )
+    for name in ("AZURE_SPEECH_KEY", "AZURE_OPENAI_API_KEY", "AZURE_TRANSLATOR_KEY"):
+        if get(name):
+            problems.append(f"{name}: production uses the managed identity, not keys")
+    if get("TIMBRE_DEV_API_KEY"):
+        problems.append("TIMBRE_DEV_API_KEY: production accepts no dev tokens: remove the key")
+    authority = get("TIMBRE_AUTH_AUTHORITY")
+    if authority and str(authority).rstrip("/") != "https://login.microsoftonline.com":
+        problems.append("TIMBRE_AUTH_AUTHORITY: production trusts Entra ID only")
+    return problems
+
+
+# Connection strings the app or its host may be given, and the identity-based setting
+# production uses instead of each.
+_CONNECTION_STRINGS = {
+    "TimbreStorage": "TimbreStorage__blobServiceUri",
+    "CosmosDb": "CosmosDb__accountEndpoint",
+    "AzureWebJobsStorage": "AzureWebJobsStorage__blobServiceUri",
+    "WebPubSubConnectionString": "WebPubSub__endpoint",
+}
+_SERVICE_ENDPOINTS = (
+    "TimbreStorage__blobServiceUri",
+    "TimbreStorage__queueServiceUri",
+    "CosmosDb__accountEndpoint",
+    "WebPubSub__endpoint",
+)
+# Connection-string parts that carry a credential, or point at the storage emulator.
+# Storage, Cosmos DB and Web PubSub read part names case-insensitively.
+_KEY_PARTS = frozenset({"accountkey", "sharedaccesssignature", "accesskey", "sharedaccesskey"})
+_EMULATOR_PARTS = frozenset({"usedevelopmentstorage", "developmentstorageproxyuri"})
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "host.docker.internal"})
+
+
+def _production_connection_problem(name: str, value: str, identity_form: str) -> str:
+    """Why production refuses this connection string (never quoting it: it may hold keys)."""
+    parts = {part.split("=", 1)[0].strip().lower() for part in value.split(";") if "=" in part}
+    if parts & _EMULATOR_PARTS:
+        return f"{name}: production never uses the local storage emulator"
+    if parts & _KEY_PARTS:
+        return f"{name}: production uses the managed identity, not keys"
+    return (
+        f"{name}: production uses the managed identity: set {identity_form}, "
+        "not a connection string"
+    )
+
+
+def _is_cloud_endpoint(value: str) -> bool:
+    """An https URL naming a host by DNS name, neither loopback nor an IP literal."""
+    import ipaddress
+
+    try:
+        url = urlsplit(value.strip())
+        host = (url.hostname or "").lower()
+    except ValueError:
+        return False
+    if url.scheme != "https" or not host or host in _LOCAL_HOSTS or host.endswith(".localhost"):
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
 
 
 def _describe(error: Any) -> str:

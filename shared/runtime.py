@@ -84,10 +84,11 @@ class Runtime:
         return make_cosmos_client(self.settings)
 
     def container(self, name: str) -> ContainerProxy:
-        """One of the app's Cosmos containers."""
-        return self.cosmos.get_database_client(self.settings.cosmos_database).get_container_client(
-            name
-        )
+        """One of the app's Cosmos containers, every operation bounded by the storage budget."""
+        from shared.storage.clients import bounded_container
+
+        database = self.cosmos.get_database_client(self.settings.cosmos_database)
+        return bounded_container(database.get_container_client(name), self.settings)
 
     def tenant_scope(self, container: str, tenant_id: str) -> TenantScope:
         """A Cosmos container as one tenant sees it."""
@@ -277,6 +278,7 @@ class Runtime:
             self.blob_store,
             max_age=timedelta(hours=self.settings.synthesis_cache_hours),
             clock=self.clock,
+            timeout_s=self.settings.synthesis_cache_timeout_s,
         )
 
     def translator(self) -> Translator:

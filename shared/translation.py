@@ -143,17 +143,22 @@ class TranslationLimits(BaseModel):
         """Raise `InvalidRequest` naming the first limit the request breaks."""
         _check_texts(texts, self.max_texts, "max_texts")
         if not to:
-            raise InvalidRequest("At least one target language is required.", limit="to")
+            raise InvalidRequest(
+                "At least one target language is required.", limit="to", reason="target_required"
+            )
         if len(to) > self.max_target_languages:
             raise InvalidRequest(
                 f"At most {self.max_target_languages} target languages per request "
                 f"(got {len(to)}).",
                 limit="max_target_languages",
+                reason="too_many_target_languages",
             )
         for code in to:
             _check_language(code, "to")
         if len({code.lower() for code in to}) != len(to):
-            raise InvalidRequest("Target languages must not repeat.", limit="to")
+            raise InvalidRequest(
+                "Target languages must not repeat.", limit="to", reason="repeated_target_language"
+            )
         if source is not None:
             _check_language(source, "source")
         billed = sum(len(text) for text in texts) * len(to)
@@ -162,6 +167,7 @@ class TranslationLimits(BaseModel):
                 f"At most {self.max_characters} characters per request, counted once per "
                 f"target language (got {billed}).",
                 limit="max_characters",
+                reason="too_many_characters",
             )
 
     def check_detection(self, texts: Sequence[str]) -> None:
@@ -172,25 +178,34 @@ class TranslationLimits(BaseModel):
             raise InvalidRequest(
                 f"At most {self.max_detect_characters} characters per request (got {total}).",
                 limit="max_detect_characters",
+                reason="too_many_characters",
             )
 
 
 def _check_texts(texts: Sequence[str], max_texts: int, limit: str) -> None:
     if not texts:
-        raise InvalidRequest("At least one text is required.", limit="texts")
+        raise InvalidRequest(
+            "At least one text is required.", limit="texts", reason="texts_required"
+        )
     if len(texts) > max_texts:
         raise InvalidRequest(
-            f"At most {max_texts} texts per request (got {len(texts)}).", limit=limit
+            f"At most {max_texts} texts per request (got {len(texts)}).",
+            limit=limit,
+            reason="too_many_texts",
         )
     for index, text in enumerate(texts):
         if not text.strip():
-            raise InvalidRequest(f"Text {index} is empty.", limit="texts")
+            raise InvalidRequest(f"Text {index} is empty.", limit="texts", reason="empty_text")
 
 
 def _check_language(code: str, field: str) -> None:
     if not _LANGUAGE_CODE.match(code):
         # The code is caller input but not free text: echo it truncated, it helps.
-        raise InvalidRequest(f"{field}: {code[:20]!r} is not a language code.", limit=field)
+        raise InvalidRequest(
+            f"{field}: {code[:20]!r} is not a language code.",
+            limit=field,
+            reason="invalid_language",
+        )
 
 
 class _DetectItem(BaseModel):
@@ -404,6 +419,7 @@ def _from_response(
         return Throttled(
             "The translation service is throttling requests; retry later.",
             retry_after_s=_retry_after_seconds(headers),
+            reason="translator_throttled",
         )
     if status >= 500 or status == 408:
         return DependencyUnavailable(f"The translation service failed ({status}).")
@@ -412,6 +428,7 @@ def _from_response(
     return InvalidRequest(
         f"The translation service refused the request: {_scrub(message, texts)}",
         service_code=code,
+        reason="rejected_by_translator",
     )
 
 

@@ -17,7 +17,11 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     import os
 
     for name in list(os.environ):
-        if name.startswith(("TIMBRE_", "AZURE_", "TimbreStorage", "CosmosDb", "WebPubSub")):
+        # The platform variables too: where they are set the app believes it runs in Azure.
+        platform = ("WEBSITE_SITE_NAME", "WEBSITE_INSTANCE_ID", "CONTAINER_APP_NAME")
+        if name.startswith(("TIMBRE_", "AZURE_", "TimbreStorage", "CosmosDb", "WebPubSub")) or (
+            name in platform
+        ):
             monkeypatch.delenv(name)
     use_runtime(None)
     yield

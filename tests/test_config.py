@@ -87,6 +87,8 @@ def test_environment_profiles_follow_the_sop(
         TIMBRE_ENVIRONMENT=environment,
         TimbreStorage="",
         TimbreStorage__blobServiceUri="https://acct.blob.core.windows.net",
+        CosmosDb="",
+        CosmosDb__accountEndpoint="https://acct.documents.azure.com:443/",
         **ENTRA,
     )
     assert settings.dev_tokens_allowed is dev_tokens
@@ -159,3 +161,178 @@ def test_the_process_runtime_sets_the_environments_log_level(
     assert runtime().settings.environment.value == environment
     assert logging.getLogger("shared").level == logging.getLevelName(level)
     assert logging.getLogger("azure").level >= logging.WARNING
+
+
+# --- Production takes no keys and no local emulators (issue 10, item 8) ----------------------
+
+PRODUCTION = {
+    "TIMBRE_ENVIRONMENT": "production",
+    "TimbreStorage__blobServiceUri": "https://acct.blob.core.windows.net",
+    "CosmosDb__accountEndpoint": "https://acct.documents.azure.com:443/",
+    **ENTRA,
+}
+EMULATOR_KEY = (
+    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        (
+            "CosmosDb",
+            f"AccountEndpoint=https://acct.documents.azure.com:443/;AccountKey={EMULATOR_KEY};",
+            "CosmosDb: production uses the managed identity, not keys",
+        ),
+        (
+            "TimbreStorage",
+            "UseDevelopmentStorage=true",
+            "TimbreStorage: production never uses the local storage emulator",
+        ),
+        (
+            "TimbreStorage",
+            "BlobEndpoint=https://acct.blob.core.windows.net;SharedAccessSignature=sv=2024&sig=s3cr3t",
+            "TimbreStorage: production uses the managed identity, not keys",
+        ),
+        (
+            "TimbreStorage",
+            "DefaultEndpointsProtocol=https;AccountName=acct; accountkey =s3cr3t",
+            "TimbreStorage: production uses the managed identity, not keys",
+        ),
+        (
+            "TimbreStorage",
+            "BlobEndpoint=https://acct.blob.core.windows.net",
+            "TimbreStorage: production uses the managed identity: set "
+            "TimbreStorage__blobServiceUri, not a connection string",
+        ),
+        (
+            "AzureWebJobsStorage",
+            "UseDevelopmentStorage=true",
+            "AzureWebJobsStorage: production never uses the local storage emulator",
+        ),
+        (
+            "AzureWebJobsStorage",
+            "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=s3cr3t;",
+            "AzureWebJobsStorage: production uses the managed identity, not keys",
+        ),
+        (
+            "WebPubSubConnectionString",
+            "Endpoint=https://ps.webpubsub.azure.com;AccessKey=s3cr3t;Version=1.0;",
+            "WebPubSubConnectionString: production uses the managed identity, not keys",
+        ),
+        (
+            "TimbreStorage__blobServiceUri",
+            "http://127.0.0.1:10000/devstoreaccount1",
+            "TimbreStorage__blobServiceUri: production needs an https endpoint in Azure, "
+            "not a local emulator",
+        ),
+        (
+            "TimbreStorage__queueServiceUri",
+            "https://localhost:10001/devstoreaccount1",
+            "TimbreStorage__queueServiceUri: production needs an https endpoint in Azure, "
+            "not a local emulator",
+        ),
+        (
+            "CosmosDb__accountEndpoint",
+            "https://localhost:8081/",
+            "CosmosDb__accountEndpoint: production needs an https endpoint in Azure, "
+            "not a local emulator",
+        ),
+        (
+            "TIMBRE_DEV_API_KEY",
+            "k" * 40,
+            "TIMBRE_DEV_API_KEY: production accepts no dev tokens: remove the key",
+        ),
+    ],
+)
+def test_production_refuses_keys_and_emulators_in_every_setting_that_can_hold_them(
+    name: str, value: str, problem: str
+) -> None:
+    problems = problems_of(**{**PRODUCTION, name: value})
+
+    assert problems == [problem]
+    assert "s3cr3t" not in " ".join(problems)
+    assert EMULATOR_KEY not in " ".join(problems)
+
+
+def test_production_with_the_identity_based_settings_is_valid() -> None:
+    settings = load_settings(**PRODUCTION)
+
+    assert settings.environment is Environment.PRODUCTION
+
+
+# --- Dev tokens in Azure: the API key (issue 10, item 7) ----------------------------------------
+
+
+def test_the_dev_api_key_is_a_secret_of_at_least_32_characters() -> None:
+    short = "tooshort-" + "x" * 10
+    problems = problems_of(
+        TIMBRE_ENVIRONMENT="staging", TimbreStorage="x", CosmosDb="y", TIMBRE_DEV_API_KEY=short
+    )
+    assert problems == ["TIMBRE_DEV_API_KEY: must be at least 32 characters"]
+
+    key = "staging-demo-key-" + "0123456789abcdef" * 2
+    settings = make_settings(TIMBRE_ENVIRONMENT="staging", TIMBRE_DEV_API_KEY=key)
+    assert settings.dev_api_key is not None
+    assert settings.dev_api_key.get_secret_value() == key
+    assert key not in repr(settings)
+    assert key not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize("key", ["with space " + "k" * 30, "é" * 40, "k" * 31 + "\n"])
+def test_the_dev_api_key_must_fit_in_a_header(key: str) -> None:
+    problems = problems_of(
+        TIMBRE_ENVIRONMENT="staging", TimbreStorage="x", CosmosDb="y", TIMBRE_DEV_API_KEY=key
+    )
+    assert len(problems) == 1
+    assert problems[0].startswith("TIMBRE_DEV_API_KEY: ")
+    assert key.strip() not in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("WEBSITE_SITE_NAME", "func-timbre-staging"),  # every Functions plan
+        ("WEBSITE_INSTANCE_ID", "2f1c0a8e9b"),  # App Service plans: Dedicated, Premium
+        ("CONTAINER_APP_NAME", "timbre-api"),  # Functions on Azure Container Apps
+    ],
+)
+def test_the_app_knows_it_runs_in_azure_from_the_platforms_variables(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    for name in ("WEBSITE_SITE_NAME", "WEBSITE_INSTANCE_ID", "CONTAINER_APP_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    assert make_settings().hosted_in_azure is False
+    monkeypatch.setenv(variable, value)
+
+    assert make_settings().hosted_in_azure is True
+
+
+def test_core_tools_in_a_dev_container_is_not_azure(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Core Tools set the first two locally, dev containers and CI runners the third.
+    monkeypatch.setenv("WEBSITE_HOSTNAME", "localhost:7071")
+    monkeypatch.setenv("CONTAINER_NAME", "devcontainer")
+    monkeypatch.setenv("AZURE_FUNCTIONS_ENVIRONMENT", "Development")
+    monkeypatch.setenv("WEBSITE_INSTANCE_ID", "")
+
+    assert make_settings().hosted_in_azure is False
+
+
+@pytest.mark.parametrize("tenant", ["Dev Tenant", "tenant/../other", "-x", "t" * 65, "Ü"])
+def test_the_dev_tenant_is_a_plain_name(tenant: str) -> None:
+    problems = problems_of(
+        TIMBRE_ENVIRONMENT="development", TimbreStorage="x", CosmosDb="y", TIMBRE_DEV_TENANT=tenant
+    )
+    assert len(problems) == 1
+    assert problems[0].startswith("TIMBRE_DEV_TENANT: ")
+
+
+def test_the_token_lifetime_bound_is_at_most_a_day() -> None:
+    assert make_settings().auth_max_token_lifetime_s == 86_400
+    problems = problems_of(
+        TIMBRE_ENVIRONMENT="development",
+        TimbreStorage="x",
+        CosmosDb="y",
+        TIMBRE_AUTH_MAX_TOKEN_LIFETIME_SECONDS="604800",
+    )
+    assert [p.split(":")[0] for p in problems] == ["TIMBRE_AUTH_MAX_TOKEN_LIFETIME_SECONDS"]

@@ -41,6 +41,7 @@ __all__ = ["SILENT_CHANNEL_DBFS", "WAV_HEADER_BYTES", "Conversion", "to_canonica
 SILENT_CHANNEL_DBFS: Final = -60.0
 WAV_HEADER_BYTES: Final = 44  # what `wav_bytes` puts before the samples
 _BLOCK: Final = 1 << 15
+_PREALLOCATE_FRAMES: Final = 600 * CANONICAL_RATE
 _SILENT_FLOAT: Final = 10 ** (SILENT_CHANNEL_DBFS / 20)  # 0.001 of full scale
 _SILENT_INT16: Final = _SILENT_FLOAT * 32768  # 32.8 LSB
 
@@ -86,8 +87,10 @@ def _frames(samples: Samples) -> Samples:
 
 def _convert(blocks: Iterable[Samples], rate: int, channels: int, frames: int) -> Conversion:
     mixer = _Mixer(rate, channels)
-    # Preallocated for the declared length (grown if the source turns out longer).
-    out = np.empty(-(-frames * CANONICAL_RATE // rate) + _BLOCK, dtype=np.int16)
+    # Preallocated for the declared length (grown if the source turns out longer), up to
+    # ten minutes: a declared length is a claim, not a size to allocate unchecked.
+    declared = min(-(-frames * CANONICAL_RATE // rate), _PREALLOCATE_FRAMES)
+    out = np.empty(declared + _BLOCK, dtype=np.int16)
     written = 0
     pending: list[Float32Array] = []
     gain: float | None = None

@@ -16,9 +16,10 @@ CANONICAL_CHANNELS = 1
 class SourceFormat(BaseModel):
     """What the uploaded file is, as found from its content (never from its name)."""
 
-    container: str = Field(description="wav, flac, ogg, mp3, mp4 or webm")
+    container: str = Field(description="wav, aiff, caf, flac, ogg, mp3, mp4 or webm")
     codec: str = Field(
-        description="e.g. pcm_s16le, pcm_f32le, ulaw, alaw, ima_adpcm, flac, vorbis, opus, mp3, aac"
+        description="e.g. pcm_s16le, pcm_s16be, pcm_f32le, ulaw, alaw, ima_adpcm, alac, flac, "
+        "vorbis, opus, mp3, aac"
     )
     sample_rate: int
     channels: int

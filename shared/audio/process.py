@@ -41,13 +41,27 @@ def process_audio(data: bytes, thresholds: AudioThresholds | None = None) -> Pro
     limits = thresholds or AudioThresholds()
     digest = Background(lambda: hashlib.sha256(data).hexdigest())  # GIL-free, alongside
     try:
-        stream = decode_stream(data, max_duration_s=limits.max_duration_s, read_ahead=True)
-        conversion = to_canonical(stream)
+        return _process(data, limits, digest)
     except AudioRejected as rejected:
         reason = Reason(code=rejected.reason, severity="reject", detail=rejected.detail)
         return ProcessedAudio(
             digest.result(), len(data), "rejected", [reason], source=rejected.source
         )
+    except MemoryError:
+        # Every size a header declares is bounded before it is allocated; this is the
+        # last line: a file that still needs more memory than the worker has is refused,
+        # never left to fail the host's retries one after another.
+        reason = Reason(
+            code="too_large_to_process",
+            severity="reject",
+            detail="Processing the file needs more memory than is available.",
+        )
+        return ProcessedAudio(digest.result(), len(data), "rejected", [reason])
+
+
+def _process(data: bytes, limits: AudioThresholds, digest: Background[str]) -> ProcessedAudio:
+    stream = decode_stream(data, max_duration_s=limits.max_duration_s, read_ahead=True)
+    conversion = to_canonical(stream)
     source = stream.source
     canonical_wav = wav_bytes(conversion.samples)
     silent, clipping = conversion.silent_channels, conversion.clipping_ratio

@@ -218,13 +218,14 @@ def measure(
 
     frame = vad.frame_samples(rate)
     subframe = rate * snr.SUBFRAME_MS // 1000
-    speech = vad.speech_frames(x, rate)
     # 30 ms frames are three 10 ms sub-frames: their (exact, integer) energies add up.
     sub_energies = snr.frame_energies(x, subframe)
     per_frame = frame // subframe
     n_frames = n // frame
     frame_energies = sub_energies[: n_frames * per_frame].reshape(n_frames, per_frame).sum(axis=1)
     all_powers = snr.powers_of(frame_energies, frame)
+    # The VAD sees the signal at a normalised level: speech is found at any recording level.
+    speech = vad.speech_frames(x, rate, gain=vad.level_gain(all_powers))
     tail = x[n_frames * frame :]
     tail_energy = float(np.einsum("i,i->", tail, tail, dtype=np.float64))
     total_power = (float(all_powers.sum()) * frame + tail_energy / 32768.0**2) / n

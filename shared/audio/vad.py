@@ -1,4 +1,13 @@
-"""Voice activity per 30 ms frame, from webrtcvad at 16 kHz.
+"""Voice activity per 30 ms frame, from webrtcvad at 16 kHz, at a normalised level.
+
+webrtcvad's decisions depend on the absolute level (its features are log energies, and it
+ignores frames under a fixed energy): shown a clean recording made at -40 dBFS it hears
+almost no speech, and the SNR computed from its frames comes out some 40 dB too low. So
+the signal it is shown is first brought to one level: the clip's loud frames (the
+`LEVEL_PERCENTILE`th percentile of 30 ms frame powers, which is speech in anything with
+a few percent of speech) to `TARGET_LEVEL_DBFS`, by at most `MAX_GAIN_DB`. Noise and
+speech are scaled alike, so what the VAD decides depends on the recording, not on the
+gain it was made at. Only the VAD's copy is scaled; every measurement reads the signal.
 
 We call the extension module `_webrtcvad` directly: the `webrtcvad` wrapper spends ~54 ms
 at import reading its own package version, and its `Vad` class is a three-line shim over
@@ -8,6 +17,7 @@ the same calls. It is imported inside the function, so importing this module cos
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any
 
 import numpy as np
@@ -23,23 +33,50 @@ PRIMING_FRAMES = 10
 _MAX_OVERHANG = 3  # frames of overhang after speech, mode 3 at 30 ms
 _SILENT_FRAME_ENERGY = 0.0  # frames of exact zeros: the VAD skips them
 _BLOCK = 1 << 15  # canonical samples resampled at a time
+LEVEL_PERCENTILE = 98.0
+TARGET_LEVEL_DBFS = -12.0  # about where a recording peaking at -1 dBFS has its loud frames
+MAX_GAIN_DB = 50.0
+FLOOR_PERCENTILE = 10.0
+# webrtcvad hears steady noise louder than about -30 dBFS as speech: a gain never lifts
+# the clip's quiet frames above this (a recording of noise alone stays "no speech").
+MAX_FLOOR_DBFS = -45.0
+
+FloatArray = np.ndarray[Any, np.dtype[np.float64]]
+
+
+def level_gain(frame_powers: FloatArray) -> float:
+    """The gain that brings the loud frames to `TARGET_LEVEL_DBFS` (see the module
+    docstring); `frame_powers` are mean squares, full-scale units. 1.0 for silence."""
+    audible = frame_powers[frame_powers > 0.0]
+    if audible.size == 0:
+        return 1.0
+    loud, quiet = np.percentile(audible, [LEVEL_PERCENTILE, FLOOR_PERCENTILE])
+    gain_db = TARGET_LEVEL_DBFS - 10.0 * math.log10(float(loud))
+    floor_room_db = max(MAX_FLOOR_DBFS - 10.0 * math.log10(float(quiet)), 0.0)
+    return float(10.0 ** (min(gain_db, floor_room_db, MAX_GAIN_DB) / 20.0))
 
 
 def speech_frames(
-    canonical: np.ndarray[Any, Any], rate: int
+    canonical: np.ndarray[Any, Any], rate: int, *, gain: float | None = None
 ) -> np.ndarray[Any, np.dtype[np.bool_]]:
     """One flag per complete 30 ms frame of `canonical` (int16 mono): True where speech.
 
     Frame i covers [i * 30 ms, (i + 1) * 30 ms) of the input; a trailing partial frame is
-    not classified.
+    not classified. `gain`: `level_gain` of the signal's 30 ms frame powers, when the
+    caller has them (else computed here).
     """
     # Both are untyped extension wrappers (no stubs): typed as Any here.
     soxr: Any = importlib.import_module("soxr")
     vad_module: Any = importlib.import_module("_webrtcvad")
+    if gain is None:
+        gain = level_gain(_frame_powers(canonical, frame_samples(rate)))
     if rate == VAD_RATE:
         audio = np.ascontiguousarray(canonical, dtype=np.int16)
+        if gain != 1.0:
+            scaled = np.rint(audio * np.float32(gain))
+            audio = np.clip(scaled, -32768, 32767, out=scaled).astype(np.int16)
     else:
-        audio = _resampled(canonical, rate, soxr)
+        audio = _resampled(canonical, rate, soxr, gain)
     n_frames = min(audio.shape[0] // FRAME_SAMPLES_VAD, canonical.shape[0] // frame_samples(rate))
     flags = np.zeros(n_frames, dtype=np.bool_)
     if n_frames == 0:
@@ -74,9 +111,18 @@ def speech_frames(
     return flags
 
 
-def _resampled(canonical: np.ndarray[Any, Any], rate: int, soxr: Any) -> np.ndarray[Any, Any]:
-    """`canonical` (int16) at VAD_RATE, as int16, resampled in blocks (the same samples as
-    a one-shot `soxr.resample`, without float copies of the whole signal).
+def _frame_powers(samples: np.ndarray[Any, Any], frame: int) -> FloatArray:
+    n = samples.shape[0] // frame
+    x = np.asarray(samples[: n * frame], dtype=np.int16).reshape(n, frame)
+    energies: FloatArray = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    return energies / (frame * 32768.0**2)
+
+
+def _resampled(
+    canonical: np.ndarray[Any, Any], rate: int, soxr: Any, gain: float = 1.0
+) -> np.ndarray[Any, Any]:
+    """`canonical` (int16) at VAD_RATE times `gain`, as int16, resampled in blocks (the
+    same samples as a one-shot `soxr.resample`, without float copies of the whole signal).
 
     Through float32: soxr dithers int16 output (digital silence comes back as +-1 LSB
     noise, which the VAD would take for a noise floor).
@@ -90,6 +136,8 @@ def _resampled(canonical: np.ndarray[Any, Any], rate: int, soxr: Any) -> np.ndar
         part = block[: max(0, min(n - start, _BLOCK))]
         part[:] = canonical[start : start + part.shape[0]]
         chunk = resampler.resample_chunk(part, last=start + _BLOCK > n)
+        if gain != 1.0:
+            np.multiply(chunk, np.float32(gain), out=chunk)
         np.rint(chunk, out=chunk)
         np.clip(chunk, -32768, 32767, out=chunk)
         end = written + chunk.shape[0]

@@ -104,7 +104,9 @@ class RouteTable:
         methods = self.methods_for(path)
         if methods and method.upper() not in methods:
             return MethodNotAllowed(
-                f"{method.upper()} is not allowed on this route", allowed=methods
+                f"{method.upper()} is not allowed on this route",
+                allowed=methods,
+                reason="method_not_allowed",
             )
         return None
 
@@ -134,29 +136,45 @@ def check_body_size(declared: str | None, actual: int, limit: int) -> None:
     try:
         declared_size = int(declared) if declared else 0
     except ValueError:
-        raise InvalidRequest("Content-Length is not a number") from None
+        raise InvalidRequest(
+            "Content-Length is not a number", reason="invalid_content_length"
+        ) from None
     if max(declared_size, actual) > limit:
-        raise PayloadTooLarge(f"The request body exceeds {limit} bytes", limit_bytes=limit)
+        raise PayloadTooLarge(
+            f"The request body exceeds {limit} bytes", reason="body_too_large", limit_bytes=limit
+        )
 
 
 def parse_body(content_type: str | None, raw: bytes, model: type[M]) -> M:
     """Decode a JSON body and validate it against the operation's model (400/415)."""
     if not raw.strip():
-        raise InvalidRequest("A JSON request body is required", errors=[])
+        raise InvalidRequest("A JSON request body is required", reason="body_required", errors=[])
     if not _is_json(content_type):
         raise UnsupportedMediaType(
-            "Send the request body as application/json", supported=["application/json"]
+            "Send the request body as application/json",
+            reason="json_required",
+            supported=["application/json"],
         )
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+        # Where, not the parser's own words (an internal exception's text stays inside).
+        raise InvalidRequest(
+            f"The request body is not valid JSON (line {exc.lineno}, column {exc.colno})",
+            reason="malformed_json",
+        ) from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise InvalidRequest(
-            "The request body failed validation", errors=validation_errors(exc)
+            "The request body failed validation",
+            reason="validation_failed",
+            errors=validation_errors(exc),
         ) from None
+
+
+# Pydantic prefixes what a validator's ValueError says; the caller reads the rule itself.
+_VALIDATOR_PREFIXES = ("Value error, ", "Assertion failed, ")
 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -164,11 +182,18 @@ def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
     return [
         {
             "field": ".".join(str(part) for part in error["loc"]) or "(body)",
-            "message": error["msg"],
+            "message": _without_prefix(error["msg"]),
             "type": error["type"],
         }
         for error in exc.errors(include_input=False, include_url=False)
     ]
+
+
+def _without_prefix(message: str) -> str:
+    for prefix in _VALIDATOR_PREFIXES:
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
 
 
 def dump_json(value: BaseModel | dict[str, Any] | list[Any]) -> bytes:

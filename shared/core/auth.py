@@ -2,8 +2,14 @@
 
 Entra ID tokens are verified against the signing keys of the token's own tenant (`tid`),
 which must be one of the allowed tenants; the tenant never comes from anything else the
-caller controls. Dev tokens (`dev_<user>` or `dev_<user>_<role>`) exist only where the
-environment allows them (development, staging).
+caller controls. Their times (`exp`, `nbf`, `iat`) must be finite numbers and their
+lifetime at most `TIMBRE_AUTH_MAX_TOKEN_LIFETIME_SECONDS`.
+
+Dev tokens (`dev_<user>` or `dev_<user>_<role>`) exist only where the environment allows
+them (development, staging). When the app runs in Azure (or wherever TIMBRE_DEV_API_KEY is
+set) a dev token counts only together with that key in the `x-timbre-api-key` header, the
+SOP's "dev tokens + API key"; in Azure without the key configured, dev tokens are refused.
+In development a dev token may name its tenant: `dev_<user>_<role>@<tenant>`.
 
 Every authentication failure is counted in `auth_failures` (for the auth-failure alert)
 and logged once as a warning, never with the token or any of its contents.
@@ -11,7 +17,10 @@ and logged once as a warning, never with the token or any of its contents.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import math
 import re
 import threading
 import time
@@ -25,9 +34,9 @@ import httpx
 import jwt
 from jwt import PyJWK, PyJWKSet
 
-from shared.config import Settings
+from shared.config import DEV_API_KEY_MAX_CHARS, DEV_TENANT_PATTERN, Settings
 from shared.core.errors import DependencyUnavailable, Forbidden, Unauthenticated
-from shared.core.identity import ROLE_VALUES, Principal, Role
+from shared.core.identity import DEV_API_KEY_HEADER, ROLE_VALUES, Principal, Role
 
 __all__ = ["AuthFailures", "Authenticator", "JwksCache", "Principal", "Role", "build_authenticator"]
 
@@ -38,6 +47,8 @@ Clock = Callable[[], float]
 ACCEPTED_ALGORITHM = "RS256"
 MAX_TOKEN_CHARS = 16_384  # Entra access tokens are a few KiB; bound the parsing work
 DEV_TOKEN_PREFIX = "dev_"
+# Token times are seconds since the epoch: nothing before it, nothing after year 9999.
+_LATEST_TIME = 253_402_300_799
 _DEV_USER = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _V1_ISSUER = "https://sts.windows.net/{tid}/"
 
@@ -230,9 +241,19 @@ class Authenticator:
         self._jwks = jwks
         self._failures = failures
         self._clock = clock  # wall clock for exp, nbf and iat
+        if settings.dev_tokens_allowed and settings.hosted_in_azure and not settings.dev_api_key:
+            logger.warning(
+                "dev tokens are refused: TIMBRE_DEV_API_KEY is not set and the app runs in Azure",
+                extra={"event": "dev_api_key_missing", "setting": "TIMBRE_DEV_API_KEY"},
+            )
 
-    def authenticate(self, authorization_header: str | None) -> Principal:
-        """The caller behind a `Bearer` Authorization header."""
+    def authenticate(
+        self, authorization_header: str | None, api_key: str | None = None
+    ) -> Principal:
+        """The caller behind a `Bearer` Authorization header.
+
+        `api_key` is the `x-timbre-api-key` header, which a dev token needs in Azure.
+        """
         if authorization_header is None or not authorization_header.strip():
             raise self._fail("Authorization header is missing", "invalid_request")
         parts = authorization_header.strip().split(" ")
@@ -242,7 +263,7 @@ class Authenticator:
         if len(token) > MAX_TOKEN_CHARS:
             raise self._fail("token is too large", "malformed_token")
         if token.startswith(DEV_TOKEN_PREFIX):
-            return self._dev_principal(token)
+            return self._dev_principal(token, api_key)
         return self._entra_principal(token)
 
     def require(self, principal: Principal, role: Role) -> None:
@@ -253,7 +274,7 @@ class Authenticator:
                 "authorization failed",
                 extra={"event": "auth_failure", "reason": "forbidden", "needed": role.value},
             )
-            raise Forbidden(f"This action requires the '{role.value}' role")
+            raise Forbidden(f"This action requires the '{role.value}' role", reason="role_required")
 
     def _fail(self, detail: str, reason: str) -> Unauthenticated:
         self._failures.record(reason)
@@ -264,13 +285,27 @@ class Authenticator:
         )
         return Unauthenticated(detail, reason=reason)
 
-    def _dev_principal(self, token: str) -> Principal:
-        if not self._settings.dev_tokens_allowed:
+    def _dev_principal(self, token: str, api_key: str | None) -> Principal:
+        settings = self._settings
+        if not settings.dev_tokens_allowed:
             raise self._fail(
-                f"dev tokens are not accepted in {self._settings.environment.value}",
+                f"dev tokens are not accepted in {settings.environment.value}",
                 "dev_token_rejected",
             )
-        rest = token.removeprefix(DEV_TOKEN_PREFIX)
+        self._check_dev_api_key(api_key)
+        rest, named, tenant = token.removeprefix(DEV_TOKEN_PREFIX).partition("@")
+        if not named:
+            tenant = settings.dev_tenant
+        elif not settings.dev_token_tenants_allowed:
+            raise self._fail(
+                "dev tokens name a tenant only in development",
+                "dev_tenant_not_allowed",
+            )
+        elif not DEV_TENANT_PATTERN.match(tenant):
+            raise self._fail(
+                "dev token tenant is invalid: lowercase letters, digits and '-' (1-64)",
+                "invalid_dev_token",
+            )
         user, role = rest, Role.USER
         head, sep, tail = rest.rpartition("_")
         if sep and tail.lower() in ROLE_VALUES:
@@ -278,11 +313,33 @@ class Authenticator:
         if not _DEV_USER.fullmatch(user):
             raise self._fail("dev token user name is invalid", "invalid_dev_token")
         return Principal(
-            tenant_id=self._settings.dev_tenant,
+            tenant_id=tenant,
             subject=user,
             roles=frozenset({role}),
             method="dev",
         )
+
+    def _check_dev_api_key(self, api_key: str | None) -> None:
+        """Where the key is required, the caller's `x-timbre-api-key` must be it."""
+        settings = self._settings
+        if not settings.dev_api_key_required:
+            return
+        if settings.dev_api_key is None:  # in Azure without the key: fail closed
+            raise self._fail(
+                "dev tokens are not accepted until the operator configures the API key",
+                "dev_api_key_not_configured",
+            )
+        if api_key is None or not api_key.strip():
+            raise self._fail(
+                f"a dev token needs the API key in the '{DEV_API_KEY_HEADER}' header",
+                "dev_api_key_required",
+            )
+        expected = settings.dev_api_key.get_secret_value()
+        # Digests of equal length, compared in constant time: neither the key's length nor
+        # its prefix leaks through timing. An oversized header is not even hashed.
+        given = api_key if len(api_key) <= DEV_API_KEY_MAX_CHARS else ""
+        if not hmac.compare_digest(_digest(given), _digest(expected)):
+            raise self._fail("the API key is not valid", "dev_api_key_invalid")
 
     def _entra_principal(self, token: str) -> Principal:
         settings = self._settings
@@ -365,16 +422,37 @@ class Authenticator:
         leeway = self._settings.auth_leeway_s
         times: dict[str, float] = {}
         for name in ("exp", "nbf", "iat"):
-            value = claims.get(name)
-            if value is None:
+            if name not in claims:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise self._fail(f"token has an invalid '{name}' claim", "invalid_token")
-            times[name] = float(value)
+            value = _epoch_seconds(claims[name])
+            if value is None:  # NaN, infinities, strings, booleans, huge numbers, null
+                raise self._fail(f"token has an invalid '{name}' claim", "invalid_token_time")
+            times[name] = value
         if times["exp"] <= now - leeway:
             raise self._fail("token expired", "token_expired")
         if times.get("nbf", now) > now + leeway or times.get("iat", now) > now + leeway:
             raise self._fail("token is not yet valid", "token_not_yet_valid")
+        # From the earliest time the token claims for itself (or now) to its expiry: Entra
+        # never issues an access token for more than a day.
+        start = min(times.get("iat", now), times.get("nbf", now), now)
+        longest = self._settings.auth_max_token_lifetime_s
+        if times["exp"] - start > longest:
+            raise self._fail(f"token lifetime exceeds {longest} seconds", "token_lifetime_too_long")
+
+
+def _epoch_seconds(value: Any) -> float | None:
+    """A JWT NumericDate as a float, or None unless it is a finite, plausible number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if not 0 <= value <= _LATEST_TIME:  # compared before float(): 10**400 would overflow
+        return None
+    return float(value)
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
 
 
 def _first_string(claims: dict[str, Any], names: Iterable[str]) -> str | None:

@@ -1,7 +1,12 @@
 """Domain errors and their one mapping to RFC 9457 problem details.
 
 Services raise these; the HTTP glue turns any of them into `application/problem+json`
-with `problem_body`. Details never carry secrets, tokens or personal data.
+with `problem_body`. Details never carry secrets, tokens or personal data, nor the text of
+an internal exception.
+
+Every problem carries a machine-readable `reason` (snake_case, stable): the one the raise
+names (`Conflict("...", reason="consent_revoked")`), else its class's `default_reason`
+(`not_found`, `conflict`, ...). A test walks the code so that every 4xx raise names one.
 """
 
 from __future__ import annotations
@@ -17,23 +22,27 @@ DEFAULT_RETRY_AFTER_S = 5
 
 
 class DomainError(Exception):
-    """Base of every error a caller may see. Subclasses fix status, slug and title."""
+    """Base of every error a caller may see. Subclasses fix status, slug, title and the
+    reason given when a raise names none."""
 
     status: ClassVar[int] = 500
     slug: ClassVar[str] = "internal-error"
     title: ClassVar[str] = "Internal error"
+    default_reason: ClassVar[str] = "internal_error"
 
     def __init__(
         self,
         detail: str,
         *,
         headers: dict[str, str] | None = None,
+        reason: str | None = None,
         **extensions: Any,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
-        self.extensions = extensions
+        self.reason = reason or self.default_reason
+        self.extensions = {"reason": self.reason, **extensions}
 
     @property
     def type_uri(self) -> str:
@@ -47,6 +56,7 @@ class InvalidRequest(DomainError):
     status = 400
     slug = "invalid-request"
     title = "The request is invalid"
+    default_reason = "invalid_request"
 
 
 class Unauthenticated(DomainError):
@@ -55,12 +65,12 @@ class Unauthenticated(DomainError):
     status = 401
     slug = "unauthenticated"
     title = "Authentication required"
+    default_reason = "invalid_token"
 
     def __init__(self, detail: str, *, reason: str = "invalid_token") -> None:
         error = "invalid_request" if reason == "invalid_request" else "invalid_token"
         challenge = f'Bearer realm="timbre", error="{error}"'
-        super().__init__(detail, headers={"WWW-Authenticate": challenge})
-        self.reason = reason
+        super().__init__(detail, headers={"WWW-Authenticate": challenge}, reason=reason)
 
 
 class Forbidden(DomainError):
@@ -69,6 +79,7 @@ class Forbidden(DomainError):
     status = 403
     slug = "forbidden"
     title = "Not allowed"
+    default_reason = "forbidden"
 
 
 class NotFound(DomainError):
@@ -77,6 +88,7 @@ class NotFound(DomainError):
     status = 404
     slug = "not-found"
     title = "Not found"
+    default_reason = "not_found"
 
 
 class MethodNotAllowed(DomainError):
@@ -85,9 +97,12 @@ class MethodNotAllowed(DomainError):
     status = 405
     slug = "method-not-allowed"
     title = "Method not allowed"
+    default_reason = "method_not_allowed"
 
-    def __init__(self, detail: str, *, allowed: list[str]) -> None:
-        super().__init__(detail, headers={"Allow": ", ".join(sorted(allowed))})
+    def __init__(
+        self, detail: str, *, allowed: list[str], reason: str = "method_not_allowed"
+    ) -> None:
+        super().__init__(detail, headers={"Allow": ", ".join(sorted(allowed))}, reason=reason)
 
 
 class Conflict(DomainError):
@@ -96,6 +111,7 @@ class Conflict(DomainError):
     status = 409
     slug = "conflict"
     title = "Conflict"
+    default_reason = "conflict"
 
 
 class PayloadTooLarge(DomainError):
@@ -104,6 +120,7 @@ class PayloadTooLarge(DomainError):
     status = 413
     slug = "payload-too-large"
     title = "Request body too large"
+    default_reason = "body_too_large"
 
 
 class UnsupportedMediaType(DomainError):
@@ -112,6 +129,7 @@ class UnsupportedMediaType(DomainError):
     status = 415
     slug = "unsupported-media-type"
     title = "Unsupported media type"
+    default_reason = "unsupported_media_type"
 
 
 class Throttled(DomainError):
@@ -120,9 +138,10 @@ class Throttled(DomainError):
     status = 429
     slug = "throttled"
     title = "Too many requests"
+    default_reason = "throttled"
 
-    def __init__(self, detail: str, *, retry_after_s: int) -> None:
-        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
+    def __init__(self, detail: str, *, retry_after_s: int, reason: str = "throttled") -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)}, reason=reason)
 
 
 class DependencyUnavailable(DomainError):
@@ -131,6 +150,7 @@ class DependencyUnavailable(DomainError):
     status = 503
     slug = "dependency-unavailable"
     title = "A dependency is unavailable"
+    default_reason = "dependency_unavailable"
 
     def __init__(
         self,
@@ -154,6 +174,7 @@ class ConfigurationInvalid(DomainError):
     status = 500
     slug = "configuration-invalid"
     title = "The service is misconfigured"
+    default_reason = "configuration_invalid"
 
 
 class ConfigurationError(Exception):

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
+from shared.core.errors import DEFAULT_RETRY_AFTER_S
+
 if TYPE_CHECKING:
     from shared.config import Settings
 
@@ -60,6 +62,15 @@ class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
     checks: list[CheckResult]
     ai_services: dict[str, bool] = Field(description="Which AI services are configured")
+
+
+def readiness_headers(report: Readiness) -> dict[str, str]:
+    """Response headers of a readiness answer: never cached, and when not ready, when to ask
+    again (`Retry-After`, as every 503 of the API carries)."""
+    headers = {"Cache-Control": "no-store"}
+    if report.status != "ready":
+        headers["Retry-After"] = str(DEFAULT_RETRY_AFTER_S)
+    return headers
 
 
 def liveness(settings: Settings) -> Liveness:

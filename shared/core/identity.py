@@ -49,6 +49,9 @@ class Role(StrEnum):
 _ROLE_ORDER: tuple[Role, ...] = (Role.VIEWER, Role.USER, Role.ANALYST, Role.ADMIN)
 ROLE_VALUES = frozenset(role.value for role in Role)
 
+# The header that carries the API key a dev token needs in Azure (SOP: "dev tokens + API key").
+DEV_API_KEY_HEADER = "x-timbre-api-key"
+
 
 @dataclass(frozen=True)
 class Principal:

@@ -134,7 +134,7 @@ class MemoryOrchestrations:
         """Deliver an external event to an instance that has not finished."""
         found = self.status(instance_id)
         if found is None:
-            raise NotFound(f"No orchestration instance {instance_id}")
+            raise NotFound(f"No orchestration instance {instance_id}", reason="instance_not_found")
         if found.runtime_status not in ACTIVE:
             raise Conflict(
                 f"The orchestration instance {instance_id} has finished ({found.runtime_status}).",

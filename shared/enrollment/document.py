@@ -7,7 +7,10 @@ writer:
 - every write is a read-change-replace over the version read (ETag), retried on a lost
   race, so a concurrent change is never overwritten;
 - **a revocation is never overwritten**: once the stored consent is `revoked`, no later
-  write changes the consent or the status, whatever it asked for.
+  write changes the consent or the status, whatever it asked for, and the voice has no
+  live endpoint (`endpointId` stays empty; `endpoints` keeps the history for the cleanup);
+- every Custom Voice resource made for the voice is recorded (`customVoice`) before it is
+  created, so that revocation can remove what the service holds (`cleanup`).
 
 Field names on the wire are camelCase as they have always been stored; unknown fields
 (Cosmos system properties, fields of a newer version) are kept as they are.
@@ -25,6 +28,18 @@ from shared.storage.scope import TenantScope
 
 ConsentState = Literal["none", "pending", "granted", "revoked", "expired"]
 VoiceStatus = Literal["enrolling", "training", "awaiting_approval", "deployed", "failed", "revoked"]
+CleanupState = Literal["pending", "running", "failing", "done"]
+RemoteKind = Literal["endpoint", "model", "training_set", "consent", "staging", "project"]
+#: The order in which revocation removes a voice's resources: what speaks first, then what
+#: it was made from; a model cannot go before its endpoints, nor a consent before its models.
+REMOVAL_ORDER: tuple[RemoteKind, ...] = (
+    "endpoint",
+    "model",
+    "training_set",
+    "consent",
+    "staging",
+    "project",
+)
 
 
 class _Record(BaseModel):
@@ -57,6 +72,59 @@ class TrainingRecord(_Record):
     deployed_at: str | None = Field(default=None, alias="deployedAt")
 
 
+class RemoteResources(_Record):
+    """Every Custom Voice resource (and staging container) ever made for the voice.
+
+    Recorded before the create call, so a create that failed after the service made the
+    resource is still known. Endpoint ids are UUIDs drawn by the orchestration and could
+    not be derived later.
+    """
+
+    projects: list[str] = Field(default_factory=list)
+    consents: list[str] = Field(default_factory=list)
+    training_sets: list[str] = Field(default_factory=list, alias="trainingSets")
+    models: list[str] = Field(default_factory=list)
+    endpoints: list[str] = Field(default_factory=list)
+    staging: list[str] = Field(default_factory=list)
+
+    def ids(self, kind: RemoteKind) -> list[str]:
+        """The recorded ids of one kind."""
+        return list(getattr(self, _FIELDS[kind]))
+
+    def add(self, kind: RemoteKind, resource_id: str) -> None:
+        """Record an id (once)."""
+        known = self.ids(kind)
+        if resource_id not in known:
+            setattr(self, _FIELDS[kind], [*known, resource_id])
+
+
+_FIELDS: dict[RemoteKind, str] = {
+    "project": "projects",
+    "consent": "consents",
+    "training_set": "training_sets",
+    "model": "models",
+    "endpoint": "endpoints",
+    "staging": "staging",
+}
+
+
+class CleanupRecord(_Record):
+    """Progress of removing a revoked voice's resources from the Custom Voice service."""
+
+    state: CleanupState = "pending"
+    instance_id: str | None = Field(default=None, alias="instanceId")
+    requested_at: str | None = Field(default=None, alias="requestedAt")
+    rounds: int = 0
+    resources: int = 0
+    removed: int = 0
+    remaining: list[str] = Field(default_factory=list)
+    last_error: str | None = Field(default=None, alias="lastError")
+    last_attempt_at: str | None = Field(default=None, alias="lastAttemptAt")
+    next_attempt_at: str | None = Field(default=None, alias="nextAttemptAt")
+    finished_at: str | None = Field(default=None, alias="finishedAt")
+    recordings_kept: bool = Field(default=True, alias="recordingsKept")
+
+
 class VoiceDocument(_Record):
     """A voice profile as stored in Cosmos."""
 
@@ -74,6 +142,8 @@ class VoiceDocument(_Record):
     endpoint_id: str | None = Field(default=None, alias="endpointId")
     endpoints: list[str] = Field(default_factory=list)
     training: TrainingRecord | None = None
+    custom_voice: RemoteResources | None = Field(default=None, alias="customVoice")
+    cleanup: CleanupRecord | None = None
 
     def stored(self) -> dict[str, Any]:
         """The document as Cosmos holds it: camelCase, only the fields that were ever set."""
@@ -99,7 +169,7 @@ class VoiceRecords:
         """The tenant's voice; NotFound for an unknown or foreign one."""
         document = self.read(tenant_id, voice_id)
         if document is None:
-            raise NotFound(f"No voice {voice_id}")
+            raise NotFound(f"No voice {voice_id}", reason="voice_not_found")
         return document
 
     def create(self, tenant_id: str, document: VoiceDocument) -> VoiceDocument:
@@ -124,22 +194,24 @@ class VoiceRecords:
         """Apply `change` over the stored version (ETag-checked, retried on a lost race).
 
         `change` may raise to refuse (nothing is written). Whatever it does, a stored
-        revocation stands: consent and status of a revoked voice are written back as read.
+        revocation stands: consent and status of a revoked voice are written back as read,
+        and it gets no live endpoint.
         """
 
         def apply(stored: dict[str, Any]) -> None:
             if not _is_voice(stored):
-                raise NotFound(f"No voice {voice_id}")
+                raise NotFound(f"No voice {voice_id}", reason="voice_not_found")
             document = VoiceDocument.model_validate(stored)
             revoked = document.consent.state == "revoked"
             consent, status = document.consent.model_copy(deep=True), document.status
             change(document)
             if revoked:  # a revocation is never overwritten
                 document.consent, document.status = consent, status
+                document.endpoint_id = None
             stored.update(document.stored())
 
         try:
             updated = self._scope(tenant_id).update(voice_id, apply)
         except KeyError:
-            raise NotFound(f"No voice {voice_id}") from None
+            raise NotFound(f"No voice {voice_id}", reason="voice_not_found") from None
         return VoiceDocument.model_validate(updated)

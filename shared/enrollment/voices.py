@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, JsonValue, field_validator
 
 from shared.audit import AuditEvent, AuditLog
 from shared.core.errors import Conflict, InvalidRequest
 from shared.core.identity import Principal
 from shared.enrollment.document import (
+    CleanupRecord,
+    CleanupState,
     ConsentRecord,
     ConsentState,
     TrainingRecord,
@@ -45,7 +47,7 @@ CONSENT_STATEMENTS: dict[str, str] = {
     locale: _ENGLISH
     for locale in ("en-US", "en-GB", "en-AU", "en-CA", "en-IE", "en-IN", "en-NZ", "en-ZA")
 }
-_LOCALE = re.compile(r"^[a-z]{2,3}-[A-Z]{2}$")
+_LOCALE = re.compile(r"^[a-z]{2,3}-[A-Z]{2}\Z")
 _AUDIO_TYPES = [
     "audio/wav",
     "audio/x-wav",
@@ -60,7 +62,12 @@ UPLOAD_CONTENT_TYPES = {
     UploadKind.CONSENT: _AUDIO_TYPES,
     UploadKind.TRANSCRIPT: ["text/plain"],
 }
-_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.[A-Za-z0-9]{1,8}$")
+# File names: the same rule in the OpenAPI document (ECMA `$` ends the text) and in code.
+FILE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.[A-Za-z0-9]{1,8}$"
+_FILE = re.compile(FILE_PATTERN.removesuffix("$") + r"\Z")
+
+
+_LOCALES: list[JsonValue] = [*sorted(CONSENT_STATEMENTS)]
 
 
 class VoiceCreate(BaseModel):
@@ -68,7 +75,10 @@ class VoiceCreate(BaseModel):
 
     talent_name: str = Field(min_length=1, max_length=120)
     company_name: str = Field(min_length=1, max_length=120)
-    locale: str = Field(description="BCP-47, e.g. en-US")
+    locale: str = Field(
+        description="BCP-47, e.g. en-US: a locale whose consent statement Timbre has",
+        json_schema_extra={"enum": _LOCALES},
+    )
     data_region: Literal["EU", "UK", "US", "CA"]
     description: str = Field("", max_length=500)
 
@@ -98,6 +108,34 @@ class Consent(BaseModel):
     revoked_by: str | None = None
 
 
+class VoiceCleanup(BaseModel):
+    """What revoking consent removes from the Custom Voice service, and how far it got."""
+
+    state: CleanupState = Field(
+        description="pending (not started yet), running, failing (retrying after an error) "
+        "or done (everything confirmed gone)"
+    )
+    resources: int = Field(
+        description="Resources known for the voice: endpoints, models, training sets, "
+        "consents, staged copies of the training set, the project"
+    )
+    removed: int = Field(description="How many of them are confirmed gone")
+    remaining: list[str] = Field(description="kind:id of each one not confirmed gone yet")
+    rounds: int = Field(description="Rounds tried so far (each retries what is left)")
+    last_error: str | None = Field(
+        None,
+        description="Why the last round stopped: unavailable, throttled, denied, rejected, "
+        "not_configured or failed",
+    )
+    last_attempt_at: str | None = None
+    next_attempt_at: str | None = Field(None, description="When the next round runs")
+    finished_at: str | None = None
+    recordings_kept: bool = Field(
+        description="Timbre's own recordings and quality reports are kept until retention "
+        "or erasure removes them; only what can speak with the voice is removed"
+    )
+
+
 class Voice(BaseModel):
     """A voice profile."""
 
@@ -111,8 +149,14 @@ class Voice(BaseModel):
     created_by: str
     created_at: str
     endpoint_id: str | None = None
-    endpoint_ids: list[str] = Field(default_factory=list, description="Every endpoint deployed")
+    endpoint_ids: list[str] = Field(
+        default_factory=list,
+        description="Every endpoint the voice is deployed to (none once consent is revoked)",
+    )
     consent: Consent
+    cleanup: VoiceCleanup | None = Field(
+        None, description="Removal of the voice from Custom Voice after its consent was revoked"
+    )
 
 
 class VoicePage(BaseModel):
@@ -127,7 +171,13 @@ class UploadRequest(BaseModel):
 
     kind: Literal["samples", "consent", "transcripts"]
     files: list[str] = Field(
-        min_length=1, max_length=500, description="File names, e.g. utt-0001.wav"
+        min_length=1,
+        max_length=500,
+        description="File names, e.g. utt-0001.wav",
+        json_schema_extra={
+            "items": {"type": "string", "pattern": FILE_PATTERN},
+            "uniqueItems": True,
+        },
     )
 
     @field_validator("files")
@@ -141,11 +191,22 @@ class UploadRequest(BaseModel):
         return value
 
 
+# What Blob Storage needs on a PUT to a SAS URL: without the blob type, Put Blob answers
+# 400 (Azurite with an empty body), and the answer must say so with every URL.
+UPLOAD_METHOD: Literal["PUT"] = "PUT"
+UPLOAD_HEADERS = {"x-ms-blob-type": "BlockBlob"}
+
+
 class UploadUrl(BaseModel):
-    """Where to PUT one file (with `x-ms-blob-type: BlockBlob`)."""
+    """Where and how to upload one file: send `method` to `url` with `headers`."""
 
     file: str
     url: str
+    method: Literal["PUT"] = Field(description="The HTTP method of the upload")
+    headers: dict[str, str] = Field(
+        description="Headers the upload must carry (Blob Storage refuses a PUT without "
+        "x-ms-blob-type); add a Content-Type from content_types"
+    )
     expires_at: str
 
 
@@ -161,7 +222,10 @@ class UploadInstructions(BaseModel):
 class ConsentRegistration(BaseModel):
     """The uploaded consent recording to register."""
 
-    file: str = Field(description="The file name used in the consent upload")
+    file: str = Field(
+        description="The file name used in the consent upload",
+        json_schema_extra={"pattern": FILE_PATTERN},
+    )
 
     @field_validator("file")
     @classmethod
@@ -169,6 +233,9 @@ class ConsentRegistration(BaseModel):
         if not _FILE.match(value):
             raise ValueError("a file name: letters, digits, - and _ (1-64) and an extension")
         return value
+
+
+_CLEANUP_FIELDS = set(VoiceCleanup.model_fields)
 
 
 def deployed_voice_name(voice_id: str) -> str:
@@ -260,10 +327,15 @@ class VoiceService:
         voice = self._voices.get(caller.tenant_id, voice_id)
         consent_state = voice.consent.state
         if consent_state == "revoked":
-            raise Conflict("consent was revoked: the voice takes no more uploads")
+            raise Conflict(
+                "consent was revoked: the voice takes no more uploads", reason="consent_revoked"
+            )
         kind = UploadKind(body.kind)
         if kind is UploadKind.CONSENT and consent_state == "granted":
-            raise Conflict("consent is granted: its recording cannot be replaced")
+            raise Conflict(
+                "consent is granted: its recording cannot be replaced",
+                reason="consent_already_granted",
+            )
         urls = []
         for name in body.files:
             blob = f"{caller.tenant_id}/{voice_id}/{kind.value}/{name}"
@@ -271,7 +343,13 @@ class VoiceService:
                 UPLOADS_CONTAINER, blob, permission="cw", lifetime=self._upload_url_lifetime
             )
             urls.append(
-                UploadUrl(file=name, url=signed.url, expires_at=signed.expires_at.isoformat())
+                UploadUrl(
+                    file=name,
+                    url=signed.url,
+                    method=UPLOAD_METHOD,
+                    headers=dict(UPLOAD_HEADERS),
+                    expires_at=signed.expires_at.isoformat(),
+                )
             )
         return UploadInstructions(
             voice_id=voice_id, kind=kind.value, content_types=UPLOAD_CONTENT_TYPES[kind], urls=urls
@@ -282,7 +360,7 @@ class VoiceService:
     ) -> Voice:
         """Grant consent from a processed consent recording (pending until it is processed)."""
         if self._voices.get(caller.tenant_id, voice_id).consent.state == "revoked":
-            raise Conflict("consent was revoked; enroll the voice again")
+            raise Conflict("consent was revoked; enroll the voice again", reason="consent_revoked")
         stem = body.file.rsplit(".", 1)[0]
         report = self._recordings(caller.tenant_id).previous(voice_id, "consent_audio", stem)
         now = self._clock()
@@ -293,7 +371,10 @@ class VoiceService:
             )
         elif report["verdict"] == "rejected":
             codes = ", ".join(r["code"] for r in report.get("reasons", []))
-            raise InvalidRequest(f"the consent recording was rejected ({codes}); record it again")
+            raise InvalidRequest(
+                f"the consent recording was rejected ({codes}); record it again",
+                reason="consent_recording_rejected",
+            )
         else:
             consent = ConsentRecord(
                 audio_blob=audio_blob,
@@ -307,7 +388,9 @@ class VoiceService:
 
         def register(current: VoiceDocument) -> None:
             if current.consent.state == "revoked":
-                raise Conflict("consent was revoked; enroll the voice again")
+                raise Conflict(
+                    "consent was revoked; enroll the voice again", reason="consent_revoked"
+                )
             current.consent = consent
 
         document = self._voices.change(caller.tenant_id, voice_id, register)
@@ -315,20 +398,31 @@ class VoiceService:
         return self._voice(document)
 
     def revoke_consent(self, caller: Principal, voice_id: str, request_id: str) -> Voice:
-        """Revoke consent: the voice can no longer be trained or used."""
+        """Revoke consent: the voice can no longer be trained or used, it has no live
+        endpoint, and the removal of its Custom Voice resources is pending. A second
+        revocation changes nothing (the first one's time and author stand)."""
         self._voices.get(caller.tenant_id, voice_id)  # 404 for an unknown voice
         revoked_at = self._now()
+        first = False
 
         def revoke(current: VoiceDocument) -> None:
-            if current.consent.state == "revoked":
-                return  # the first revocation's time and author stand
+            nonlocal first
+            first = current.consent.state != "revoked"
+            if not first:
+                return
             current.consent = current.consent.model_copy(
                 update={"state": "revoked", "revoked_at": revoked_at, "revoked_by": caller.subject}
             )
             current.status = "revoked"
+            current.endpoint_id = None  # history stays in `endpoints`, for the cleanup
+            if current.cleanup is None:
+                current.cleanup = CleanupRecord(
+                    state="pending", requested_at=revoked_at, recordings_kept=True
+                )
 
         document = self._voices.change(caller.tenant_id, voice_id, revoke)
-        self._record(caller, "consent.revoke", voice_id, request_id)
+        if first:
+            self._record(caller, "consent.revoke", voice_id, request_id)
         return self._voice(document)
 
     def training_of(self, caller: Principal, voice_id: str) -> TrainingRecord | None:
@@ -342,11 +436,12 @@ class VoiceService:
     def speaker(self, tenant_id: str, voice_id: str) -> Speaker:
         """The voice as synthesis sees it: name, locale, deployed endpoint, consent now."""
         document = self._settled(tenant_id, voice_id)
+        revoked = document.consent.state == "revoked"
         return Speaker(
             voice_id=voice_id,
             voice_name=deployed_voice_name(voice_id),
             locale=document.locale,
-            endpoint_id=document.endpoint_id,
+            endpoint_id=None if revoked else document.endpoint_id,
             consent=self._consent(document).state,
         )
 
@@ -406,6 +501,8 @@ class VoiceService:
         )
 
     def _voice(self, document: VoiceDocument) -> Voice:
+        revoked = document.consent.state == "revoked"
+        cleanup = document.cleanup
         return Voice(
             id=document.id,
             talent_name=document.talent_name,
@@ -416,9 +513,12 @@ class VoiceService:
             status=document.status,
             created_by=document.created_by,
             created_at=document.created_at,
-            endpoint_id=document.endpoint_id,
-            endpoint_ids=list(document.endpoints),
+            endpoint_id=None if revoked else document.endpoint_id,
+            endpoint_ids=[] if revoked else list(document.endpoints),
             consent=self._consent(document),
+            cleanup=None
+            if cleanup is None
+            else VoiceCleanup.model_validate(cleanup.model_dump(include=_CLEANUP_FIELDS)),
         )
 
     def _record(

@@ -49,6 +49,15 @@ class RecordingPage(BaseModel):
     next: str | None
 
 
+class ReasonCount(BaseModel):
+    """One reason that keeps recordings out of the training set, and how many it keeps out."""
+
+    code: str = Field(description="The reason's code, as in the recordings' reports")
+    severity: Literal["flag", "reject"]
+    recordings: int = Field(description="Training utterances with this reason")
+    example: str = Field(description="What one of their reports says, e.g. its sample rate")
+
+
 class DatasetSummary(BaseModel):
     """Whether a voice's recordings make a training set."""
 
@@ -61,6 +70,10 @@ class DatasetSummary(BaseModel):
     transcript_problems: int = Field(description="Transcript lines that could not be used")
     minimum_accepted: int
     meets_minimum: bool
+    not_counted: list[ReasonCount] = Field(
+        description="Why flagged and rejected utterances do not count toward the minimum: "
+        "each reason with how many it holds back, most first (an utterance may have several)"
+    )
 
 
 def _doc_id(voice_id: str, kind: str, name: str) -> str:
@@ -134,8 +147,17 @@ class RecordingStore:
         counts = {"accepted": 0, "flagged": 0, "rejected": 0}
         duration = 0.0
         missing = 0
+        held_back: dict[str, ReasonCount] = {}
         for report in reports:
             counts[report.verdict] += 1
+            for code, reason in {r.code: r for r in report.reasons}.items():
+                if reason.severity == "note":  # notes never keep a recording out
+                    continue
+                if code not in held_back:
+                    held_back[code] = ReasonCount(
+                        code=code, severity=reason.severity, recordings=0, example=reason.detail
+                    )
+                held_back[code].recordings += 1
             if report.verdict != "rejected" and report.transcript is None:
                 missing += 1
             if report.verdict == "accepted" and report.source:
@@ -150,6 +172,7 @@ class RecordingStore:
             transcript_problems=problems,
             minimum_accepted=minimum,
             meets_minimum=counts["accepted"] >= minimum,
+            not_counted=sorted(held_back.values(), key=lambda r: (-r.recordings, r.code)),
         )
 
 

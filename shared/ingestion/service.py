@@ -44,6 +44,11 @@ _REPORT_KIND = {
     UploadKind.CONSENT: "consent_audio",
     UploadKind.TRANSCRIPT: "transcript_file",
 }
+# A report is one Cosmos DB item (2 MB at most): its reasons are bounded in number and
+# length, so whatever a file provokes, its report stays a few kilobytes.
+MAX_REPORT_REASONS = 40
+MAX_REASON_DETAIL_CHARS = 300
+_SEVERITY_ORDER = {"reject": 0, "flag": 1, "note": 2}
 
 
 class Outcome(StrEnum):
@@ -243,6 +248,7 @@ class IngestionService:
         extra: dict[str, Any] | None = None,
     ) -> IngestResult:
         kind = _REPORT_KIND[path.kind]
+        reasons = bounded_reasons(reasons)
         store = self._recordings(path.tenant_id)
         previous = store.previous(path.voice_id, kind, path.stem)
         store.save_report(
@@ -327,6 +333,33 @@ class IngestionService:
 
     def _now(self) -> str:
         return self._clock().isoformat()
+
+
+def bounded_reasons(reasons: list[Reason]) -> list[Reason]:
+    """At most MAX_REPORT_REASONS reasons, details cut to MAX_REASON_DETAIL_CHARS.
+
+    When there are more, rejections and flags are kept before notes (the verdict they
+    give is unchanged) and the last place says how many were left out (`more_reasons`).
+    """
+    if len(reasons) > MAX_REPORT_REASONS:
+        ordered = sorted(reasons, key=lambda reason: _SEVERITY_ORDER[reason.severity])
+        kept = ordered[: MAX_REPORT_REASONS - 1]
+        left_out = len(reasons) - len(kept)
+        summary = Reason(
+            code="more_reasons",
+            severity="note",
+            detail=f"{left_out} more reasons are not listed",
+            value=left_out,
+        )
+        reasons = [*kept, summary]
+    return [
+        reason
+        if len(reason.detail) <= MAX_REASON_DETAIL_CHARS
+        else reason.model_copy(
+            update={"detail": reason.detail[: MAX_REASON_DETAIL_CHARS - 3] + "..."}
+        )
+        for reason in reasons
+    ]
 
 
 def _ledger_key(path: UploadPath, etag: str) -> str:

@@ -19,9 +19,9 @@ from enum import StrEnum
 UPLOADS_CONTAINER = "uploads"
 PROCESSED_CONTAINER = "processed"
 
-_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_FILE = re.compile(r"^(?P<stem>[A-Za-z0-9][A-Za-z0-9_-]{0,63})(?P<ext>\.[A-Za-z0-9]{1,8})?$")
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}\Z")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+_FILE = re.compile(r"^(?P<stem>[A-Za-z0-9][A-Za-z0-9_-]{0,63})(?P<ext>\.[A-Za-z0-9]{1,8})?\Z")
 
 
 class UploadKind(StrEnum):

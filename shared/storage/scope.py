@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 TENANT_FIELD = "tenantId"
 
 
-_ORDER_BY = re.compile(r"^c\.[A-Za-z_][A-Za-z0-9_.]*( (ASC|DESC))?$")
+_ORDER_BY = re.compile(r"^c\.[A-Za-z_][A-Za-z0-9_.]*( (ASC|DESC))?\Z")
 
 
 def _check_fragment(where: str) -> None:

@@ -27,6 +27,15 @@ timer sweeps it, the storage lifecycle policy in `bicep/` deletes entries after 
 Never the text: neither metadata nor names carry what was spoken. An entry whose metadata
 is missing, malformed or of another class is a miss, never an error. A lookup is
 one request (the download carries the metadata), so a hit costs one round trip.
+
+The cache is best-effort: a read or write that fails, or takes longer than `timeout_s`
+(`TIMBRE_SYNTHESIS_CACHE_TIMEOUT_SECONDS`, 1 s by default), is logged and skipped (a miss,
+or audio not cached), so a hung Blob Storage never holds a synthesis request. The store
+call runs on a small pool of its own and ends within the storage budget after the caller
+stopped waiting; a call still queued when its wait ends is cancelled. After a read or
+write failed or timed out, the cache is skipped for `RESTING_S` (a hung store then costs
+one request one timeout, not every request two). `forget` is not best-effort: revoking a
+voice must know that its audio is gone.
 """
 
 from __future__ import annotations
@@ -35,9 +44,12 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Final, TypeVar
 
 from shared.storage.blobs import BlobStore
 from shared.synthesis.chain import AudioFormat, SynthesisRequest, SynthesisResult
@@ -63,6 +75,11 @@ _KEY = re.compile(
     rf"(?P<partition>{_PARTITION})/(?P<hash>[0-9a-f]{{64}})\.(?P<ext>wav|mp3|ogg|pcm)"
 )
 STOCK_PARTITION: Final = "stock"
+DEFAULT_TIMEOUT_S: Final = 1.0
+RESTING_S: Final = 5.0  # how long the cache is skipped after a read or write failed
+# Cache calls run here, so that the request thread can stop waiting for a hung store.
+_CACHE_CALLS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="synthesis-cache")
+_T = TypeVar("_T")
 # A tag, the whitespace after it, and (looked ahead, not consumed) the next tag.
 _BETWEEN_TAGS = re.compile(r"(<[^<>]*>)\s+(?=(<[^<>]*>))")
 _STRUCTURAL = re.compile(r"</?(?:speak|voice)[\s/>]")
@@ -108,14 +125,20 @@ class SynthesisCache:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         *,
         max_age: timedelta | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
-        """`max_age`, if set, makes older entries misses before the retention sweep runs."""
+        """`max_age`, if set, makes older entries misses before the retention sweep runs;
+        a read or write that takes longer than `timeout_s` is skipped."""
         if max_age is not None and max_age <= timedelta(0):
             raise ValueError("max_age must be positive")
+        if not timeout_s > 0:
+            raise ValueError("timeout_s must be positive")
         self._store = store
         self._container = container
         self._clock = clock
         self._max_age = max_age
+        self._timeout_s = timeout_s
+        self._resting_until = 0.0  # time.monotonic() before which the cache is skipped
 
     def key(
         self,
@@ -170,7 +193,8 @@ class SynthesisCache:
         """The cached audio of this tenant and key, or None on a miss."""
         name = self.blob_name(tenant_id, key)
         audio_format = _parse_key(key)
-        found = self._store.fetch(self._container, name)  # one round trip on a hit
+        # One round trip on a hit; a store that fails or hangs is a miss.
+        found = self._bounded("read", lambda: self._store.fetch(self._container, name))
         if found is None:
             return None
         info, audio = found
@@ -207,13 +231,43 @@ class SynthesisCache:
             "contenttype": result.content_type,
             "cacheversion": KEY_VERSION,
         }
-        self._store.write(
-            self._container,
-            name,
-            result.audio,
-            content_type=result.content_type,
-            metadata=metadata,
+        self._bounded(
+            "write",
+            lambda: self._store.write(
+                self._container,
+                name,
+                result.audio,
+                content_type=result.content_type,
+                metadata=metadata,
+            ),
         )
+
+    def _bounded(self, operation: str, call: Callable[[], _T]) -> _T | None:
+        """Run a store call for at most `timeout_s`; None (logged) if it failed or took longer,
+        or if an earlier call failed less than `RESTING_S` ago."""
+        if time.monotonic() < self._resting_until:
+            return None
+        future = _CACHE_CALLS.submit(call)
+        try:
+            return future.result(timeout=self._timeout_s)
+        except FutureTimeout:
+            future.cancel()  # still queued: never runs; running: ends within the storage budget
+            outcome, error = "timed out", "timeout"
+        except Exception as exc:
+            outcome, error = "failed", type(exc).__name__
+        self._resting_until = time.monotonic() + RESTING_S
+        logger.warning(
+            "synthesis cache %s %s; skipped",
+            operation,
+            outcome,
+            extra={
+                "event": "synthesis_cache_skipped",
+                "operation": operation,
+                "error": error,
+                "timeout_s": self._timeout_s,
+            },
+        )
+        return None
 
     def _usable(self, metadata: Mapping[str, str], audio_format: AudioFormat) -> bool:
         if metadata.get("dataclass") != RETENTION_CLASS:

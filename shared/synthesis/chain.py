@@ -8,8 +8,13 @@ Azure OpenAI TTS. `FallbackChain.synthesize` tries each step whose provider's
 of attempts. A provider that refuses the request itself (`rejected`: bad SSML or voice,
 a content filter, input over its limit) ends the chain with a 400 and counts against no
 breaker: one caller's bad input must not open a breaker every tenant shares. When
-nothing succeeds it raises `DependencyUnavailable` (503) naming the providers tried and
-their outcomes, never the text being spoken.
+nothing succeeds it raises `SpeechUnavailable` (a 503, reason `speech_unavailable`) naming
+the providers tried and their outcomes (kinds only: never the text being spoken, never
+what a provider said), with `Retry-After` the soonest any of them may be called again:
+the remaining cool-down when every breaker tried is open, else the default back-off.
+
+Which steps a request may use (only the voice the caller named, unless they allowed
+fallback) is the service's decision: the chain tries what it is given.
 
 Consent rule: a step built by `custom_voice_step` without granted consent is never
 called and never silently swapped for another voice. Unless the caller set
@@ -27,17 +32,23 @@ Pure logic: no SDK imports; the Speech and OpenAI adapters implement `SpeechProv
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.core.errors import DependencyUnavailable, Forbidden, InvalidRequest
+from shared.core.errors import (
+    DEFAULT_RETRY_AFTER_S,
+    DependencyUnavailable,
+    Forbidden,
+    InvalidRequest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +253,19 @@ class CircuitBreaker:
         with self._lock:
             return self._cooldown_s
 
+    @property
+    def remaining_cooldown_s(self) -> float:
+        """Seconds until the breaker lets a call through again; 0 when it would now."""
+        with self._lock:
+            now = self._clock()
+            self._refresh(now)
+            if self._state is BreakerState.OPEN:
+                return max(0.0, self._cooldown_s - (now - self._opened_at))
+            if self._state is BreakerState.HALF_OPEN and self._trial_started is not None:
+                # A trial is in flight: the next one waits until it expires.
+                return max(0.0, self._cooldown_s - (now - self._trial_started))
+            return 0.0
+
     def allow(self) -> bool:
         """Whether a call may go through now; in half-open, True for one trial only."""
         with self._lock:
@@ -350,6 +374,29 @@ class Attempt:
         return {"provider": self.provider, "outcome": self.outcome}
 
 
+class SpeechUnavailable(DependencyUnavailable):
+    """No step of a request could speak (503): `attempts` says which provider failed how,
+    `retry_after_s` when one of them may be called again."""
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        attempts: Sequence[Attempt],
+        retry_after_s: int,
+        reason: str = "speech_unavailable",
+        **extensions: Any,
+    ) -> None:
+        super().__init__(
+            detail,
+            retry_after_s=retry_after_s,
+            reason=reason,
+            tried=[attempt.as_dict() for attempt in attempts],
+            **extensions,
+        )
+        self.attempts = tuple(attempts)
+
+
 @dataclass(frozen=True)
 class ChainResult:
     """The audio that was produced and every attempt that led to it, in order."""
@@ -434,4 +481,24 @@ class FallbackChain:
             return ChainResult(result=result, attempts=tuple(attempts))
         tried = [attempt.as_dict() for attempt in attempts]
         logger.error("every speech provider failed", extra={"tried": tried})
-        raise DependencyUnavailable("no speech provider could synthesize the request", tried=tried)
+        raise SpeechUnavailable(
+            "No speech provider could synthesize the request.",
+            attempts=attempts,
+            retry_after_s=self.retry_after_s(
+                attempt.provider
+                for attempt in attempts
+                if attempt.outcome != "consent_not_granted"  # never called: no breaker
+            ),
+        )
+
+    def remaining_cooldown_s(self, provider: str) -> float:
+        """Seconds until the provider's breaker lets a call through; 0 when it would now."""
+        return self.breaker(provider).remaining_cooldown_s
+
+    def retry_after_s(self, providers: Iterable[str]) -> int:
+        """When a caller may try again after these providers failed: the soonest end of a
+        cool-down if every one of their breakers is open, else the default back-off."""
+        waits = [self.remaining_cooldown_s(name) for name in dict.fromkeys(providers)]
+        if not waits or min(waits) <= 0:
+            return DEFAULT_RETRY_AFTER_S
+        return max(1, math.ceil(min(waits)))

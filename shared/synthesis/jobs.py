@@ -19,10 +19,12 @@ results; `JobOutcome` the orchestration's output. Each crosses the Durable bound
 and order) is what instances in flight carry and replay by: it must not change.
 
 One voice for the whole file: the job pins the provider and voice that would speak first
-when it starts (the same selection and consent checks as `/synthesize`). Segments are
-spoken by that provider only, with retries; a fallback voice never takes over
-mid-document. If the voice becomes unusable (consent revoked, endpoint gone), the job
-fails with that reason. Segments go through the synthesis cache too, so a job re-run after
+when it starts (the same selection and consent checks as `/synthesize`; a provider whose
+breaker is open is passed over, and a named voice whose breaker is open refuses the job
+with a 503 and `Retry-After`). Segments are spoken by that provider only, with retries; a
+fallback voice never takes over mid-document, whether or not the job allowed fallback. If
+the voice becomes unusable (consent revoked, endpoint gone, failing past the retries), the
+job fails with that reason. Segments go through the synthesis cache too, so a job re-run after
 a failure does not pay again for the segments already spoken.
 """
 
@@ -56,7 +58,7 @@ from shared.synthesis.cache import EXTENSIONS, RETENTION_CLASS
 from shared.synthesis.chain import AudioFormat
 from shared.synthesis.segments import segment_text
 from shared.synthesis.service import SynthesisService, SynthesizeBody
-from shared.synthesis.ssml import SsmlRejected, canonical_language, speakable
+from shared.synthesis.ssml import LANGUAGE_PATTERN, SsmlRejected, canonical_language, speakable
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +79,11 @@ class SynthesisJobBody(BaseModel):
     voice: str | None = Field(
         None, description="Stock voice name or tenant voice id (as for /synthesize)"
     )
-    language: str | None = Field(None, description="BCP-47 tag; picks the stock voice")
+    language: str | None = Field(
+        None,
+        description="BCP-47 tag; picks the stock voice",
+        json_schema_extra={"pattern": LANGUAGE_PATTERN},
+    )
     format: AudioFormat = Field(AudioFormat.MP3, description="Format of the joined file")
     style: str | None = None
     rate: str | None = None
@@ -298,6 +304,7 @@ class SynthesisJobs:
             raise InvalidRequest(
                 f"At most {self._max_characters} characters per job (got {len(body.text)}).",
                 limit="max_characters",
+                reason="too_long",
             )
         try:
             speakable(body.text)  # the whole text, not only what the probe below speaks
@@ -358,7 +365,7 @@ class SynthesisJobs:
         """The job's state and progress; when done, a fresh short-lived download URL."""
         found = orchestrations.status(instance_id(caller.tenant_id, _checked(job_id)))
         if found is None:
-            raise NotFound(f"No synthesis job {job_id}")
+            raise NotFound(f"No synthesis job {job_id}", reason="job_not_found")
         return self._view(job_id, found)
 
     def cancel(
@@ -368,7 +375,7 @@ class SynthesisJobs:
         instance = instance_id(caller.tenant_id, _checked(job_id))
         found = orchestrations.status(instance)
         if found is None:
-            raise NotFound(f"No synthesis job {job_id}")
+            raise NotFound(f"No synthesis job {job_id}", reason="job_not_found")
         if found.runtime_status not in ACTIVE:
             raise Conflict("The job has already finished.", reason="job_finished")
         step = found.custom_status.get("state") if isinstance(found.custom_status, dict) else None
@@ -545,5 +552,5 @@ class SynthesisJobs:
 
 def _checked(job_id: str) -> str:
     if not _JOB_ID.fullmatch(job_id):
-        raise InvalidRequest("job_id is 32 lowercase hex characters")
+        raise InvalidRequest("job_id is 32 lowercase hex characters", reason="invalid_job_id")
     return job_id

@@ -10,6 +10,11 @@ Voice selection, in order (steps the chain tries):
    language (`TIMBRE_STOCK_VOICES`);
 3. Azure OpenAI TTS, its voice mapped from configuration.
 
+Naming a voice means that voice: a caller who names one (`voice`, or the `<voice name>`s of
+their SSML) gets it or a 503 `voice_unavailable` naming what failed (`tried`, with
+`Retry-After` the breaker's remaining cool-down while it is open). Another voice speaks
+only when the caller set `allow_fallback` or named no voice.
+
 Only configured providers become steps. Text is escaped into SSML for each step's voice;
 caller SSML is validated once (voices the tenant may use) and, for a fallback step, has its
 `<voice name>` rewritten to the stock voice.
@@ -20,6 +25,12 @@ revoking its consent deletes. Only audio from that step is stored, so a fallback
 becomes sticky: once the preferred voice recovers it is heard again at once. Cache errors
 are misses, never failed requests. A custom voice's consent is checked before the cache
 is read, so a revoked voice's cached audio is never served.
+
+Limits: text counts its characters; SSML counts what Azure bills (everything inside
+`<voice>` as Timbre sends it, markup included), both against `TIMBRE_SYNTHESIS_MAX_CHARACTERS`;
+SSML may ask for at most a minute of breaks and silences (`shared.synthesis.ssml`). Voice
+names, styles, rates and pitches are checked before anything is paid for, and refused values
+are never echoed; response headers carry only values that passed a check.
 
 Custom voice use is audited (voice id, provider, cache hit or miss; never the text).
 """
@@ -49,6 +60,7 @@ from shared.synthesis.chain import (
     AudioFormat,
     FallbackChain,
     SpeechProvider,
+    SpeechUnavailable,
     SynthesisRequest,
     SynthesisResult,
     SynthesisStep,
@@ -59,10 +71,14 @@ from shared.synthesis.chain import (
 from shared.synthesis.providers.openai_tts import MAX_INPUT_CHARS as OPENAI_MAX_INPUT_CHARS
 from shared.synthesis.providers.openai_tts import ssml_to_text
 from shared.synthesis.ssml import (
+    LANGUAGE_PATTERN,
+    MAX_VOICE_NAME_CHARS,
     SsmlRejected,
     ValidatedSsml,
     canonical_language,
+    check_prosody,
     is_stock_voice_name,
+    is_valid_language,
     same_language,
     text_to_ssml,
     validate_ssml,
@@ -73,35 +89,88 @@ from shared.translation import Translator
 logger = logging.getLogger(__name__)
 
 _VOICE_ID = re.compile(r"v-[0-9a-f]{12}")
+# What a response header may carry: a provider or voice name as Timbre checked it.
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,63}")
+# Documented in the request model (maxLength) and enforced by the service, so that a batch
+# job's request (built from its own body) is refused the same way, as a 400.
+_MAX_STYLE_CHARS = 64
+_MAX_PROSODY_CHARS = 32
+
+
+def _refused(error: SsmlRejected, prefix: str = "Refused: ") -> InvalidRequest:
+    """The 400 for refused text or SSML: its reason and, when it is one, the field."""
+    if error.field is None:
+        return InvalidRequest(f"{prefix}{error.detail}", reason=error.reason)
+    return InvalidRequest(f"{prefix}{error.detail}", reason=error.reason, field=error.field)
 
 
 class SynthesizeBody(BaseModel):
     """What a caller asks to hear."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        # Exactly one of text and ssml, as the validator below enforces.
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["text"],
+                    "properties": {"text": {"type": "string"}, "ssml": {"type": "null"}},
+                },
+                {
+                    "required": ["ssml"],
+                    # Style, prosody and translation belong to text; SSML carries its own.
+                    "properties": {
+                        "ssml": {"type": "string"},
+                        **{
+                            name: {"type": "null"}
+                            for name in ("text", "style", "rate", "pitch", "translate_to")
+                        },
+                    },
+                },
+            ]
+        },
+    )
 
     text: str | None = Field(None, min_length=1, description="Plain text (escaped into SSML)")
     ssml: str | None = Field(None, min_length=1, description="An SSML document")
     voice: str | None = Field(
         None,
         description="A stock neural voice name (en-US-AvaMultilingualNeural) or the id of one "
-        "of the tenant's voices (v-...); default: the language's configured stock voice",
+        "of the tenant's voices (v-...); default: the language's configured stock voice. "
+        "A named voice speaks or the answer is a 503; another voice only with allow_fallback",
+        json_schema_extra={"maxLength": MAX_VOICE_NAME_CHARS},
     )
     language: str | None = Field(
         None,
         description="BCP-47 tag of the text (en-US); with translate_to, its source language",
+        json_schema_extra={"pattern": LANGUAGE_PATTERN},
     )
     format: AudioFormat = Field(AudioFormat.MP3, description="Audio format of the answer")
-    style: str | None = Field(None, description="Speaking style of a stock voice (cheerful)")
-    rate: str | None = Field(None, description="Speaking rate: x-slow..x-fast, +N%, -N%")
-    pitch: str | None = Field(None, description="Pitch: x-low..x-high, +Nst, +N%, +NHz")
+    style: str | None = Field(
+        None,
+        description="Speaking style of a stock voice (cheerful)",
+        json_schema_extra={"maxLength": _MAX_STYLE_CHARS},
+    )
+    rate: str | None = Field(
+        None,
+        description="Speaking rate: x-slow..x-fast, +N%, -N%",
+        json_schema_extra={"maxLength": _MAX_PROSODY_CHARS},
+    )
+    pitch: str | None = Field(
+        None,
+        description="Pitch: x-low..x-high, +Nst, +N%, +NHz",
+        json_schema_extra={"maxLength": _MAX_PROSODY_CHARS},
+    )
     translate_to: str | None = Field(
-        None, description="Translate the text into this language first, then speak it"
+        None,
+        description="Translate the text into this language first, then speak it",
+        json_schema_extra={"pattern": LANGUAGE_PATTERN},
     )
     allow_fallback: bool = Field(
         False,
-        description="Let a stock voice speak when the custom voice may not be used (consent "
-        "not granted) or is not deployed; a deployed voice that fails falls back anyway",
+        description="Let another voice speak when the named voice cannot: a custom voice "
+        "that may not be used (consent not granted), is not deployed or fails, or a stock "
+        "voice that fails. Without it a named voice speaks or the answer is a 503",
     )
 
     @field_validator("language", "translate_to")
@@ -132,17 +201,19 @@ class Spoken:
 
     @property
     def headers(self) -> dict[str, str]:
-        """The response headers naming the provider, voice, cache and language."""
-        headers = {
-            "X-Timbre-Provider": self.result.provider,
-            "X-Timbre-Voice": self.result.voice,
-            "X-Timbre-Cache": self.cache,
-            "Content-Language": self.language,
+        """The response headers naming the provider, voice, cache and language; a value
+        that fails its check (a cache entry's metadata, a translator's answer) is left out,
+        never echoed."""
+        checked: dict[str, tuple[str, Callable[[str], object]]] = {
+            "X-Timbre-Provider": (self.result.provider, _HEADER_NAME.fullmatch),
+            "X-Timbre-Voice": (self.result.voice, _HEADER_NAME.fullmatch),
+            "Content-Language": (self.language, is_valid_language),
+            "X-Timbre-Detected-Language": (self.detected_language or "", is_valid_language),
         }
+        headers = {name: value for name, (value, ok) in checked.items() if value and ok(value)}
+        headers["X-Timbre-Cache"] = self.cache
         if len(self.attempts) > 1:
             headers["X-Timbre-Attempts"] = ", ".join(self.attempts)
-        if self.detected_language:
-            headers["X-Timbre-Detected-Language"] = self.detected_language
         return headers
 
 
@@ -162,6 +233,17 @@ class SpeechProviders(Protocol):
         ...
 
 
+class _WithheldVoice:
+    """Stands for a custom voice that may not speak and has no deployment to name: its
+    step is never called (`consent_granted=False`), only listed in the attempts."""
+
+    name = "azure-speech-custom"
+
+    def synthesize(self, request: SynthesisRequest) -> SynthesisResult:
+        """Never called: the chain skips a step without consent."""
+        raise AssertionError("a custom voice without consent is never called")
+
+
 @dataclass(frozen=True)
 class _Choice:
     """Who may speak, settled before anything is paid for (translation, synthesis)."""
@@ -178,6 +260,8 @@ class _Plan:
     language: str
     speaker: Speaker | None
     custom_provider: str | None
+    # The voice the caller named and did not allow to be replaced: only it may speak.
+    named_voice: str | None = None
 
 
 class SynthesisService:
@@ -234,11 +318,26 @@ class SynthesisService:
 
     def first_choice(self, tenant_id: str, body: SynthesizeBody) -> tuple[str, str]:
         """The provider and voice that would speak the request first, with the checks of
-        `speak` (voice, language, consent) but no synthesis: a batch job pins them."""
+        `speak` (voice, language, consent) but no synthesis: a batch job pins them.
+
+        A provider whose breaker is open would not speak first, so it is passed over; if
+        that leaves nothing (always, for a named voice without `allow_fallback`), the job
+        is refused now with a 503 and `Retry-After`, rather than started to fail."""
         self._check_length(body)
         plan = self._plan(self._choose(tenant_id, body), body, body.text)
-        primary = self._usable(plan, body)[0]
-        return primary.provider.name, primary.request.voice
+        usable = self._usable(plan, body)
+        ready = [s for s in usable if self._chain.remaining_cooldown_s(s.provider.name) <= 0]
+        if not ready:
+            attempts = [Attempt(step.provider.name, "skipped_open_circuit") for step in usable]
+            raise self._unavailable(
+                plan,
+                SpeechUnavailable(
+                    "No speech provider can take the job now.",
+                    attempts=attempts,
+                    retry_after_s=self._chain.retry_after_s(a.provider for a in attempts),
+                ),
+            )
+        return ready[0].provider.name, ready[0].request.voice
 
     def speak_pinned(
         self, tenant_id: str, body: SynthesizeBody, provider: str, voice: str
@@ -261,11 +360,40 @@ class SynthesisService:
 
     def _check_length(self, body: SynthesizeBody) -> None:
         if body.text is not None and len(body.text) > self._max_characters:
+            raise self._too_long("characters")
+
+    def _too_long(self, what: str) -> InvalidRequest:
+        return InvalidRequest(
+            f"At most {self._max_characters} {what} per request; "
+            "use POST /api/v1/synthesis/jobs for longer texts.",
+            reason="too_long",
+            limit="max_characters",
+        )
+
+    @staticmethod
+    def _check_fields(body: SynthesizeBody) -> None:
+        """Voice, style, rate and pitch bounded and well-formed before anything is paid
+        for; a refusal names the field and its form, never the value."""
+        if body.voice is not None and len(body.voice) > MAX_VOICE_NAME_CHARS:
             raise InvalidRequest(
-                f"At most {self._max_characters} characters per request; "
-                "use POST /api/v1/synthesis/jobs for longer texts.",
-                limit="max_characters",
+                f"voice is a stock neural voice name or one of the tenant's voice ids, at "
+                f"most {MAX_VOICE_NAME_CHARS} characters",
+                reason="invalid_voice",
+                field="voice",
             )
+        for field, value, limit in (
+            ("style", body.style, _MAX_STYLE_CHARS),
+            ("rate", body.rate, _MAX_PROSODY_CHARS),
+            ("pitch", body.pitch, _MAX_PROSODY_CHARS),
+        ):
+            if value is not None and len(value) > limit:
+                raise InvalidRequest(
+                    f"{field} is at most {limit} characters", reason="invalid_value", field=field
+                )
+        try:
+            check_prosody(style=body.style, rate=body.rate, pitch=body.pitch)
+        except SsmlRejected as error:
+            raise _refused(error) from None
 
     def _translated(self, body: SynthesizeBody) -> tuple[str | None, str | None]:
         """The text to speak (translated when asked) and the detected source language."""
@@ -277,6 +405,7 @@ class SynthesisService:
 
     def _choose(self, tenant_id: str, body: SynthesizeBody) -> _Choice:
         """The voice, language and checked SSML of a request; refuses what cannot be spoken."""
+        self._check_fields(body)
         language = body.translate_to or body.language
         speaker = self._speaker(tenant_id, body, language)
         stock_voice = body.voice if body.voice is not None and speaker is None else None
@@ -287,6 +416,8 @@ class SynthesisService:
         validated = None
         if body.ssml is not None:
             validated = self._validated(body, speaker)
+            if validated.characters > self._max_characters:
+                raise self._too_long("billable SSML characters (the markup inside <voice>)")
             language = language or canonical_language(validated.language)
             if stock_voice is None and speaker is None:
                 stock_voice = validated.voices[0]
@@ -321,7 +452,7 @@ class SynthesisService:
                         pitch=body.pitch,
                     )
             except SsmlRejected as error:
-                raise InvalidRequest(f"Refused: {error.detail}", reason=error.reason) from None
+                raise _refused(error) from None
             return SynthesisRequest(ssml=ssml, voice=voice, language=locale, format=body.format)
 
         steps: list[SynthesisStep] = []
@@ -331,10 +462,25 @@ class SynthesisService:
             if step is not None:
                 steps.append(step)
                 custom_provider = step.provider.name
+        named = self._named_voice(choice, body)
         stock = self._providers.stock()
+        if named is not None and speaker is not None:
+            # Only the named custom voice may speak (`_custom_step` refused it otherwise).
+            return _Plan(steps, choice.language, speaker, custom_provider, named)
         if stock is not None and choice.stock_voice is not None:
             locale = voice_locale(choice.stock_voice)
             steps.append(SynthesisStep(stock, request_for(choice.stock_voice, locale)))
+        if named is not None:
+            if not steps:
+                raise DependencyUnavailable(
+                    f"Voice {named} is spoken by Azure Speech, which is not configured: set "
+                    "AZURE_SPEECH_REGION or AZURE_SPEECH_ENDPOINT (see GET /api/v1/voice/status),"
+                    " or set allow_fallback to let another voice speak.",
+                    reason="voice_unavailable",
+                    voice=named,
+                    tried=[],
+                )
+            return _Plan(steps, choice.language, speaker, custom_provider, named)
         openai = self._providers.openai()
         spoken_text = ssml_to_text(validated.ssml) if validated is not None else (text or "")
         # Over OpenAI's input limit the step would only be refused: leave it out.
@@ -346,9 +492,40 @@ class SynthesisService:
             raise DependencyUnavailable(
                 "No speech provider is configured: set AZURE_SPEECH_REGION or "
                 "AZURE_SPEECH_ENDPOINT, or AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_TTS_DEPLOYMENT.",
+                reason="speech_not_configured",
                 tried=[],
             )
         return _Plan(steps, choice.language, speaker, custom_provider)
+
+    @staticmethod
+    def _named_voice(choice: _Choice, body: SynthesizeBody) -> str | None:
+        """The voice the caller named and did not let another replace: `voice`, or the
+        voices of their SSML; None with `allow_fallback` or when no voice was named."""
+        if body.allow_fallback:
+            return None
+        if body.voice is not None:
+            return body.voice
+        if choice.validated is not None:
+            voices = choice.validated.voices
+            shown = ", ".join(voices[:3])
+            return shown if len(voices) <= 3 else f"{shown} and {len(voices) - 3} more"
+        return None
+
+    @staticmethod
+    def _unavailable(plan: _Plan, error: SpeechUnavailable) -> SpeechUnavailable:
+        """The 503 of a request whose steps all failed: for a named voice, one that names
+        it and what failed (`voice_unavailable`); otherwise the chain's own."""
+        if plan.named_voice is None:
+            return error
+        failed = ", ".join(f"{a.provider} {a.outcome}" for a in error.attempts)
+        return SpeechUnavailable(
+            f"Voice {plan.named_voice} cannot speak now ({failed}). Try again after "
+            "Retry-After, or set allow_fallback to let another voice speak.",
+            attempts=error.attempts,
+            retry_after_s=error.retry_after_s,
+            reason="voice_unavailable",
+            voice=plan.named_voice,
+        )
 
     def _speaker(
         self, tenant_id: str, body: SynthesizeBody, language: str | None
@@ -396,7 +573,7 @@ class SynthesisService:
                 body.ssml, allowed_voices=lambda name: name == own or is_stock_voice_name(name)
             )
         except SsmlRejected as error:
-            raise InvalidRequest(f"SSML refused: {error.detail}", reason=error.reason) from None
+            raise _refused(error, "SSML refused: ") from None
         if own is not None and own not in validated.voices:
             raise InvalidRequest(
                 f"The SSML must speak with the custom voice's name {own}.",
@@ -416,6 +593,16 @@ class SynthesisService:
     ) -> SynthesisStep | None:
         """The custom voice's step; a voice that cannot be used is an error unless the
         caller allowed fallback (it is never left out silently)."""
+        if speaker.consent != "granted":
+            # Only with allow_fallback (`_speaker` refused it otherwise): a step that is never
+            # called, so the attempts say why another voice spoke, deployed or not (a
+            # revoked voice lists no endpoint).
+            found = self._providers.custom(speaker.endpoint_id) if speaker.endpoint_id else None
+            return custom_voice_step(
+                found or _WithheldVoice(),
+                request_for(speaker.voice_name, speaker.locale, custom=True),
+                consent_granted=False,
+            )
         if speaker.endpoint_id is None:
             if body.allow_fallback:
                 return None
@@ -429,14 +616,17 @@ class SynthesisService:
             if body.allow_fallback:
                 return None
             raise DependencyUnavailable(
-                "Custom voices are spoken by Azure Speech, which is not configured or "
-                "not usable here (see GET /api/v1/voice/status).",
+                f"Voice {speaker.voice_id} is spoken by Azure Speech, which is not configured "
+                "or not usable here (see GET /api/v1/voice/status). Set allow_fallback to let "
+                "a stock voice speak instead.",
+                reason="voice_unavailable",
+                voice=speaker.voice_id,
                 tried=[],
             )
         return custom_voice_step(
             provider,
             request_for(speaker.voice_name, speaker.locale, custom=True),
-            consent_granted=speaker.consent == "granted",
+            consent_granted=True,
         )
 
     def _usable(self, plan: _Plan, body: SynthesizeBody) -> list[SynthesisStep]:
@@ -451,6 +641,7 @@ class SynthesisService:
         if not usable:
             raise DependencyUnavailable(
                 "No other voice is configured to speak instead of the custom voice.",
+                reason="no_fallback_voice",
                 tried=[
                     Attempt(step.provider.name, "consent_not_granted").as_dict()
                     for step in plan.steps
@@ -480,7 +671,10 @@ class SynthesisService:
             return Spoken(cached, "hit", plan.language, (), detected)
         # Steps left out for consent stay in the chain's view, so attempts name them.
         candidates = [step for step in plan.steps if not step.consent_granted] + steps
-        outcome = self._chain.synthesize(candidates, allow_fallback=body.allow_fallback)
+        try:
+            outcome = self._chain.synthesize(candidates, allow_fallback=body.allow_fallback)
+        except SpeechUnavailable as error:
+            raise self._unavailable(plan, error) from None
         if outcome.result.provider == primary.provider.name:
             self._cache_put(tenant_id, key, outcome.result)
         attempts = tuple(f"{a.provider}={a.outcome}" for a in outcome.attempts)

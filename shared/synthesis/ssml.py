@@ -13,6 +13,14 @@ bypass the tenant's voice allowlist).
 
 Documents are re-serialized from the parsed tree (attributes sorted, comments and
 processing instructions dropped), so what reaches the service is exactly what was checked.
+
+Bounds a caller could otherwise slip past: voice names are at most `MAX_VOICE_NAME_CHARS`
+(64; the longest published Azure neural voice names are about 40, the names Timbre deploys
+custom voices under 26), so nothing longer is ever echoed into a header or an error; a
+document may ask for at most `MAX_SILENCE_MS` (60 s) of breaks and silences in total,
+counted as the service would insert them (`silence_ms`); and `characters` counts what
+Azure bills, so the service holds SSML to the same character limit as text. A refused
+value is never echoed: errors name the field and the form it takes.
 """
 
 from __future__ import annotations
@@ -40,6 +48,21 @@ DEFAULT_MAX_CHARS: Final = 20_000
 DEFAULT_MAX_DEPTH: Final = 12
 MAX_BREAK_MS: Final = 20_000
 MAX_ATTRIBUTE_CHARS: Final = 256
+MAX_VOICE_NAME_CHARS: Final = 64
+# Breaks and silences of one request, in total. A request is bounded in characters, but
+# one 20 s break costs 19 of them: without this, 5,000 characters could ask for over an
+# hour of silence, which the service spends until the provider timeout runs out (and that
+# timeout counts against a breaker every tenant shares).
+MAX_SILENCE_MS: Final = 60_000
+# The pause of each break strength, as the Speech service documents it; a <break/> with
+# neither strength nor time is medium.
+BREAK_STRENGTH_MS: Final = {
+    "x-weak": 250,
+    "weak": 500,
+    "medium": 750,
+    "strong": 1_000,
+    "x-strong": 1_250,
+}
 
 _PREFIXES: Final = {SSML_NS: "", MSTTS_NS: "mstts:"}
 
@@ -56,6 +79,14 @@ _PITCH = re.compile(rf"x-low|low|medium|high|x-high|default|{_PITCH_CHANGE}")
 _CONTOUR = re.compile(rf"(?:\(\s*{_NUMBER}%\s*,\s*(?:{_PITCH_CHANGE})\s*\)\s*)+")
 _VOLUME = re.compile(rf"silent|x-soft|soft|medium|loud|x-loud|default|[+-]?{_NUMBER}%?")
 _TIME = re.compile(r"([0-9]{1,6})(ms|s)")
+# Where mstts:silence of each boundary type is inserted: every run of sentence-ending,
+# comma, semicolon or enumeration-comma punctuation in the voice's text (an upper bound).
+_BOUNDARIES: Final = {
+    "Sentenceboundary": re.compile(r"[.!?\u3002\uff01\uff1f\u0964\u061f]+"),
+    "Comma": re.compile(r"[,\uff0c\u060c]+"),
+    "Semicolon": re.compile(r"[;\uff1b\u061b]+"),
+    "Enumerationcomma": re.compile(r"\u3001+"),
+}
 _STYLE_DEGREE = re.compile(r"[0-9](?:\.[0-9]{1,2})?")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _ANY_TEXT = re.compile(r"[^\x00-\x1f]{1,256}")
@@ -64,22 +95,29 @@ _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 class SsmlRejected(ValueError):
-    """Text or SSML that may not be sent to the speech service; `reason` is machine-readable."""
+    """Text or SSML that may not be sent to the speech service; `reason` is machine-readable,
+    `field` the request field at fault when it is one (style, rate, pitch, voice)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, *, field: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
 class ValidatedSsml:
-    """A checked SSML document, re-serialized, with what it will cost and who speaks it."""
+    """A checked SSML document, re-serialized, with what it will cost and who speaks it.
+
+    `characters` is what Azure bills for it (everything inside `<voice>`, markup included);
+    `silence_ms` the breaks and silences it asks for, in total.
+    """
 
     ssml: str
     voices: tuple[str, ...]
     language: str
     characters: int
+    silence_ms: int = 0
 
 
 def _enum(*values: str) -> Callable[[str], bool]:
@@ -91,13 +129,17 @@ def _matches(pattern: re.Pattern[str]) -> Callable[[str], bool]:
     return lambda value: pattern.fullmatch(value) is not None
 
 
+def _milliseconds(value: str) -> int | None:
+    match = _TIME.fullmatch(value)
+    if match is None:
+        return None
+    return int(match.group(1)) * (1 if match.group(2) == "ms" else 1000)
+
+
 def _time_at_most(limit_ms: int) -> Callable[[str], bool]:
     def check(value: str) -> bool:
-        match = _TIME.fullmatch(value)
-        if match is None:
-            return False
-        amount = int(match.group(1)) * (1 if match.group(2) == "ms" else 1000)
-        return amount <= limit_ms
+        amount = _milliseconds(value)
+        return amount is not None and amount <= limit_ms
 
     return check
 
@@ -107,13 +149,21 @@ def _style_degree(value: str) -> bool:
 
 
 def is_stock_voice_name(name: str) -> bool:
-    """Whether `name` is shaped like a stock neural voice name (en-US-AvaNeural)."""
-    return _STOCK_VOICE.fullmatch(name) is not None
+    """Whether `name` is shaped like a stock neural voice name (en-US-AvaNeural), at most
+    `MAX_VOICE_NAME_CHARS` long."""
+    return len(name) <= MAX_VOICE_NAME_CHARS and _STOCK_VOICE.fullmatch(name) is not None
 
 
 def is_valid_voice_name(name: str) -> bool:
-    """Whether `name` is shaped like a stock or custom neural voice name."""
+    """Whether `name` is shaped like a stock or custom neural voice name, at most
+    `MAX_VOICE_NAME_CHARS` long."""
+    if len(name) > MAX_VOICE_NAME_CHARS:
+        return False
     return bool(_STOCK_VOICE.fullmatch(name) or _CUSTOM_VOICE.fullmatch(name))
+
+
+# What `canonical_language` accepts, in any letter case, as the OpenAPI document states it.
+LANGUAGE_PATTERN: Final = r"^[A-Za-z]{2,3}(-[A-Za-z]{4})?(-([A-Za-z]{2}|[0-9]{3}))?$"
 
 
 def canonical_language(tag: str) -> str:
@@ -128,7 +178,7 @@ def canonical_language(tag: str) -> str:
             fixed.append(part.upper())
     canonical = "-".join(fixed)
     if not is_valid_language(canonical):
-        raise ValueError(f"{tag[:20]!r} is not a language tag like en-US or zh-Hans")
+        raise ValueError("not a language tag like en-US or zh-Hans")
     return canonical
 
 
@@ -259,6 +309,37 @@ _REQUIRED: Final = {
 }
 _SPEAK = f"{{{SSML_NS}}}speak"
 _VOICE = f"{{{SSML_NS}}}voice"
+_BREAK = f"{{{SSML_NS}}}break"
+_SILENCE = f"{{{MSTTS_NS}}}silence"
+_VOICE_NAME = f"neural voice name like en-US-AvaNeural (at most {MAX_VOICE_NAME_CHARS} characters)"
+_VOICE_FORM = f"voice is a {_VOICE_NAME}"
+
+
+def check_prosody(
+    *, style: str | None = None, rate: str | None = None, pitch: str | None = None
+) -> None:
+    """Refuse a style, rate or pitch the service would not take, naming the field and the
+    form it takes, never the value."""
+    if style is not None and not _STYLE.fullmatch(style):
+        raise SsmlRejected(
+            "invalid_value",
+            "style is a style name: a letter, then letters, digits, - or _ (at most 64)",
+            field="style",
+        )
+    if rate is not None and not _RATE.fullmatch(rate):
+        raise SsmlRejected(
+            "invalid_value",
+            "rate is x-slow, slow, medium, fast, x-fast, default, +N% or -N%, or a multiplier "
+            "like 0.8",
+            field="rate",
+        )
+    if pitch is not None and not _PITCH.fullmatch(pitch):
+        raise SsmlRejected(
+            "invalid_value",
+            "pitch is x-low, low, medium, high, x-high, default, or a change like +2st, "
+            "-5% or +50Hz",
+            field="pitch",
+        )
 
 
 def text_to_ssml(
@@ -272,20 +353,12 @@ def text_to_ssml(
 ) -> str:
     """Wrap plain text in an SSML document for one voice; the text is escaped, never parsed."""
     speakable(text)
+    # Values are never echoed: the caller knows what they sent; say what is accepted.
     if not is_valid_voice_name(voice):
-        raise SsmlRejected("invalid_voice", f"{voice!r} is not a neural voice name")
+        raise SsmlRejected("invalid_voice", _VOICE_FORM, field="voice")
     if not is_valid_language(language):
-        raise SsmlRejected("invalid_value", f"language {language!r} is not a tag like en-US")
-    if style is not None and not _STYLE.fullmatch(style):
-        raise SsmlRejected("invalid_value", f"style {style!r} is not a style name")
-    if rate is not None and not _RATE.fullmatch(rate):
-        raise SsmlRejected(
-            "invalid_value", f"rate {rate!r}: use x-slow..x-fast, +N%/-N% or a multiplier"
-        )
-    if pitch is not None and not _PITCH.fullmatch(pitch):
-        raise SsmlRejected(
-            "invalid_value", f"pitch {pitch!r}: use x-low..x-high, +Nst, +N%, +NHz or NHz"
-        )
+        raise SsmlRejected("invalid_value", "language is a BCP-47 tag like en-US", field="language")
+    check_prosody(style=style, rate=rate, pitch=pitch)
 
     speak = Element(_SPEAK, {"version": "1.0", XML_LANG: language})
     inner = Element(_VOICE, {"name": voice})
@@ -307,8 +380,10 @@ def validate_ssml(
     allowed_voices: Callable[[str], bool],
     max_chars: int = DEFAULT_MAX_CHARS,
     max_depth: int = DEFAULT_MAX_DEPTH,
+    max_silence_ms: int = MAX_SILENCE_MS,
 ) -> ValidatedSsml:
-    """Check caller SSML against the allowlist and the tenant's voices; return it normalized."""
+    """Check caller SSML against the allowlist, the tenant's voices and the silence bound;
+    return it normalized, with its billable characters."""
     if len(ssml) > max_chars:
         raise SsmlRejected("too_large", f"the SSML is over {max_chars} characters")
     root = _parse(ssml)
@@ -339,6 +414,7 @@ def validate_ssml(
     if not "".join(root.itertext()).strip():
         raise SsmlRejected("empty_text", "the document has no text to speak")
 
+    silence_ms = _checked_silence(root, max_silence_ms)
     # Billable: everything inside <voice>, markup included, except the speak and voice tags.
     # https://learn.microsoft.com/azure/ai-services/speech-service/text-to-speech#billable-characters
     characters = sum(len(_serialize_content(voice)) for voice in root)
@@ -347,7 +423,45 @@ def validate_ssml(
         voices=tuple(dict.fromkeys(voices)),
         language=root.attrib[XML_LANG],
         characters=characters,
+        silence_ms=silence_ms,
     )
+
+
+def _checked_silence(root: Element, max_silence_ms: int) -> int:
+    """The breaks and silences of the whole document; refused over `max_silence_ms`."""
+    silence_ms = sum(_silence_ms(voice) for voice in root)
+    if silence_ms > max_silence_ms:
+        raise SsmlRejected(
+            "too_much_silence",
+            f"the breaks and silences add up to {silence_ms / 1000:g} s; at most "
+            f"{max_silence_ms / 1000:g} s per request",
+        )
+    return silence_ms
+
+
+def _silence_ms(voice: Element) -> int:
+    """The pauses one `<voice>` asks for: each break, and each mstts:silence as often as the
+    service inserts it (once for leading and tailing, at every boundary of its kind)."""
+    total = 0
+    text: str | None = None
+    for element in voice.iter():
+        if element.tag == _BREAK:
+            time = element.attrib.get("time")
+            if time is not None:
+                total += _milliseconds(time) or 0
+            else:
+                total += BREAK_STRENGTH_MS.get(element.attrib.get("strength", "medium"), 0)
+        elif element.tag == _SILENCE:
+            value = _milliseconds(element.attrib["value"]) or 0
+            kind = element.attrib["type"].removesuffix("-exact")
+            boundary = _BOUNDARIES.get(kind)
+            if boundary is None:  # Leading, Tailing
+                total += value
+                continue
+            if text is None:
+                text = "".join(voice.itertext())
+            total += value * len(boundary.findall(text))
+    return total
 
 
 def with_voice(ssml: str, voice: str, *, language: str | None = None) -> str:
@@ -357,9 +471,9 @@ def with_voice(ssml: str, voice: str, *, language: str | None = None) -> str:
     locale). The input must be SSML that `validate_ssml` returned; nothing else changes.
     """
     if not is_valid_voice_name(voice):
-        raise SsmlRejected("invalid_voice", f"{voice!r} is not a neural voice name")
+        raise SsmlRejected("invalid_voice", _VOICE_FORM, field="voice")
     if language is not None and not is_valid_language(language):
-        raise SsmlRejected("invalid_value", f"language {language!r} is not a tag like en-US")
+        raise SsmlRejected("invalid_value", "language is a BCP-47 tag like en-US", field="language")
     root = _parse(ssml)
     for element in root:
         if element.tag == _VOICE:
@@ -414,7 +528,7 @@ def _check_element(element: Element) -> None:
             raise SsmlRejected("unknown_attribute", f"<{local}> has no attribute {shown!r}")
         if len(value) > MAX_ATTRIBUTE_CHARS or not check(value):
             if name == "name" and tag == _VOICE:
-                raise SsmlRejected("invalid_voice", f"{value[:64]!r} is not a neural voice name")
+                raise SsmlRejected("invalid_voice", f"<voice name> must be a {_VOICE_NAME}")
             # The value is not echoed: sub alias, phoneme ph and bookmark mark are spoken text.
             raise SsmlRejected("invalid_value", f"<{local} {shown}> has a value it cannot take")
     for name in _REQUIRED.get(tag, ()):

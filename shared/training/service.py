@@ -3,8 +3,11 @@
 The orchestrator (functions/training.py) holds the control flow; every call here is one
 activity. Resource ids are derived from the voice and the dataset version, so a retried
 or duplicated activity finds what an earlier execution created instead of creating it
-twice. SAS URLs are made inside the activities that hand them to the service: they never
-travel through the orchestration history.
+twice. Every id is recorded on the voice document before its create, in the same
+ETag-checked write that checks consent: after a revocation nothing new is created, and
+the revocation's cleanup (`shared.training.cleanup`) knows everything that was. SAS URLs
+are made inside the activities that hand them to the service: they never travel through
+the orchestration history.
 """
 
 from __future__ import annotations
@@ -18,10 +21,18 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from shared.audit import AuditEvent, AuditLog
-from shared.core.errors import Conflict, NotFound
+from shared.core.errors import Conflict, DependencyUnavailable, DomainError, NotFound
 from shared.core.identity import Principal
+from shared.core.orchestrations import ACTIVE as RUNNING_STATUSES
 from shared.core.orchestrations import Orchestrations
-from shared.enrollment.document import TrainingRecord, VoiceDocument, VoiceRecords, VoiceStatus
+from shared.enrollment.document import (
+    RemoteKind,
+    RemoteResources,
+    TrainingRecord,
+    VoiceDocument,
+    VoiceRecords,
+    VoiceStatus,
+)
 from shared.enrollment.voices import (
     ConsentRegistration,
     Voice,
@@ -33,6 +44,7 @@ from shared.ingestion.uploads import PROCESSED_CONTAINER, UPLOADS_CONTAINER
 from shared.storage.blobs import BlobStore
 from shared.storage.sas import SasIssuer
 from shared.storage.scope import TenantScope
+from shared.training.cleanup import CLEANUP_ORCHESTRATOR, CleanupJob, VoiceCleanup
 from shared.training.views import TrainingState, training_state
 
 if TYPE_CHECKING:
@@ -174,6 +186,14 @@ class TrainingService:
         self._recipe = recipe_kind
         self._timing = timing
         self._clock = clock
+        self.cleanup = VoiceCleanup(
+            client=client,
+            voices=voices,
+            blobs=blobs,
+            audit=audit,
+            forget_spoken=forget_spoken,
+            clock=clock,
+        )
 
     def accepted(self, tenant_id: str, voice_id: str) -> list[dict[str, Any]]:
         """The accepted training utterances with a transcript (what a training set holds)."""
@@ -194,7 +214,7 @@ class TrainingService:
         )
         ready = self.check_ready(run)
         if not ready.ok:
-            raise Conflict(f"training cannot start: {ready.reason}")
+            raise Conflict(f"training cannot start: {ready.reason}", reason="training_not_ready")
         training = self._voice(run).training
         current = training.instance_id if training else None
         if current:
@@ -202,7 +222,10 @@ class TrainingService:
             if status is not None and status.runtime_status in ACTIVE:
                 if current.startswith(f"train-{tenant_id}-{voice_id}-{run.dataset_version}"):
                     return run.model_copy(update={"attempt": _attempt_of(current)}), False
-                raise Conflict("another training run of this voice is in progress")
+                raise Conflict(
+                    "another training run of this voice is in progress",
+                    reason="training_in_progress",
+                )
         while True:  # the first attempt not yet tried, or the one that succeeded
             status = orchestrations.status(run.instance_id)
             if status is None:
@@ -253,6 +276,7 @@ class TrainingService:
     def stage(self, run: TrainingRun) -> int:
         """Copy the accepted canonical WAVs and one transcript under the versioned prefix."""
         accepted = self.accepted(run.tenant_id, run.voice_id)
+        self._claim(run, "staging", run.staging_container)
         self._blobs.create_container(run.staging_container)
         lines = []
         for report in accepted:
@@ -279,6 +303,7 @@ class TrainingService:
 
     def create_project(self, run: TrainingRun) -> None:
         """Create (or reuse) the voice's ProfessionalVoice project."""
+        self._claim(run, "project", run.project_id)
         self._client().create_project(run.project_id, f"Timbre voice {run.voice_id}")
 
     def create_consent(self, run: TrainingRun) -> Resource:
@@ -294,6 +319,7 @@ class TrainingService:
             UPLOADS_CONTAINER, blob, permission="r", lifetime=timedelta(hours=6)
         )
         consent_id = run.resource_id("consent")
+        self._claim(run, "consent", consent_id)
         self._client().create_consent(
             consent_id,
             run.project_id,
@@ -310,6 +336,7 @@ class TrainingService:
 
         voice = self._voice(run)
         set_id = run.resource_id("training_set")
+        self._claim(run, "training_set", set_id)
         client = self._client()
         client.create_training_set(
             set_id, run.project_id, voice.locale, f"dataset {run.dataset_version}"
@@ -328,6 +355,7 @@ class TrainingService:
         """Start model training."""
         model_id = run.resource_id("model")
         voice = self._voice(run)
+        self._claim(run, "model", model_id)
         self._client().create_model(
             model_id,
             run.project_id,
@@ -341,7 +369,7 @@ class TrainingService:
 
     def create_endpoint(self, run: TrainingRun, endpoint_id: str) -> Resource:
         """Deploy the model to an endpoint (its id a UUID from the orchestration)."""
-        self._require_consent(run)
+        self._claim(run, "endpoint", endpoint_id)
         self._client().create_endpoint(endpoint_id, run.project_id, run.resource_id("model"))
         return Resource(kind="endpoint", id=endpoint_id)
 
@@ -435,6 +463,27 @@ class TrainingService:
             }
         )
 
+    def _claim(self, run: TrainingRun, kind: RemoteKind, resource_id: str) -> None:
+        """Record a resource about to be created, if consent still holds (one write).
+
+        A revocation either lands before (the create is refused) or after (the cleanup
+        reads the id): the write is ETag-checked against the document the check read.
+        """
+        now = self._clock()
+
+        def claim(document: VoiceDocument) -> None:
+            consent = document.consent
+            expired = consent.expires_at is not None and (
+                datetime.fromisoformat(consent.expires_at) <= now
+            )
+            if consent.state != "granted" or expired:
+                raise ConsentLost("consent is no longer granted")
+            resources = document.custom_voice or RemoteResources()
+            resources.add(kind, resource_id)
+            document.custom_voice = resources
+
+        self._voices.change(run.tenant_id, run.voice_id, claim)
+
     def _require_consent(self, run: TrainingRun) -> None:
         if not self._consent_granted(run.tenant_id, run.voice_id):
             raise ConsentLost("consent is no longer granted")
@@ -452,7 +501,7 @@ class TrainingService:
         voice = self._voices.get(caller.tenant_id, voice_id)  # one read; NotFound if unknown
         training = voice.training
         if training is None or not training.dataset_version:
-            raise NotFound(f"voice {voice.id} has no training run")
+            raise NotFound(f"voice {voice.id} has no training run", reason="no_training_run")
         return TrainingRun(
             tenant_id=caller.tenant_id,
             voice_id=voice.id,
@@ -484,7 +533,10 @@ class TrainingService:
         status = orchestrations.status(run.instance_id)
         step = (status.custom_status or {}).get("step") if status else None
         if step != "awaiting_approval":
-            raise Conflict(f"the training run is not awaiting approval (step: {step})")
+            raise Conflict(
+                f"the training run is not awaiting approval (step: {step})",
+                reason="not_awaiting_approval",
+            )
         orchestrations.raise_event(
             run.instance_id, "approval", {"approved": approved, "by": caller.subject}
         )
@@ -497,7 +549,7 @@ class TrainingService:
         run = self.current_run(caller, voice_id)
         status = orchestrations.status(run.instance_id)
         if status is None or status.runtime_status not in ACTIVE:
-            raise Conflict("the training run has already finished")
+            raise Conflict("the training run has already finished", reason="training_finished")
         orchestrations.raise_event(
             run.instance_id, "cancel", {"reason": f"cancelled by {caller.subject}"}
         )
@@ -520,18 +572,55 @@ class TrainingService:
     def revoke_consent(
         self, caller: Principal, voice_id: str, request_id: str, orchestrations: Orchestrations
     ) -> Voice:
-        """Revoke consent (audited), stop the voice's training, delete every endpoint it was
-        ever deployed to and forget the audio already spoken in it."""
+        """Revoke consent (audited): it takes effect with the document write; then a running
+        training run is told to stop and the cleanup orchestration is started, which removes
+        the voice from Custom Voice with retries until done. Answers at once: nothing here
+        waits on Custom Voice. A second revocation changes nothing."""
         voice = self._profiles.revoke_consent(caller, voice_id, request_id)
         training = self._profiles.training_of(caller, voice.id)
         if training is not None and training.instance_id:
-            status = orchestrations.status(training.instance_id)
-            if status is not None and status.runtime_status in {"Pending", "Running"}:
-                orchestrations.raise_event(
-                    training.instance_id, "cancel", {"reason": "consent revoked"}
-                )
-        for endpoint_id in voice.endpoint_ids:
-            self.delete(Resource(kind="endpoint", id=endpoint_id))
-        # Audio already spoken in the voice goes too (never served again in any case).
-        self._forget_spoken(caller.tenant_id, voice.id)
+            self._stop_training(training.instance_id, orchestrations)
+        job = CleanupJob(tenant_id=caller.tenant_id, voice_id=voice.id)
+        try:
+            started = orchestrations.start(CLEANUP_ORCHESTRATOR, job.instance_id, job.model_dump())
+        except DomainError:
+            raise
+        except Exception as error:  # the Durable client: a timeout, or the host refused
+            log.warning(
+                "cleanup of a revoked voice could not be started",
+                extra={"event": "cleanup_not_started", "error": type(error).__name__},
+            )
+            raise DependencyUnavailable(
+                "Consent is revoked and the voice is no longer used, but removing it from "
+                "Custom Voice could not be started; repeat the request.",
+                reason="cleanup_not_started",
+                retry_after_s=30,
+            ) from None
+        if started:
+            log.info("cleanup started", extra={"event": "cleanup_started", "voice_id": voice.id})
+        # Audio already spoken in the voice is never served again (consent is checked
+        # first); deleting it here is best effort, and every cleanup round repeats it.
+        try:
+            self._forget_spoken(caller.tenant_id, voice.id)
+        except Exception as error:
+            log.warning(
+                "spoken audio of a revoked voice not deleted yet; the cleanup retries",
+                extra={"event": "forget_spoken_deferred", "error": type(error).__name__},
+            )
         return voice
+
+    @staticmethod
+    def _stop_training(instance_id: str, orchestrations: Orchestrations) -> None:
+        """Tell a running training run to stop and compensate. Best effort: its next
+        status check sees the revocation anyway, and its creates are refused."""
+        try:
+            status = orchestrations.status(instance_id)
+            if status is not None and status.runtime_status in RUNNING_STATUSES:
+                orchestrations.raise_event(instance_id, "cancel", {"reason": "consent revoked"})
+        except (NotFound, Conflict):
+            return  # it finished meanwhile
+        except Exception as error:
+            log.warning(
+                "training run not told to stop; it stops at its next consent check",
+                extra={"event": "training_cancel_deferred", "error": type(error).__name__},
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
@@ -43,3 +44,25 @@ def training_state(run: TrainingRun, status: OrchestrationStatus | None) -> Trai
         created_at=status.created_at if status else None,
         last_updated_at=status.last_updated_at if status else None,
     )
+
+
+_ACTIVITY_FAILED = re.compile(r"Activity function '([A-Za-z0-9_]{1,80})' failed")
+_CONSENT_LOST = re.compile(r"ConsentLost: ([^\n]{1,200})")
+
+
+def failure_reason(error: BaseException) -> str:
+    """What a run's status may say of an unexpected failure: the step, never its text.
+
+    The Durable SDK reports a failed activity as "Activity function 'x' failed: <type>:
+    <message>", and a storage or HTTP error's message can carry a URL with a SAS signature
+    or a service's words; callers see which step failed, operators find the rest in the
+    host's logs.
+    """
+    text = str(error)
+    lost = _CONSENT_LOST.search(text)  # raised by the training activities, in Timbre's words
+    if lost:
+        return lost.group(1).strip()
+    found = _ACTIVITY_FAILED.match(text)
+    if found:
+        return f"{found.group(1)} kept failing; the operator's log has the details"
+    return "an internal step failed; the operator's log has the details"

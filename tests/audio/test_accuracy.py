@@ -147,3 +147,60 @@ def test_p56_active_level() -> None:
     level = mixing.active_speech_level(bursts)
     assert 10 * math.log10(level / on_power) == pytest.approx(-1.0, abs=0.5)
     assert mixing.active_speech_level(np.zeros(rate)) == 0.0
+
+
+# --- the recording level does not change the judgement ----------------------------------
+
+SWEEP_PEAKS_DBFS = (-1.0, -20.0, -40.0)
+SWEEP_SNR_DB = 30  # room noise 30 dB under the speech: well above int16 rounding at -40 dBFS
+SPEECH_RATIO_TOLERANCE = 0.03
+SNR_TOLERANCE_DB = 1.0
+
+
+def _at_peak(mixture: mixing.Mixture, peak_dbfs: float) -> np.ndarray:
+    """The mixture (made at -1 dBFS peak) as it would have been recorded at `peak_dbfs`."""
+    gain = 10.0 ** ((peak_dbfs + 1.0) / 20.0)
+    scaled = np.round(mixture.samples.astype(np.float64) * gain)
+    return np.clip(scaled, -32768, 32767).astype(np.int16)
+
+
+@pytest.mark.parametrize("clip", mixing.CLIPS)
+@pytest.mark.parametrize("condition", ["pink", "white"])
+def test_the_same_recording_at_any_level_gets_the_same_speech_ratio_and_snr(
+    clip: str, condition: str
+) -> None:
+    """A clean recording made at a low level is the same recording: the VAD must find the
+    same speech in it, so the SNR (and the verdict) does not depend on the level."""
+    mixture = mixing.make(clip, condition, SWEEP_SNR_DB)
+    results = {}
+    for peak in SWEEP_PEAKS_DBFS:
+        samples = _at_peak(mixture, peak)
+        results[peak] = measure(samples, _decoded(samples.reshape(-1, 1), samples.shape[0]))
+    loud = results[SWEEP_PEAKS_DBFS[0]]
+    assert loud.snr_db is not None
+    for peak, metrics in results.items():
+        assert metrics.snr_db is not None, f"no SNR at {peak} dBFS"
+        assert abs(metrics.speech_ratio - loud.speech_ratio) <= SPEECH_RATIO_TOLERANCE, (
+            f"speech ratio {metrics.speech_ratio:.3f} at {peak} dBFS, "
+            f"{loud.speech_ratio:.3f} at {SWEEP_PEAKS_DBFS[0]} dBFS"
+        )
+        assert abs(metrics.snr_db - loud.snr_db) <= SNR_TOLERANCE_DB, (
+            f"SNR {metrics.snr_db:.1f} dB at {peak} dBFS, {loud.snr_db:.1f} dB at "
+            f"{SWEEP_PEAKS_DBFS[0]} dBFS"
+        )
+        assert abs(metrics.snr_db - SWEEP_SNR_DB) <= TOLERANCE_DB
+
+
+def test_a_quiet_clean_recording_is_not_reported_as_noisy() -> None:
+    """The user's case end to end: a clean take at -40 dBFS peak is not flagged noisy."""
+    from shared.audio.process import process_audio
+    from tests.kit.audio import wav
+
+    quiet = _at_peak(mixing.make("north_wind_us", "pink", 40), -40.0)
+    result = process_audio(wav(quiet.astype(np.float32) / 32768.0))
+    codes = [reason.code for reason in result.reasons]
+    verdict = result.verdict
+    assert verdict != "rejected", codes
+    assert "noisy" not in codes
+    assert result.metrics is not None and result.metrics.snr_db is not None
+    assert result.metrics.snr_db > 35.0

@@ -28,6 +28,8 @@ REASONS = {
     "too_long",
     "non_finite_samples",
     "decode_failed",
+    "too_many_channels",
+    "sample_rate_too_high",
 }
 LIMIT = 60.0
 RATE = 48_000
@@ -61,8 +63,22 @@ SOUNDFILE_FORMATS = [
     ("ogg", "vorbis", None, np.float32, "OGG", "VORBIS"),
     ("ogg", "opus", None, np.float32, "OGG", "OPUS"),
     ("mp3", "mp3", None, np.float32, "MP3", "MPEG_LAYER_III"),
+    # What Mac tools record: AIFF (big-endian PCM), AIFC (float, mu-law, IMA ADPCM) and CAF.
+    ("aiff", "pcm_s16be", 16, np.int16, "AIFF", "PCM_16"),
+    ("aiff", "pcm_s24be", 24, np.float32, "AIFF", "PCM_24"),
+    ("aiff", "pcm_f32be", 32, np.float32, "AIFF", "FLOAT"),
+    ("aiff", "ulaw", 8, np.float32, "AIFF", "ULAW"),
+    ("aiff", "ima_adpcm", 4, np.float32, "AIFF", "IMA_ADPCM"),
+    ("caf", "pcm_s16be", 16, np.int16, "CAF", "PCM_16"),
+    ("caf", "pcm_s24be", 24, np.float32, "CAF", "PCM_24"),
+    ("caf", "pcm_f32be", 32, np.float32, "CAF", "FLOAT"),
+    ("caf", "alac", 16, np.int16, "CAF", "ALAC_16"),
+    ("caf", "alac", 24, np.float32, "CAF", "ALAC_24"),
 ]
-LOSSLESS = {"pcm_s16le", "pcm_s24le", "pcm_s32le", "pcm_f32le", "pcm_f64le", "flac"}
+LOSSLESS = {
+    *("pcm_s16le", "pcm_s24le", "pcm_s32le", "pcm_f32le", "pcm_f64le", "flac"),
+    *("pcm_s16be", "pcm_s24be", "pcm_f32be", "alac"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +148,10 @@ def test_sniff_reads_the_magic_bytes(files: dict[str, bytes]) -> None:
     assert sniff(b"ID3\x04\x00\x00\x00\x00\x00\x00" + files["MP3/MPEG_LAYER_III"]) == "mp3"
     assert sniff(files["m4a"]) == "mp4"
     assert sniff(files["webm"]) == "webm"
+    assert sniff(files["AIFF/PCM_16"]) == "aiff"
+    assert sniff(files["AIFF/FLOAT"]) == "aiff"  # AIFC
+    assert sniff(files["CAF/ALAC_16"]) == "caf"
+    assert sniff(b"FORM\x00\x00\x10\x008SVXVHDR" + bytes(64)) is None  # IFF, not audio we take
     assert sniff(b"") is None
     assert sniff(b"just some text, long enough to look at") is None
     assert sniff(b"\x89PNG\r\n\x1a\n" + bytes(64)) is None
@@ -196,6 +216,14 @@ def test_wav_declaring_more_data_than_exists(files: dict[str, bytes], key: str) 
     assert "declares" in error.detail
 
 
+@pytest.mark.parametrize("key", ["AIFF/PCM_16", "AIFF/FLOAT", "CAF/PCM_16", "CAF/ALAC_16"])
+def test_aiff_and_caf_declaring_more_data_than_exists(files: dict[str, bytes], key: str) -> None:
+    data = files[key]
+    error = rejected(data[: len(data) * 2 // 3])
+    assert error.reason == "truncated"
+    assert "declares" in error.detail
+
+
 def test_text_file() -> None:
     text = "utterance_0001\tThe birch canoe slid on the smooth planks.\n" * 20
     assert rejected(text.encode()).reason == "unknown_format"
@@ -206,27 +234,44 @@ def test_text_file() -> None:
     [
         np.random.default_rng(3).integers(0, 256, 20_000, dtype=np.uint8).tobytes(),
         b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200),
-        b"FORM\x00\x00\x10\x00AIFFCOMM" + bytes(200),  # AIFF: a container we do not take
+        b"FORM\x00\x00\x10\x008SVXVHDR" + bytes(200),  # IFF, but not AIFF
         b"RIFF\x00\x10\x00\x00AVI LIST" + bytes(200),  # RIFF, but not WAVE
         b"%PDF-1.7\n" + bytes(200),
     ],
-    ids=["random", "png", "aiff", "avi", "pdf"],
+    ids=["random", "png", "8svx", "avi", "pdf"],
 )
 def test_unknown_container(data: bytes) -> None:
     assert rejected(data).reason == "unknown_format"
 
 
-def test_one_hour_wav_is_rejected_from_its_header() -> None:
-    """A header declaring an hour over a few kilobytes: too long, decided from metadata."""
-    hour = 3600 * 16_000 * 2
-    header = struct.pack(
+def wav_header(data_bytes: int, rate: int = 16_000) -> bytes:
+    """A 44-byte header of a mono PCM16 WAV declaring `data_bytes` of audio."""
+    return struct.pack(
         "<4sI4s4sIHHIIHH4sI",
-        *(b"RIFF", 36 + hour, b"WAVE", b"fmt ", 16, 1, 1, 16_000, 32_000, 2, 16, b"data", hour),
+        *(b"RIFF", 36 + data_bytes, b"WAVE", b"fmt ", 16, 1, 1, rate, 2 * rate, 2, 16),
+        *(b"data", data_bytes),
     )
-    error = rejected(header + bytes(8_000), max_duration_s=30)
-    assert error.reason == "too_long"
+
+
+def test_a_wav_declaring_an_hour_over_a_few_kilobytes_is_truncated_not_too_long() -> None:
+    """The header promises an hour; the file holds a quarter of a second: it is cut short."""
+    error = rejected(wav_header(3600 * 16_000 * 2) + bytes(8_000), max_duration_s=30)
+    assert error.reason == "truncated"
+    assert "declares" in error.detail
     assert error.source is not None
     assert error.source.duration_s == 3600
+
+
+def test_a_complete_40_second_wav_is_too_long_from_its_header(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A genuine, complete file over the limit: too long, decided without decoding."""
+    data = wav_header(40 * 16_000 * 2) + bytes(40 * 16_000 * 2)
+    monkeypatch.setattr(np, "frombuffer", None)  # the PCM16 path would view the samples
+    error = rejected(data, max_duration_s=30)
+    assert error.reason == "too_long"
+    assert error.source is not None
+    assert error.source.duration_s == 40
 
 
 def test_one_hour_flac_is_rejected_without_decoding(monkeypatch: pytest.MonkeyPatch) -> None:

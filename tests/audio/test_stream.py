@@ -37,6 +37,9 @@ FORMATS = [
     ("OGG", "VORBIS"),
     ("OGG", "OPUS"),
     ("MP3", "MPEG_LAYER_III"),
+    ("AIFF", "PCM_16"),
+    ("AIFF", "FLOAT"),
+    ("CAF", "ALAC_16"),
 ]
 
 

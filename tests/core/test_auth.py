@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from shared.config import Settings
+from shared.config import AZURE_HOST_VARIABLES, Settings
 from shared.core.auth import (
     Authenticator,
     AuthFailures,
@@ -118,9 +118,11 @@ def make_settings(environment: str = "uat", **overrides: Any) -> Settings:
     }
     if environment != "production":
         values["TIMBRE_AUTH_AUTHORITY"] = AUTHORITY
-    else:  # production refuses storage keys: the identity-based form
+    else:  # production refuses storage and Cosmos keys: the identity-based forms
         values["TimbreStorage"] = ""
         values["TimbreStorage__blobServiceUri"] = "https://acct.blob.core.windows.net"
+        values["CosmosDb"] = ""
+        values["CosmosDb__accountEndpoint"] = "https://acct.documents.azure.com:443/"
     values.update(overrides)
     return base_settings(**values)
 
@@ -192,9 +194,9 @@ def unsigned_parts(header: dict[str, Any], payload: dict[str, Any]) -> str:
     return f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}"
 
 
-def rejected(harness: Harness, header: str | None) -> Unauthenticated:
+def rejected(harness: Harness, header: str | None, **kwargs: Any) -> Unauthenticated:
     with pytest.raises(Unauthenticated) as info:
-        harness.auth.authenticate(header)
+        harness.auth.authenticate(header, **kwargs)
     assert info.value.status == 401
     return info.value
 
@@ -719,3 +721,229 @@ def test_build_authenticator_serves_dev_tokens_without_network() -> None:
     authenticator = build_authenticator(make_settings("development"))
 
     assert authenticator.authenticate("Bearer dev_carol_viewer").roles == frozenset({Role.VIEWER})
+
+
+# --- Dev tokens in Azure need the API key (issue 10, item 7) -------------------------------------
+
+DEV_API_KEY = "staging-demo-" + "9f2c4e6a8b0d1f3e" * 2
+
+
+@pytest.fixture
+def in_azure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app as the Functions host runs it in Azure (App Service sets this variable)."""
+    monkeypatch.setenv("WEBSITE_INSTANCE_ID", "7d3b2f0c9e1a4b5c8d6e")
+
+
+@pytest.fixture
+def on_a_laptop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app under Core Tools: none of the platform's variables."""
+    for name in AZURE_HOST_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.usefixtures("in_azure")
+@pytest.mark.parametrize("environment", ["staging", "development"])
+def test_in_azure_a_dev_token_needs_the_api_key(
+    harness_for: Callable[..., Harness], environment: str
+) -> None:
+    harness = harness_for(environment, TIMBRE_DEV_API_KEY=DEV_API_KEY)
+
+    missing = rejected(harness, "Bearer dev_mallory_admin")
+    wrong = rejected(harness, "Bearer dev_mallory_admin", api_key=DEV_API_KEY[:-1] + "0")
+    principal = harness.auth.authenticate("Bearer dev_alice_admin", api_key=DEV_API_KEY)
+
+    assert (missing.reason, wrong.reason) == ("dev_api_key_required", "dev_api_key_invalid")
+    assert 'error="invalid_token"' in wrong.headers["WWW-Authenticate"]
+    assert principal == Principal("dev-tenant", "alice", frozenset({Role.ADMIN}), "dev")
+
+
+@pytest.mark.usefixtures("in_azure")
+@pytest.mark.parametrize("environment", ["staging", "development"])
+def test_in_azure_without_the_key_configured_dev_tokens_are_refused(
+    harness_for: Callable[..., Harness], environment: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="shared.core.auth")
+    harness = harness_for(environment)
+
+    error = rejected(harness, "Bearer dev_alice_admin", api_key="anything-the-caller-likes" * 2)
+
+    assert error.reason == "dev_api_key_not_configured"
+    assert "TIMBRE_DEV_API_KEY" in caplog.text  # the operator learns which setting is missing
+
+
+@pytest.mark.usefixtures("in_azure")
+def test_in_azure_the_api_key_does_not_replace_an_entra_token(
+    harness_for: Callable[..., Harness], signing_key: rsa.RSAPrivateKey
+) -> None:
+    harness = harness_for("staging", TIMBRE_DEV_API_KEY=DEV_API_KEY)
+
+    assert rejected(harness, "Bearer not-a-jwt", api_key=DEV_API_KEY).reason == "malformed_token"
+    token = sign(signing_key, claims())
+    assert harness.auth.authenticate(f"Bearer {token}").method == "entra"
+
+
+@pytest.mark.usefixtures("on_a_laptop")
+def test_locally_dev_tokens_need_no_key(harness_for: Callable[..., Harness]) -> None:
+    harness = harness_for("development")
+
+    assert harness.auth.authenticate("Bearer dev_alice_admin").subject == "alice"
+    assert harness.auth.authenticate("Bearer dev_alice", api_key="ignored").subject == "alice"
+
+
+@pytest.mark.usefixtures("on_a_laptop")
+def test_locally_a_configured_key_is_enforced_too(harness_for: Callable[..., Harness]) -> None:
+    # Rehearsing the staging set-up on a laptop behaves as staging does in Azure.
+    harness = harness_for("staging", TIMBRE_DEV_API_KEY=DEV_API_KEY)
+
+    assert rejected(harness, "Bearer dev_alice").reason == "dev_api_key_required"
+    assert harness.auth.authenticate("Bearer dev_alice", api_key=DEV_API_KEY).subject == "alice"
+
+
+@pytest.mark.usefixtures("in_azure")
+@pytest.mark.parametrize("environment", ["test", "uat", "production"])
+def test_the_api_key_never_opens_dev_tokens_where_they_are_refused(
+    harness_for: Callable[..., Harness], environment: str
+) -> None:
+    harness = harness_for(environment)
+
+    assert rejected(harness, "Bearer dev_alice_admin", api_key=DEV_API_KEY).reason == (
+        "dev_token_rejected"
+    )
+
+
+@pytest.mark.usefixtures("in_azure")
+def test_the_api_key_is_never_logged(
+    harness_for: Callable[..., Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    harness = harness_for("staging", TIMBRE_DEV_API_KEY=DEV_API_KEY)
+    guessed = "guessed-" + "a1b2c3d4" * 4
+
+    harness.auth.authenticate("Bearer dev_alice", api_key=DEV_API_KEY)
+    rejected(harness, "Bearer dev_alice", api_key=guessed)
+
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__!r}" for r in caplog.records)
+    assert DEV_API_KEY not in logged
+    assert guessed not in logged
+
+
+@pytest.mark.usefixtures("in_azure")
+@pytest.mark.parametrize(
+    "api_key",
+    ["", " ", "k" * 10_000, DEV_API_KEY + " ", "é" * 40, DEV_API_KEY.upper()],
+    ids=["empty", "blank", "huge", "trailing-space", "non-ascii", "upper-case"],
+)
+def test_odd_api_keys_are_refused_not_errors(
+    harness_for: Callable[..., Harness], api_key: str
+) -> None:
+    harness = harness_for("staging", TIMBRE_DEV_API_KEY=DEV_API_KEY)
+
+    error = rejected(harness, "Bearer dev_alice", api_key=api_key)
+
+    assert error.reason in {"dev_api_key_required", "dev_api_key_invalid"}
+
+
+# --- Dev tokens naming their tenant (development only) --------------------------------------------
+
+
+@pytest.mark.usefixtures("on_a_laptop")
+def test_in_development_a_dev_token_may_name_its_tenant(
+    harness_for: Callable[..., Harness],
+) -> None:
+    harness = harness_for("development")
+
+    a = harness.auth.authenticate("Bearer dev_alice_admin@tenant-a")
+    b = harness.auth.authenticate("Bearer dev_bob@tenant-b")
+    plain = harness.auth.authenticate("Bearer dev_carol_viewer")
+
+    assert (a.tenant_id, a.subject, a.roles) == ("tenant-a", "alice", frozenset({Role.ADMIN}))
+    assert (b.tenant_id, b.subject, b.roles) == ("tenant-b", "bob", frozenset({Role.USER}))
+    assert plain.tenant_id == "dev-tenant"
+
+
+@pytest.mark.usefixtures("in_azure")
+def test_in_development_in_azure_a_named_tenant_still_needs_the_key(
+    harness_for: Callable[..., Harness],
+) -> None:
+    harness = harness_for("development", TIMBRE_DEV_API_KEY=DEV_API_KEY)
+
+    assert rejected(harness, "Bearer dev_alice@tenant-a").reason == "dev_api_key_required"
+    principal = harness.auth.authenticate("Bearer dev_alice@tenant-a", api_key=DEV_API_KEY)
+    assert principal.tenant_id == "tenant-a"
+
+
+@pytest.mark.usefixtures("on_a_laptop")
+def test_in_staging_a_dev_token_cannot_name_a_tenant(harness_for: Callable[..., Harness]) -> None:
+    error = rejected(harness_for("staging"), "Bearer dev_alice_admin@tenant-b")
+
+    assert error.reason == "dev_tenant_not_allowed"
+
+
+@pytest.mark.usefixtures("on_a_laptop")
+@pytest.mark.parametrize(
+    "token",
+    [
+        "dev_alice@",
+        "dev_alice@Tenant-B",
+        "dev_alice@tenant_b",
+        "dev_alice@tenant/../b",
+        "dev_alice@-tenant",
+        "dev_alice@a@b",
+        "dev_alice@" + "t" * 65,
+        "dev_@tenant-a",
+    ],
+)
+def test_invalid_dev_token_tenant_is_rejected(
+    harness_for: Callable[..., Harness], token: str
+) -> None:
+    error = rejected(harness_for("development"), f"Bearer {token}")
+
+    assert error.reason == "invalid_dev_token"
+
+
+# --- Token times are finite numbers and lifetimes are bounded (issue 10, item 9) ------------------
+
+
+@pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize(
+    "value",
+    [float("nan"), float("inf"), float("-inf"), 10**30, 1e300, "1700003600", True, [1], {}],
+    ids=["nan", "inf", "-inf", "huge-int", "huge-float", "string", "bool", "list", "object"],
+)
+def test_token_times_must_be_finite_numbers(
+    harness: Harness, signing_key: rsa.RSAPrivateKey, name: str, value: Any
+) -> None:
+    token = sign(signing_key, claims(**{name: value}))
+
+    error = rejected(harness, f"Bearer {token}")
+
+    assert error.reason == "invalid_token_time"
+    assert error.detail == f"token has an invalid '{name}' claim"
+
+
+def test_a_token_living_longer_than_a_day_is_refused(
+    harness: Harness, signing_key: rsa.RSAPrivateKey
+) -> None:
+    now = int(WALL_NOW)
+    day = sign(signing_key, claims(iat=now - 60, nbf=now - 60, exp=now - 60 + 86_400))
+    longer = sign(signing_key, claims(iat=now - 60, nbf=now - 60, exp=now - 60 + 86_401))
+    year = sign(signing_key, claims(iat=None, nbf=None, exp=now + 365 * 86_400))
+    old_iat = sign(signing_key, claims(iat=now - 30 * 86_400, nbf=None, exp=now + 3600))
+
+    assert harness.auth.authenticate(f"Bearer {day}").method == "entra"
+    for token in (longer, year, old_iat):
+        assert rejected(harness, f"Bearer {token}").reason == "token_lifetime_too_long"
+
+
+def test_the_lifetime_bound_is_a_setting(
+    harness_for: Callable[..., Harness], signing_key: rsa.RSAPrivateKey
+) -> None:
+    harness = harness_for("uat", TIMBRE_AUTH_MAX_TOKEN_LIFETIME_SECONDS="3600")
+    now = int(WALL_NOW)
+    hour = sign(signing_key, claims(iat=now - 60, nbf=now - 60, exp=now - 60 + 3600))
+    ninety_minutes = sign(signing_key, claims(iat=now - 60, nbf=now - 60, exp=now - 60 + 5400))
+
+    assert harness.auth.authenticate(f"Bearer {hour}").method == "entra"
+    assert rejected(harness, f"Bearer {ninety_minutes}").detail == (
+        "token lifetime exceeds 3600 seconds"
+    )

@@ -156,3 +156,127 @@ def test_the_tenant_comes_from_the_token_not_from_headers(
     )
     response = respond(req, whoami, lambda call: {"tenant": call.caller.tenant_id})
     assert json_body(response) == {"tenant": TENANT}
+
+
+# --- Token times and lifetimes (issue 10, item 9) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        {"exp": float("nan")},
+        {"exp": float("inf")},
+        {"nbf": float("-inf")},
+        {"iat": float("nan")},
+        {"exp": 10**30},
+        {"exp": "tomorrow"},
+    ],
+    ids=["exp-nan", "exp-infinity", "nbf-minus-infinity", "iat-nan", "exp-huge", "exp-string"],
+)
+def test_token_times_that_are_not_finite_numbers_get_a_401_problem(
+    uat: Runtime,
+    key: rsa.RSAPrivateKey,
+    identity_provider: tuple[str, list[str]],
+    times: dict[str, Any],
+) -> None:
+    authority, _ = identity_provider
+    response = request("GET", "/api/v1/agents", token=token(key, authority, **times))
+
+    assert response.status_code == 401
+    assert response.mimetype == "application/problem+json"
+    assert json_body(response)["reason"] == "invalid_token_time"
+
+
+def test_a_token_valid_for_a_year_gets_a_401_problem(
+    uat: Runtime, key: rsa.RSAPrivateKey, identity_provider: tuple[str, list[str]]
+) -> None:
+    authority, _ = identity_provider
+    year = int(time.time()) + 365 * 86_400
+
+    response = request("GET", "/api/v1/agents", token=token(key, authority, exp=year))
+
+    assert response.status_code == 401
+    assert json_body(response)["reason"] == "token_lifetime_too_long"
+
+
+# --- Dev tokens of a staging app deployed in Azure (issue 10, item 7) -------------------------
+
+STAGING_KEY = "staging-demo-" + "4c1e9a7b3d5f0e2a" * 2
+
+
+@pytest.fixture
+def deployed_staging(monkeypatch: pytest.MonkeyPatch) -> Runtime:
+    """Staging as Azure runs it: the platform's variables set, the key from Key Vault."""
+    monkeypatch.setenv("WEBSITE_SITE_NAME", "func-timbre-staging")
+    monkeypatch.setenv("WEBSITE_INSTANCE_ID", "0c4f2d9e7a1b")
+    runtime = Runtime(make_settings(TIMBRE_ENVIRONMENT="staging", TIMBRE_DEV_API_KEY=STAGING_KEY))
+    use_runtime(runtime)
+    return runtime
+
+
+def test_a_dev_token_alone_does_not_open_a_deployed_staging_app(deployed_staging: Runtime) -> None:
+    response = request("GET", "/api/v1/agents", token="dev_mallory_admin")
+
+    assert response.status_code == 401
+    assert response.mimetype == "application/problem+json"
+    assert json_body(response)["reason"] == "dev_api_key_required"
+    assert STAGING_KEY not in response.get_body().decode()
+
+
+def test_a_dev_token_with_the_wrong_key_is_refused(deployed_staging: Runtime) -> None:
+    response = request(
+        "GET",
+        "/api/v1/agents",
+        token="dev_mallory_admin",
+        headers={"x-timbre-api-key": "guess-" + "0" * 40},
+    )
+
+    assert response.status_code == 401
+    assert json_body(response)["reason"] == "dev_api_key_invalid"
+
+
+def test_a_dev_token_with_the_key_is_served(deployed_staging: Runtime) -> None:
+    response = request(
+        "GET",
+        "/api/v1/agents",
+        token="dev_dana_viewer",
+        headers={"X-Timbre-Api-Key": STAGING_KEY},
+    )
+
+    assert response.status_code == 200
+
+
+def test_a_deployed_development_app_without_the_key_refuses_dev_tokens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WEBSITE_SITE_NAME", "func-timbre-dev")  # Flex Consumption sets it too
+    use_runtime(Runtime(make_settings(TIMBRE_ENVIRONMENT="development")))
+
+    response = request("GET", "/api/v1/agents", token="dev_alice_admin")
+
+    assert response.status_code == 401
+    assert json_body(response)["reason"] == "dev_api_key_not_configured"
+
+
+@pytest.mark.integration
+def test_in_development_two_tenants_can_be_tried_without_a_restart(live_runtime: Runtime) -> None:
+    enroll = {
+        "talent_name": "Jane Doe",
+        "company_name": "Contoso",
+        "locale": "en-US",
+        "data_region": "EU",
+        "description": "Narrator",
+    }
+    created = request("POST", "/api/v1/voices", body=enroll, token="dev_ana_analyst@tenant-a")
+    assert created.status_code == 201, json_body(created)
+    voice_id = json_body(created)["id"]
+
+    mine = request("GET", "/api/v1/voices", token="dev_ana_analyst@tenant-a")
+    theirs = request("GET", "/api/v1/voices", token="dev_bo_analyst@tenant-b")
+    default = request("GET", "/api/v1/voices", token="dev_ana_analyst")
+
+    assert [v["id"] for v in json_body(mine)["items"]] == [voice_id]
+    assert json_body(theirs)["items"] == []
+    assert json_body(default)["items"] == []
+    other = request("GET", f"/api/v1/voices/{voice_id}", token="dev_bo_analyst@tenant-b")
+    assert other.status_code == 404

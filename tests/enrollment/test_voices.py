@@ -210,3 +210,62 @@ def test_consent_expires(live_settings: Settings) -> None:
         ]
         == "expired"
     )
+
+
+def test_each_upload_url_says_how_to_put_the_file(live_runtime: Runtime) -> None:
+    """A user PUTs with exactly what the answer gives, over plain HTTP, as in README."""
+    voice = enroll()
+    instructions = upload_urls(voice["id"], "samples", ["utt-0001.wav", "utt-0002.wav"])
+    for upload in instructions["urls"]:
+        assert upload["method"] == "PUT"
+        assert upload["headers"] == {"x-ms-blob-type": "BlockBlob"}
+    first, second = instructions["urls"]
+    data = wav(speech(seconds=1.0))
+    sent = httpx.request(
+        first["method"], first["url"], headers=first["headers"], content=data, timeout=10
+    )
+    assert sent.status_code == 201
+    stored = live_runtime.blob_service.get_blob_client(
+        "uploads", f"dev-tenant/{voice['id']}/samples/utt-0001.wav"
+    )
+    assert stored.download_blob().readall() == data
+    # Without the headers given, Blob Storage refuses the PUT (Azurite with an empty 400).
+    assert httpx.put(second["url"], content=data, timeout=10).status_code == 400
+
+
+def test_refused_uploads_say_why_in_a_reason(live_runtime: Runtime) -> None:
+    voice = enroll()
+    ingest_consent(live_runtime, voice["id"], wav(speech()))
+    request(
+        "POST", f"/api/v1/voices/{voice['id']}/consent", body={"file": "consent.wav"}, token=ANALYST
+    )
+    again = request(
+        "POST",
+        f"/api/v1/voices/{voice['id']}/uploads",
+        body={"kind": "consent", "files": ["consent-2.wav"]},
+        token=ANALYST,
+    )
+    assert again.status_code == 409
+    assert json_body(again)["reason"] == "consent_already_granted"
+    request("DELETE", f"/api/v1/voices/{voice['id']}/consent", token=ANALYST)
+    revoked = request(
+        "POST",
+        f"/api/v1/voices/{voice['id']}/uploads",
+        body={"kind": "samples", "files": ["a.wav"]},
+        token=ANALYST,
+    )
+    assert revoked.status_code == 409
+    assert json_body(revoked)["reason"] == "consent_revoked"
+
+
+def test_validation_messages_read_as_the_rule_that_failed(live_runtime: Runtime) -> None:
+    response = request("POST", "/api/v1/voices", body={**ENROLL, "locale": "xx-YY"}, token=ANALYST)
+    problem = json_body(response)
+    assert problem["reason"] == "validation_failed"
+    assert problem["errors"] == [
+        {
+            "field": "locale",
+            "message": "no verified consent statement for xx-YY yet",
+            "type": "value_error",
+        }
+    ]

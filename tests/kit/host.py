@@ -4,6 +4,10 @@ The host cannot run on the build machines (Core Tools download it from a CDN), s
 index `function_app` the way the worker does (`get_functions()`), pick the function
 whose route template fits the URL with ASP.NET Core's precedence (literal segments
 before parameters, catch-all last) and call it with a real `func.HttpRequest`.
+
+`wsgi_app()` puts the same routing behind a WSGI callable, so that an HTTP client that
+speaks WSGI (schemathesis, werkzeug's test client) reaches the registered functions in
+process, as the host would deliver its requests.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from functools import cache
+from http import HTTPStatus
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import azure.functions as func
 
@@ -36,6 +41,12 @@ class IndexedFunction:
     def trigger(self) -> dict[str, Any]:
         """The trigger binding."""
         return next(b for b in self.bindings if b["type"].endswith("Trigger"))
+
+    def accepts(self, method: str) -> bool:
+        """Whether the host sends this method here (an HTTP trigger without `methods`
+        takes every method, TRACE included)."""
+        methods = self.trigger.get("methods")
+        return methods is None or method.upper() in methods
 
 
 @cache
@@ -75,18 +86,24 @@ def _match(template: str, segments: list[str]) -> tuple[tuple[int, ...], dict[st
     return tuple(rank), params
 
 
+def _decoded(segment: str) -> str:
+    # ASP.NET Core routes on the decoded path, except that an encoded slash stays encoded
+    # (so it never splits a segment).
+    return "%2F".join(unquote(part) for part in re.split("%2[Ff]", segment))
+
+
 def route(method: str, url: str) -> tuple[IndexedFunction, dict[str, str]] | None:
     """The function the host would run for this method and URL, with its route params."""
     path = urlsplit(url).path.strip("/")
     segments = path.split("/")
     if not segments or segments[0].lower() != ROUTE_PREFIX:
         return None
-    segments = [s for s in segments[1:] if s]
+    segments = [_decoded(s) for s in segments[1:] if s]
     candidates = []
     for fn in indexed().values():
-        trigger = fn.trigger
-        if trigger["type"] != "httpTrigger" or method.upper() not in trigger["methods"]:
+        if fn.trigger["type"] != "httpTrigger" or not fn.accepts(method):
             continue
+        trigger = fn.trigger
         found = _match(trigger["route"], segments)
         if found:
             candidates.append((found[0], fn, found[1]))
@@ -131,9 +148,20 @@ def request(
         headers.setdefault("Content-Type", "application/json")
     if raw:
         headers.setdefault("Content-Length", str(len(raw)))
+    response = dispatch(method, url, headers, raw, orchestrations)
+    if response is None:
+        raise AssertionError(f"the host would not route {method} {url}")
+    return response
+
+
+def dispatch(
+    method: str, url: str, headers: dict[str, str], raw: bytes, orchestrations: Any = None
+) -> func.HttpResponse | None:
+    """Call the function the host routes this request to; None when no function takes it
+    (the host then answers an empty 404 itself)."""
     found = route(method, url)
     if found is None:
-        raise AssertionError(f"the host would not route {method} {url}")
+        return None
     fn, params = found
     parts = urlsplit(url)
     req = func.HttpRequest(
@@ -159,6 +187,53 @@ def request(
         return respond(req, operation, operation.handler, orchestrations or MemoryOrchestrations())
     response: func.HttpResponse = fn.call(req)
     return response
+
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def wsgi_app(orchestrations: Any = None) -> WsgiApp:
+    """The app behind a WSGI callable: each request is routed and answered as by `request`.
+
+    Durable-bound functions share `orchestrations` (an in-memory gateway unless given), so
+    a job started by one request is found by the next.
+    """
+    from shared.core.orchestrations import MemoryOrchestrations
+
+    gateway = orchestrations or MemoryOrchestrations()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        # The raw path as the client sent it (WSGI's PATH_INFO is already decoded).
+        raw_path = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        path = urlsplit(raw_path).path if raw_path else quote(environ.get("PATH_INFO", "/"))
+        query = environ.get("QUERY_STRING", "")
+        url = f"http://localhost{path}" + (f"?{query}" if query else "")
+        headers = {
+            key[5:].replace("_", "-").title(): value
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        }
+        for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            if environ.get(key):
+                headers[key.replace("_", "-").title()] = environ[key]
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length) if length else b""
+        response = dispatch(environ["REQUEST_METHOD"], url, headers, raw, gateway)
+        if response is None:
+            start_response("404 Not Found", [("Content-Length", "0")])
+            return [b""]
+        # What the worker hands the host: the headers with a Content-Type from the mimetype.
+        from azure.functions.http import HttpResponseConverter
+
+        encoded = HttpResponseConverter.encode(response, expected_type=None).value
+        body = encoded["body"].value
+        status = HTTPStatus(response.status_code)
+        out = [(name, datum.value) for name, datum in encoded["headers"].items()]
+        out.append(("Content-Length", str(len(body))))
+        start_response(f"{status.value} {status.phrase}", out)
+        return [body]
+
+    return app
 
 
 def json_body(response: func.HttpResponse) -> Any:

@@ -148,11 +148,11 @@ def test_the_same_request_is_served_from_the_cache(providers: ScriptedProviders)
 # Fallback and breakers
 
 
-def test_a_failing_stock_voice_falls_back_to_openai_and_is_not_cached(
+def test_a_failing_stock_voice_falls_back_to_openai_when_allowed_and_is_not_cached(
     providers: ScriptedProviders,
 ) -> None:
     providers.stock_provider.failure = "server_error"  # type: ignore[union-attr]
-    body = {"text": unique_text(), "voice": "en-US-JennyNeural"}
+    body = {"text": unique_text(), "voice": "en-US-JennyNeural", "allow_fallback": True}
 
     response = speak(**body)
 
@@ -174,11 +174,12 @@ def test_every_provider_failing_is_a_503_naming_what_was_tried(
     providers.stock_provider.failure = "timeout"  # type: ignore[union-attr]
     providers.openai_provider.failure = "throttled"  # type: ignore[union-attr]
 
-    response = speak(text=unique_text(), voice="en-US-JennyNeural")
+    response = speak(text=unique_text(), language="en-US")  # no voice named: any may speak
 
     assert response.status_code == 503
     assert response.mimetype == "application/problem+json"
     problem = json_body(response)
+    assert problem["reason"] == "speech_unavailable"
     assert problem["tried"] == [
         {"provider": "azure-speech", "outcome": "timeout"},
         {"provider": "azure-openai-tts", "outcome": "throttled"},
@@ -193,11 +194,83 @@ def test_a_provider_that_keeps_failing_is_skipped_by_its_breaker(
     assert stock is not None
     stock.failure = "server_error"
     for _ in range(5):
-        assert speak(text=unique_text(), voice="en-US-JennyNeural").status_code == 200
+        assert speak(text=unique_text(), language="en-US").status_code == 200
 
     assert stock.calls == 3  # opened after three failures in a row
-    skipped = speak(text=unique_text(), voice="en-US-JennyNeural")
+    skipped = speak(text=unique_text(), language="en-US")
     assert skipped.headers["X-Timbre-Attempts"].startswith("azure-speech=skipped_open_circuit")
+
+
+def test_a_named_stock_voice_that_fails_is_a_503_never_another_voice(
+    providers: ScriptedProviders,
+) -> None:
+    stock = providers.stock_provider
+    assert stock is not None
+    stock.failure = "timeout"
+    stock.failure_detail = "no complete audio within 15 s from westeurope.tts.speech"
+
+    response = speak(text=unique_text(), voice="en-US-JennyNeural")
+
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) >= 1
+    problem = json_body(response)
+    assert problem["reason"] == "voice_unavailable"
+    assert problem["voice"] == "en-US-JennyNeural"
+    assert problem["tried"] == [{"provider": "azure-speech", "outcome": "timeout"}]
+    assert "en-US-JennyNeural" in problem["detail"]
+    assert "westeurope" not in response.get_body().decode()
+    assert providers.openai_provider.calls == 0  # type: ignore[union-attr]
+
+
+def test_another_voice_speaks_only_with_allow_fallback_or_when_no_voice_is_named(
+    providers: ScriptedProviders,
+) -> None:
+    providers.stock_provider.failure = "server_error"  # type: ignore[union-attr]
+
+    named = speak(text=unique_text(), voice="en-US-JennyNeural")
+    allowed = speak(text=unique_text(), voice="en-US-JennyNeural", allow_fallback=True)
+    unnamed = speak(text=unique_text(), language="en-US")
+
+    assert named.status_code == 503
+    assert allowed.status_code == 200
+    assert allowed.headers["X-Timbre-Provider"] == "azure-openai-tts"
+    assert unnamed.status_code == 200
+    assert unnamed.headers["X-Timbre-Provider"] == "azure-openai-tts"
+    assert providers.openai_provider.calls == 2  # type: ignore[union-attr]
+
+
+def test_voices_named_in_ssml_are_not_swapped_for_another_voice(
+    providers: ScriptedProviders,
+) -> None:
+    providers.stock_provider.failure = "server_error"  # type: ignore[union-attr]
+
+    refused = speak(ssml=SSML)
+    allowed = speak(ssml=SSML, allow_fallback=True)
+
+    assert refused.status_code == 503
+    assert json_body(refused)["reason"] == "voice_unavailable"
+    assert allowed.status_code == 200
+    assert allowed.headers["X-Timbre-Provider"] == "azure-openai-tts"
+    assert providers.openai_provider.calls == 1  # type: ignore[union-attr]
+
+
+def test_an_open_breaker_answers_503_with_its_remaining_cooldown_as_retry_after(
+    providers: ScriptedProviders, app_settings: Settings
+) -> None:
+    stock = providers.stock_provider
+    assert stock is not None
+    stock.failure = "server_error"
+    for _ in range(3):
+        assert speak(text=unique_text(), voice="en-US-JennyNeural").status_code == 503
+
+    response = speak(text=unique_text(), voice="en-US-JennyNeural")
+
+    assert stock.calls == 3  # the breaker opened on the third failure
+    assert response.status_code == 503
+    problem = json_body(response)
+    assert problem["tried"] == [{"provider": "azure-speech", "outcome": "skipped_open_circuit"}]
+    cooldown = app_settings.synthesis_cooldown_s
+    assert cooldown - 2 <= int(response.headers["Retry-After"]) <= cooldown
 
 
 def test_no_configured_provider_is_a_503(app_settings: Settings) -> None:
@@ -305,7 +378,7 @@ def test_text_over_openais_limit_leaves_openai_out_of_the_chain(
 ) -> None:
     providers.stock_provider.failure = "server_error"  # type: ignore[union-attr]
 
-    response = speak(text="word " * 900, voice="en-US-JennyNeural")  # 4,500 characters
+    response = speak(text="word " * 900, language="en-US")  # 4,500 characters, no voice named
 
     assert response.status_code == 503
     assert json_body(response)["tried"] == [{"provider": "azure-speech", "outcome": "server_error"}]
@@ -405,6 +478,96 @@ def test_ssml_must_use_the_stock_voice_the_caller_named(providers: ScriptedProvi
     assert json_body(response)["reason"] == "voice_not_in_ssml"
 
 
+def ssml_of(body: str, voice: str = "en-US-JennyNeural") -> str:
+    return (
+        '<speak version="1.0" xmlns="http://www.w3.org/2001/10/synthesis" xml:lang="en-US">'
+        f'<voice name="{voice}">{body}</voice></speak>'
+    )
+
+
+def test_ssml_counts_against_the_character_limit_like_text(providers: ScriptedProviders) -> None:
+    words = "word " * 3_900  # 19,500 characters: under the SSML size bound, over 5,000
+
+    refused = speak(ssml=ssml_of(words))
+    spoken = speak(ssml=ssml_of("word " * 900))  # 4,500 characters
+
+    assert refused.status_code == 400
+    problem = json_body(refused)
+    assert problem["reason"] == "too_long"
+    assert problem["limit"] == "max_characters"
+    assert spoken.status_code == 200
+    assert providers.stock_provider.calls == 1  # type: ignore[union-attr]
+
+
+def test_ssml_markup_is_counted_as_azure_bills_it(providers: ScriptedProviders) -> None:
+    chunk = '<emphasis level="strong">' + "x" * 39 + "</emphasis>"
+    # 3,120 characters of text; with the markup inside <voice>, 6,000 billable characters.
+    assert 39 * 80 < 5_000 < len(chunk) * 80
+
+    refused = speak(ssml=ssml_of(chunk * 80))
+
+    assert refused.status_code == 400
+    assert json_body(refused)["limit"] == "max_characters"
+
+
+def test_ssml_may_not_ask_for_more_than_a_minute_of_silence(
+    providers: ScriptedProviders,
+) -> None:
+    hundred_breaks = "One. " + '<break time="20s"/>' * 100 + "Two."  # 2,000 s, 1,909 chars
+    sentences = " ".join(f"Sentence {n}." for n in range(40))
+    boundaries = f'<mstts:silence type="Sentenceboundary" value="5s"/>{sentences}'
+
+    breaks = speak(ssml=ssml_of(hundred_breaks))
+    silences = speak(
+        ssml=ssml_of(boundaries).replace(
+            "<speak ", '<speak xmlns:mstts="https://www.w3.org/2001/mstts" '
+        )
+    )
+    a_few = speak(ssml=ssml_of('One. <break time="20s"/> Two. <break strength="x-strong"/>'))
+
+    for refused in (breaks, silences):
+        assert refused.status_code == 400, refused.get_body()
+        assert json_body(refused)["reason"] == "too_much_silence"
+    assert a_few.status_code == 200
+    assert providers.stock_provider.calls == 1  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"text": "Hi.", "voice": "en-US-" + "A" * 5_000 + "Neural"},
+        {"ssml": ssml_of("Hi.", voice="en-US-" + "A" * 200 + "Neural")},
+    ],
+)
+def test_an_overlong_voice_name_is_refused_and_never_echoed(
+    providers: ScriptedProviders, body: dict[str, Any]
+) -> None:
+    response = speak(**body)
+
+    assert response.status_code == 400
+    assert json_body(response)["reason"] == "invalid_voice"
+    assert "A" * 40 not in response.get_body().decode()
+    assert all("A" * 40 not in value for value in response.headers.values())
+    assert providers.stock_provider.calls == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("field", ["style", "rate", "pitch"])
+@pytest.mark.parametrize(
+    "value", ["<b>my-secret-word</b>", "my-secret-word" * 500], ids=["markup", "long"]
+)
+def test_style_rate_and_pitch_values_are_never_echoed_in_errors(
+    providers: ScriptedProviders, field: str, value: str
+) -> None:
+    response = speak(text="Hi.", voice="en-US-JennyNeural", **{field: value})
+
+    assert response.status_code == 400
+    problem = json_body(response)
+    assert problem["reason"] == "invalid_value"
+    assert problem["field"] == field
+    assert "secret" not in response.get_body().decode()
+    assert providers.stock_provider.calls == 0  # type: ignore[union-attr]
+
+
 # Translate, then speak
 
 
@@ -432,6 +595,17 @@ def test_translate_to_translates_first_and_picks_a_voice_for_the_target(
     [call] = service.seen
     assert call.query["to"] == ["de"]
     assert "from" not in call.query
+
+
+def test_a_detected_language_that_is_not_a_tag_never_reaches_a_header(
+    providers: ScriptedProviders, app_runtime: Runtime
+) -> None:
+    translator_for(app_runtime, translated("Guten Morgen.", "de", "en x-evil: " + "e" * 300))
+
+    response = speak(text="Good morning.", translate_to="de")
+
+    assert response.status_code == 200, response.get_body()
+    assert "X-Timbre-Detected-Language" not in response.headers
 
 
 def test_translate_to_with_a_voice_of_another_language_is_a_400(
@@ -702,13 +876,40 @@ def test_a_custom_voice_not_deployed_is_a_409_unless_fallback_is_allowed(
 
 
 @pytest.mark.integration
-def test_a_failing_custom_voice_falls_back_to_the_stock_voice_for_its_language(
+def test_a_named_custom_voice_whose_endpoint_fails_is_a_503_naming_it_never_another_voice(
+    live_runtime: Runtime, live_providers: ScriptedProviders
+) -> None:
+    voice = deployed_voice(live_runtime, endpoint="ep-failing")
+    custom = live_providers.custom("ep-failing")
+    custom.failure = "server_error"
+    custom.failure_detail = "upstream said: WebSocket upgrade failed (HTTP 500) at wss://x"
+
+    response = speak(text=unique_text(), voice=voice)
+
+    assert response.status_code == 503, response.get_body()
+    assert response.mimetype == "application/problem+json"
+    assert int(response.headers["Retry-After"]) >= 1
+    assert "X-Timbre-Provider" not in response.headers
+    problem = json_body(response)
+    assert problem["reason"] == "voice_unavailable"
+    assert problem["voice"] == voice
+    assert problem["tried"] == [
+        {"provider": "azure-speech-custom:ep-failing", "outcome": "server_error"}
+    ]
+    assert voice in problem["detail"]
+    assert "upstream" not in response.get_body().decode()  # the provider's own text stays out
+    assert live_providers.stock_provider.calls == 0  # type: ignore[union-attr]
+    assert live_providers.openai_provider.calls == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.integration
+def test_a_failing_custom_voice_falls_back_to_the_stock_voice_when_allowed(
     live_runtime: Runtime, live_providers: ScriptedProviders
 ) -> None:
     voice = deployed_voice(live_runtime, endpoint="ep-down")
     live_providers.custom("ep-down").failure = "server_error"
 
-    response = speak(text=unique_text(), voice=voice)
+    response = speak(text=unique_text(), voice=voice, allow_fallback=True)
 
     assert response.status_code == 200
     assert response.headers["X-Timbre-Provider"] == "azure-speech"
@@ -765,7 +966,7 @@ def test_custom_voice_ssml_may_name_only_the_tenants_voice(
     assert json_body(without_the_voice)["reason"] == "voice_not_allowed"
     live_providers.custom("ep-ssml").failure = "timeout"
 
-    response = speak(ssml=ssml, voice=voice)
+    response = speak(ssml=ssml, voice=voice, allow_fallback=True)
 
     assert response.status_code == 200
     # The stock fallback got the same document with its own voice, not the custom name.

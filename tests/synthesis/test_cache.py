@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -338,3 +341,160 @@ def test_forgetting_a_voice_deletes_its_partition_only(
     assert cache.get(OTHER_TENANT, other_tenant_key) == make_result()
     with pytest.raises(ValueError, match="partition"):
         cache.forget(TENANT, "stock")
+
+
+# ------------------------------------------------------------------ a cache that hangs or fails
+
+
+class HungStore(MemoryBlobStore):
+    """A blob store whose reads and writes block until released (a hung Blob Storage)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def fetch(self, container: str, name: str) -> tuple[BlobInfo, bytes] | None:
+        self.calls += 1
+        self.release.wait(30)
+        return super().fetch(container, name)
+
+    def write(self, container: str, name: str, data: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        self.release.wait(30)
+        super().write(container, name, data, **kwargs)
+
+
+class FailingStore(MemoryBlobStore):
+    """A blob store whose every read and write fails as an unreachable Blob Storage does."""
+
+    def fetch(self, container: str, name: str) -> tuple[BlobInfo, bytes] | None:
+        from azure.core.exceptions import ServiceRequestError
+
+        raise ServiceRequestError("connection refused")
+
+    def write(self, container: str, name: str, data: Any, **kwargs: Any) -> None:
+        from azure.core.exceptions import ServiceResponseError
+
+        raise ServiceResponseError("read timed out")
+
+
+@pytest.fixture
+def hung_store() -> Iterator[HungStore]:
+    store = HungStore()
+    yield store
+    store.release.set()
+
+
+def test_a_hung_cache_read_is_a_miss_within_its_timeout(hung_store: HungStore) -> None:
+    cache = SynthesisCache(hung_store, CACHE_CONTAINER, Clock(), timeout_s=0.5)
+    key = cache.key(TENANT, make_request())
+    started = time.perf_counter()
+    assert cache.get(TENANT, key) is None
+    assert time.perf_counter() - started < 1.5
+    assert hung_store.calls == 1
+
+
+def test_a_hung_cache_write_is_skipped_within_its_timeout(hung_store: HungStore) -> None:
+    cache = SynthesisCache(hung_store, CACHE_CONTAINER, Clock(), timeout_s=0.5)
+    key = cache.key(TENANT, make_request())
+    started = time.perf_counter()
+    cache.put(TENANT, key, make_result())  # returns; the write may still finish later
+    assert time.perf_counter() - started < 1.5
+
+
+def test_a_failing_cache_is_a_miss_and_a_skipped_write(caplog: pytest.LogCaptureFixture) -> None:
+    reader = SynthesisCache(FailingStore(), CACHE_CONTAINER, Clock(), timeout_s=0.5)
+    key = reader.key(TENANT, make_request())
+    assert reader.get(TENANT, key) is None
+    writer = SynthesisCache(FailingStore(), CACHE_CONTAINER, Clock(), timeout_s=0.5)
+    writer.put(TENANT, key, make_result())
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("cache read" in message for message in messages)
+    assert any("cache write" in message for message in messages)
+    # What was spoken never reaches the log.
+    assert SECRET not in caplog.text
+
+
+def test_the_cache_timeout_is_a_setting_of_about_a_second() -> None:
+    from tests.kit.settings import make_settings
+
+    assert make_settings().synthesis_cache_timeout_s <= 2
+    assert (
+        make_settings(TIMBRE_SYNTHESIS_CACHE_TIMEOUT_SECONDS="0.3").synthesis_cache_timeout_s == 0.3
+    )
+
+
+def test_synthesis_with_a_hung_cache_answers_within_two_seconds() -> None:
+    """Blob Storage accepts connections and never answers: /synthesize still speaks."""
+    import socket
+
+    from shared.runtime import use_runtime
+    from tests.kit.fakes.speech import ScriptedProviders
+    from tests.kit.host import request
+    from tests.kit.settings import make_settings
+
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    held: list[socket.socket] = []
+    threading.Thread(
+        target=lambda: [held.append(listener.accept()[0]) for _ in range(64)], daemon=True
+    ).start()
+    port = listener.getsockname()[1]
+    storage = (
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+        "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/"
+        f"KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+    )
+
+    def speak() -> Any:
+        return request(
+            "POST",
+            "/api/v1/synthesize",
+            body={"text": f"Hello {uuid.uuid4().hex[:8]}.", "voice": VOICE, "format": "mp3"},
+            token="dev_uma_user",
+        )
+
+    # Warm the imports with a working cache: what is measured below is the cache alone.
+    offline = make_settings()
+    cache = SynthesisCache(MemoryBlobStore())
+    use_runtime(Runtime(offline, speech_providers=ScriptedProviders(), synthesis_cache=cache))
+    assert speak().status_code == 200
+    # Storage calls may take 10 s; the cache must not wait for them.
+    settings = make_settings(TimbreStorage=storage, TIMBRE_STORAGE_TIMEOUT_SECONDS="10")
+    use_runtime(Runtime(settings, speech_providers=ScriptedProviders()))
+    try:
+        started = time.perf_counter()
+        response = speak()
+        elapsed = time.perf_counter() - started
+        # While the store stays hung, the next requests do not wait for the cache at all.
+        started = time.perf_counter()
+        again = speak()
+        elapsed_again = time.perf_counter() - started
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+    assert response.status_code == 200, response.get_body()[:300]
+    assert response.headers.get("X-Timbre-Cache") == "miss"
+    assert elapsed < 1.8  # one cache timeout (1 s) for the read; the write is skipped
+    assert again.status_code == 200
+    assert elapsed_again < 0.5
+
+
+def test_after_a_failure_the_cache_rests_then_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.synthesis import cache as module
+
+    store = MemoryBlobStore()
+    cache = SynthesisCache(store, CACHE_CONTAINER, Clock(), timeout_s=0.5)
+    key = cache.key(TENANT, make_request())
+    cache.put(TENANT, key, make_result())
+    failing = FailingStore()
+    monkeypatch.setattr(cache, "_store", failing)
+    assert cache.get(TENANT, key) is None  # failed: resting now
+    monkeypatch.setattr(cache, "_store", store)
+    assert cache.get(TENANT, key) is None  # skipped while resting, though the store is back
+    now = time.monotonic()
+    monkeypatch.setattr(module.time, "monotonic", lambda: now + module.RESTING_S + 1)
+    assert cache.get(TENANT, key) is not None  # tried again after the rest

@@ -7,7 +7,13 @@ import threading
 
 import pytest
 
-from shared.core.errors import DependencyUnavailable, Forbidden, InvalidRequest, problem_body
+from shared.core.errors import (
+    DEFAULT_RETRY_AFTER_S,
+    DependencyUnavailable,
+    Forbidden,
+    InvalidRequest,
+    problem_body,
+)
 from shared.synthesis.chain import (
     Attempt,
     AudioFormat,
@@ -197,6 +203,54 @@ def test_only_skipped_providers_still_yield_a_503_that_says_so() -> None:
     assert raised.value.extensions["tried"] == [
         {"provider": "azure-speech", "outcome": "skipped_open_circuit"}
     ]
+
+
+def test_a_503_says_when_to_retry_an_open_breaker_its_remaining_cooldown() -> None:
+    clock = FakeClock()
+    chain = chain_with_clock(clock)
+    flaky = always_failing("azure-speech")
+    for _ in range(2):
+        with pytest.raises(DependencyUnavailable) as closed:
+            chain.synthesize([step(flaky)])
+        assert closed.value.extensions["reason"] == "speech_unavailable"
+        assert closed.value.retry_after_s == DEFAULT_RETRY_AFTER_S  # still closed
+    with pytest.raises(DependencyUnavailable) as opened:
+        chain.synthesize([step(flaky)])  # the third failure opens it
+    assert opened.value.headers["Retry-After"] == "30"
+
+    clock.advance(12.5)
+    with pytest.raises(DependencyUnavailable) as skipped:
+        chain.synthesize([step(flaky)])
+
+    assert skipped.value.extensions["tried"] == [
+        {"provider": "azure-speech", "outcome": "skipped_open_circuit"}
+    ]
+    assert chain.breaker("azure-speech").remaining_cooldown_s == pytest.approx(17.5)
+    assert skipped.value.headers["Retry-After"] == "18"  # rounded up, never early
+    assert flaky.calls == 3
+
+
+def test_retry_after_is_the_soonest_any_provider_tried_may_speak_again() -> None:
+    clock = FakeClock()
+    chain = chain_with_clock(clock)
+    speech, openai = always_failing("azure-speech"), always_failing("azure-openai")
+    for _ in range(3):
+        chain.breaker("azure-speech").record_failure()
+    clock.advance(20)
+    for _ in range(3):
+        chain.breaker("azure-openai").record_failure()
+
+    with pytest.raises(DependencyUnavailable) as both_open:
+        chain.synthesize([step(speech), step(openai)])
+    with pytest.raises(DependencyUnavailable) as one_closed:
+        other = chain_with_clock(clock)
+        for _ in range(3):
+            other.breaker("azure-speech").record_failure()
+        other.synthesize([step(speech), step(openai)])
+
+    assert both_open.value.retry_after_s == 10  # azure-speech's cool-down ends first
+    assert one_closed.value.retry_after_s == DEFAULT_RETRY_AFTER_S  # openai: closed, failed
+    assert speech.calls == 0
 
 
 def test_half_open_trial_success_closes_the_breaker() -> None:

@@ -305,6 +305,52 @@ def test_revoked_consent_fails_a_custom_voice_job(
     assert all(keys(out) == ["ok", "reason"] and out[0] == ("ok", False) for out in refusals)
 
 
+@pytest.mark.parametrize("allow_fallback", [False, True])
+def test_a_job_naming_a_voice_never_switches_voice_mid_file(
+    job_runtime: Runtime, providers: ScriptedProviders, allow_fallback: bool
+) -> None:
+    voice = deployed_voice(job_runtime, endpoint=f"ep-mid-{allow_fallback}")
+    custom = FlakyProvider(f"azure-speech-custom:ep-mid-{allow_fallback}", failures={6: 100})
+    providers.custom_providers[f"ep-mid-{allow_fallback}"] = custom  # fails from segment 2 on
+    gateway = MemoryOrchestrations()
+    job, payload = start(gateway, text=long_text(12), voice=voice, allow_fallback=allow_fallback)
+    assert job["provider"] == custom.name
+
+    driver, result = drive(payload)
+
+    assert result.output["state"] == "failed"
+    assert custom.calls >= 3  # segments 0 and 1 spoke, segment 2 kept failing
+    assert providers.stock_provider.calls == 0  # type: ignore[union-attr]
+    assert providers.openai_provider.calls == 0  # type: ignore[union-attr]
+    assert job_blobs(job_runtime, job["job_id"]) == []
+    driver.assert_deterministic()
+
+
+def test_a_job_naming_a_voice_whose_breaker_is_open_is_refused_at_start(
+    job_runtime: Runtime, providers: ScriptedProviders
+) -> None:
+    breaker = job_runtime.synthesis_chain.breaker("azure-speech")
+    for _ in range(3):
+        breaker.record_failure()  # the stock voices' endpoint failed three times in a row
+    gateway = MemoryOrchestrations()
+
+    named = request(
+        "POST",
+        JOBS,
+        body={"text": long_text(6), "voice": "en-US-JennyNeural"},
+        token=USER,
+        orchestrations=gateway,
+    )
+    unnamed, _ = start(gateway, text=long_text(6), language="en-US")
+
+    assert named.status_code == 503
+    assert json_body(named)["reason"] == "voice_unavailable"
+    retry_after = int(named.headers["Retry-After"])
+    assert 1 <= retry_after <= job_runtime.settings.synthesis_cooldown_s
+    assert unnamed["provider"] == "azure-openai-tts"  # no voice named: the first that can speak
+    assert len(gateway.started) == 1
+
+
 def test_a_jobs_options_are_its_requests_fields_but_the_text() -> None:
     """The options a job carries are read back into the request to speak each segment."""
     assert list(JobOptions.model_fields) == [

@@ -9,7 +9,17 @@ import pytest
 from defusedxml import ElementTree as DefusedET
 from defusedxml import EntitiesForbidden, ExternalReferenceForbidden
 
-from shared.synthesis.ssml import MSTTS_NS, SSML_NS, SsmlRejected, text_to_ssml, validate_ssml
+from shared.synthesis.ssml import (
+    MAX_SILENCE_MS,
+    MAX_VOICE_NAME_CHARS,
+    MSTTS_NS,
+    SSML_NS,
+    SsmlRejected,
+    is_stock_voice_name,
+    is_valid_voice_name,
+    text_to_ssml,
+    validate_ssml,
+)
 
 TENANT_VOICES = {"en-US-JennyNeural", "en-US-GuyNeural", "de-DE-KatjaNeural"}
 HEAD = f'<speak version="1.0" xmlns="{SSML_NS}" xmlns:mstts="{MSTTS_NS}" xml:lang="en-US">'
@@ -376,3 +386,66 @@ def test_a_refused_attribute_value_is_not_echoed() -> None:
 
     assert refused.value.reason == "invalid_value"
     assert "secret" not in str(refused.value)
+
+
+# --- bounds a caller could otherwise slip past --------------------------------------------
+
+
+def test_voice_names_are_bounded_in_length() -> None:
+    longest = "en-US-" + "A" * (MAX_VOICE_NAME_CHARS - len("en-US-Neural")) + "Neural"
+    assert len(longest) == MAX_VOICE_NAME_CHARS == 64
+    assert is_stock_voice_name(longest)
+    assert not is_stock_voice_name("en-US-A" + longest[6:])
+    assert not is_valid_voice_name("Contoso" + "A" * 60 + "Neural")
+    assert rejected(voiced("Hi", voice="en-US-" + "A" * 200 + "Neural")) == "invalid_voice"
+    with pytest.raises(SsmlRejected) as caught:
+        text_to_ssml("Hi", voice="en-US-" + "A" * 5_000 + "Neural", language="en-US")
+    assert caught.value.reason == "invalid_voice"
+    assert "AAAA" not in str(caught.value)
+
+
+@pytest.mark.parametrize("field", ["style", "rate", "pitch"])
+def test_a_refused_style_rate_or_pitch_is_named_never_echoed(field: str) -> None:
+    value = "<b>my-secret-word</b>" * 50
+
+    with pytest.raises(SsmlRejected) as caught:
+        text_to_ssml("Hi", voice="en-US-JennyNeural", language="en-US", **{field: value})
+
+    assert caught.value.reason == "invalid_value"
+    assert caught.value.field == field
+    assert field in caught.value.detail
+    assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "silence_ms"),
+    [
+        ("Hello there.", 0),
+        ('One <break time="2s"/> two <break time="250ms"/> three.', 2_250),
+        # Strengths count as the Speech service's documented pauses; bare <break/> is medium.
+        ('A <break strength="x-weak"/> b <break strength="x-strong"/> c <break/> d.', 2_250),
+        ('A <break strength="medium" time="3s"/> b.', 3_000),  # time wins over strength
+        ('<mstts:silence type="Leading-exact" value="1s"/>One. Two. Three.', 1_000),
+        # A boundary silence is inserted at every boundary of its kind in the voice's text.
+        ('<mstts:silence type="Sentenceboundary" value="2s"/>One. Two! Three? Four', 6_000),
+        ('<mstts:silence type="Comma-exact" value="500ms"/>a, b, c, d.', 1_500),
+    ],
+)
+def test_the_silence_a_document_asks_for_is_counted(body: str, silence_ms: int) -> None:
+    assert validate_ssml(voiced(body), allowed_voices=tenant_may_use).silence_ms == silence_ms
+
+
+def test_more_silence_than_the_bound_is_refused() -> None:
+    per_break = 20_000
+    allowed = MAX_SILENCE_MS // per_break
+    at_limit = voiced("One." + '<break time="20s"/>' * allowed + "Two.")
+    over = voiced("One." + '<break time="20s"/>' * (allowed + 1) + "Two.")
+    many_sentences = voiced(
+        '<mstts:silence type="Sentenceboundary-exact" value="20s"/>'
+        + " ".join(f"Sentence {n}." for n in range(10))
+    )
+
+    assert validate_ssml(at_limit, allowed_voices=tenant_may_use).silence_ms == MAX_SILENCE_MS
+    assert rejected(over) == "too_much_silence"
+    assert rejected(many_sentences) == "too_much_silence"
+    assert rejected(over.replace("20s", "1s"), max_silence_ms=2_000) == "too_much_silence"

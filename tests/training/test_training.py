@@ -9,21 +9,19 @@ from typing import Any
 import pytest
 
 from functions import training
-from shared.core.identity import Principal, Role
 from shared.core.orchestrations import MemoryOrchestrations
 from shared.enrollment.document import VoiceDocument, VoiceRecords
-from shared.enrollment.voices import ConsentRegistration, VoiceCreate
+from shared.enrollment.voices import VoiceCreate
 from shared.runtime import Runtime, use_runtime
-from shared.training.service import Timing, TrainingRun, dataset_version
+from shared.training.service import Timing, TrainingRun
 from tests.kit.audio import speech, wav
 from tests.kit.durable import OrchestrationDriver, activities_of
 from tests.kit.fakes.custom_voice import FakeCustomVoice
 from tests.kit.host import json_body, request, run_async
-from tests.kit.settings import make_settings
+from tests.kit.training import ANALYST, enrolled_voice, run_for, training_settings, upload
 
 pytestmark = pytest.mark.integration
 
-ANALYST = Principal("dev-tenant", "ana", frozenset({Role.ANALYST}), "dev")
 TIMING = Timing(first_poll_s=60, max_poll_s=600, model_deadline_h=4, step_deadline_h=2)
 
 
@@ -35,53 +33,11 @@ def fake() -> FakeCustomVoice:
 @pytest.fixture
 def trained_runtime(live_settings: Any, fake: FakeCustomVoice) -> Runtime:
     """A runtime whose Custom Voice client talks to the fake; training needs 3 utterances."""
-    settings = make_settings(
-        **{
-            "TimbreStorage": live_settings.storage_connection_string,
-            "CosmosDb": live_settings.cosmos_connection_string,
-            "TIMBRE_COSMOS_CA_FILE": live_settings.cosmos_ca_file,
-            "TIMBRE_COSMOS_DATABASE": live_settings.cosmos_database,
-            "TIMBRE_AUDIT_CONTAINER": live_settings.audit_container,
-            "TIMBRE_AUDIT_ENABLED": "true",
-            "TIMBRE_TRAINING_MIN_UTTERANCES": "3",
-        }
-    )
+    settings = training_settings(live_settings)
     runtime = Runtime(settings, custom_voice=fake.custom_voice_client())
     runtime.bootstrap()
     use_runtime(runtime)
     return runtime
-
-
-def upload(runtime: Runtime, name: str, data: bytes) -> None:
-    runtime.blob_service.get_blob_client("uploads", name).upload_blob(data, overwrite=True)
-    runtime.ingestion.ingest(name)
-
-
-def enrolled_voice(runtime: Runtime, utterances: int = 3) -> str:
-    """A voice with granted consent and `utterances` accepted, transcribed recordings."""
-    body = VoiceCreate(
-        talent_name="Jane Doe", company_name="Contoso", locale="en-US", data_region="EU"
-    )
-    voice = runtime.voices.create(ANALYST, body, "req-1")
-    prefix = f"dev-tenant/{voice.id}"
-    upload(runtime, f"{prefix}/consent/consent.wav", wav(speech()))
-    runtime.voices.register_consent(ANALYST, voice.id, ConsentRegistration(file="consent.wav"), "r")
-    lines = []
-    for n in range(utterances):
-        upload(runtime, f"{prefix}/samples/utt-{n}.wav", wav(speech(seconds=2 + n)))
-        lines.append(f"utt-{n}\tSentence number {n}.")
-    upload(runtime, f"{prefix}/transcripts/script.txt", "\n".join(lines).encode())
-    return voice.id
-
-
-def run_for(runtime: Runtime, voice_id: str) -> TrainingRun:
-    accepted = runtime.training.accepted("dev-tenant", voice_id)
-    return TrainingRun(
-        tenant_id="dev-tenant",
-        voice_id=voice_id,
-        dataset_version=dataset_version(accepted),
-        requested_by="ana",
-    )
 
 
 def driver_for(run: TrainingRun, **options: Any) -> OrchestrationDriver:
@@ -235,6 +191,7 @@ def test_consent_revoked_mid_training_stops_and_compensates(
     url = f"/api/v1/voices/{voice_id}"
     again = request("POST", url + "/consent", body={"file": "consent.wav"}, token="dev_ana_analyst")
     assert again.status_code == 409
+    assert json_body(again)["reason"] == "consent_revoked"
     more = request(
         "POST",
         url + "/uploads",
@@ -345,6 +302,7 @@ def test_approval_is_only_taken_while_awaiting_it(trained_runtime: Runtime) -> N
     request_via(gateway, "POST", url, "dev_ana_analyst")
     early = request_via(gateway, "POST", url + "/approve", "dev_root_admin")
     assert early.status_code == 409
+    assert json_body(early)["reason"] == "not_awaiting_approval"
     instance = run_for(trained_runtime, voice_id).instance_id
     gateway.custom[instance] = {"step": "awaiting_approval"}
     assert request_via(gateway, "POST", url + "/approve", "dev_ana_analyst").status_code == 403
@@ -359,6 +317,7 @@ def test_training_cannot_start_without_enough_data(trained_runtime: Runtime) -> 
     )
     assert response.status_code == 409
     assert "training needs 3" in json_body(response)["detail"]
+    assert json_body(response)["reason"] == "training_not_ready"
 
 
 def request_via(gateway: MemoryOrchestrations, method: str, url: str, token: str) -> Any:
@@ -374,6 +333,7 @@ def test_revoking_consent_cancels_the_running_training(trained_runtime: Runtime)
     assert response.status_code == 200
     instance = run_for(trained_runtime, voice_id).instance_id
     assert gateway.events == [(instance, "cancel", {"reason": "consent revoked"})]
+    assert gateway.names[f"cleanup-dev-tenant-{voice_id}"] == "voice_cleanup_orchestrator"
 
 
 def test_uploads_crossing_the_minimum_start_training_once(trained_runtime: Runtime) -> None:
@@ -461,6 +421,7 @@ def test_one_training_run_per_voice_at_a_time(trained_runtime: Runtime) -> None:
     response = request_via(gateway, "POST", url + "/training", "dev_ana_analyst")
     assert response.status_code == 409
     assert "in progress" in json_body(response)["detail"]
+    assert json_body(response)["reason"] == "training_in_progress"
 
 
 def test_cancelling_a_finished_run_is_a_409(trained_runtime: Runtime) -> None:
@@ -471,6 +432,7 @@ def test_cancelling_a_finished_run_is_a_409(trained_runtime: Runtime) -> None:
     gateway.runtime_status[run_for(trained_runtime, voice_id).instance_id] = "Completed"
     response = request_via(gateway, "DELETE", url, "dev_ana_analyst")
     assert response.status_code == 409
+    assert json_body(response)["reason"] == "training_finished"
     assert not gateway.events
 
 
@@ -481,11 +443,24 @@ def test_revoking_a_deployed_voice_deletes_its_endpoints(
     result = driver_for(run_for(trained_runtime, voice_id), on_idle=approve_when_asked).run()
     endpoint_id = result.output["endpoint_id"]
     assert fake.status_of("endpoints", endpoint_id) == "Succeeded"
+    gateway = MemoryOrchestrations()
     response = request_via(
-        MemoryOrchestrations(), "DELETE", f"/api/v1/voices/{voice_id}/consent", "dev_ana_analyst"
+        gateway, "DELETE", f"/api/v1/voices/{voice_id}/consent", "dev_ana_analyst"
     )
     assert response.status_code == 200
+    assert json_body(response)["endpoint_id"] is None
+    # The revocation's cleanup orchestration deletes the endpoint, then what it was made of.
+    instance = f"cleanup-dev-tenant-{voice_id}"
+    assert gateway.names[instance] == "voice_cleanup_orchestrator"
+    cleanup = OrchestrationDriver(
+        training.voice_cleanup_orchestrator,
+        activities_of(training.bp),
+        input=gateway.started[instance],
+        instance_id=instance,
+    ).run()
+    assert cleanup.output["status"] == "done"
     assert fake.status_of("endpoints", endpoint_id) is None
+    assert not any(fake.resources.values())
 
 
 def test_consent_rules_for_files(trained_runtime: Runtime) -> None:
@@ -559,3 +534,35 @@ def test_consent_granted_last_starts_the_training(trained_runtime: Runtime) -> N
     )
     assert json_body(response)["consent"]["state"] == "granted"
     assert list(gateway.started) == [run_for(trained_runtime, voice.id).instance_id]
+
+
+def test_an_activity_failing_with_internal_text_never_shows_it_to_callers(
+    trained_runtime: Runtime, fake: FakeCustomVoice
+) -> None:
+    from azure.core.exceptions import ServiceRequestError
+
+    voice_id = enrolled_voice(trained_runtime)
+    run = run_for(trained_runtime, voice_id)
+
+    def unreachable_staging(run: dict[str, Any]) -> int:
+        raise ServiceRequestError(
+            "cannot reach https://acct.blob.core.windows.net/x?sv=1&sig=SECRET"
+        )
+
+    activities = {**activities_of(training.bp), "training_stage": unreachable_staging}
+    driver = OrchestrationDriver(
+        training.train_voice_orchestrator,
+        activities,
+        input={"run": run.model_dump(), "timing": TIMING.model_dump()},
+        instance_id=run.instance_id,
+    )
+    result = driver.run()
+
+    assert result.output["status"] == "failed"
+    reason = result.output["reason"]
+    assert reason.startswith("training_stage kept failing")
+    assert "SECRET" not in reason and "https://" not in reason
+    state = json_body(
+        request_via(MemoryOrchestrations(), "GET", f"/api/v1/voices/{voice_id}", "dev_ana_analyst")
+    )
+    assert "SECRET" not in str(state)

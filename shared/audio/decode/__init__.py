@@ -7,6 +7,10 @@ The container is found from the content (magic bytes), never from the file name:
   of the input, no copy); the other codecs are read by libsndfile (soundfile) as float32.
 - ``flac``, ``ogg`` (Vorbis, Opus) and ``mp3``: libsndfile (libFLAC, libvorbis, libopus,
   mpg123). 16-bit FLAC is read as int16, everything else as float32.
+- ``aiff`` (AIFF and AIFC: PCM of either byte order, float, mu-law, A-law, IMA ADPCM) and
+  ``caf`` (Apple Core Audio Format: PCM, float, mu-law, A-law, ALAC), what Mac tools
+  record: libsndfile, after `apple` has checked their headers. 16-bit PCM and ALAC are
+  read as int16.
 - ``mp4`` (M4A/AAC) and ``webm`` (Opus, Vorbis): PyAV (FFmpeg), imported only when such a
   file arrives (the import costs 80-100 ms of cold start).
 
@@ -15,9 +19,14 @@ The container is found from the content (magic bytes), never from the file name:
 file never holds it decoded whole: the same checks, the same rejections.
 
 Everything that can be decided from metadata is decided before the samples are decoded:
-empty, unknown, unsupported, a header cut short, a container declaring more audio than
-the file holds, and a declared duration over ``max_duration_s``. Where a container
-declares no length (a browser's WebM), decoding stops as soon as the limit is passed.
+empty, unknown, unsupported, a header cut short, more than ``MAX_CHANNELS`` channels or
+a rate over ``MAX_SAMPLE_RATE_HZ``, a container declaring more audio than the file holds
+(a WAV, AIFF or CAF: checked before its declared duration, so a header promising an hour
+over a few kilobytes is ``truncated``, not ``too_long``), and a declared duration over
+``max_duration_s``. Where a container declares no length (a browser's WebM), decoding
+stops as soon as the limit is passed. Nothing is allocated from a header's sizes before
+they are bounded: blocks hold at most as many samples as a stereo block, whatever the
+channel count, and a declared length preallocates at most ``_PREALLOCATE_SAMPLES``.
 
 Reason codes (`AudioRejected.reason`):
 
@@ -25,14 +34,17 @@ Reason codes (`AudioRejected.reason`):
 - ``unknown_format``: the content is none of the containers above (text, images,
   random bytes, a RIFF that is not WAVE...).
 - ``truncated``: the header is cut short, or the file holds less audio than its
-  container declares (WAV data chunk size, MP3 Xing frame count, Ogg end-of-stream flag,
-  MP4 duration, WebM "file ended prematurely").
+  container declares (WAV data chunk size, AIFF 'SSND' size or 'COMM' frames, CAF 'data'
+  size, MP3 Xing frame count, Ogg end-of-stream flag, MP4 duration, WebM "file ended
+  prematurely").
 - ``corrupt``: the stream is damaged: an MP3 frame header missing where the previous
   frame ends (the decoder would have to resynchronise), a FLAC frame failing its CRC or
   sync, an Ogg page failing its CRC (a hole), FFmpeg logging a warning or error while
   demuxing or decoding, or the decoded length disagreeing with the declared length.
 - ``unsupported_codec``: a known container holding a codec not listed here (e.g. GSM in
   WAV, MPEG layer II, free-format MP3, Speex or FLAC in Ogg, ALAC in MP4) or no audio.
+- ``too_many_channels``: more than ``MAX_CHANNELS`` (16) channels declared.
+- ``sample_rate_too_high``: a rate over ``MAX_SAMPLE_RATE_HZ`` (384 kHz) declared.
 - ``too_long``: the declared (or, when none is declared, decoded) duration exceeds
   ``max_duration_s``.
 - ``non_finite_samples``: a float source holds NaN or infinity.
@@ -44,9 +56,10 @@ MP3's optional CRC covers the side information only and is not checked). Such fi
 decode to plausible audio of the right length. FLAC (CRC-16 per frame) and Ogg (CRC-32
 per page) damage is detected.
 
-Layout: `detect` (format sniffing), `wav`, `libsndfile` (FLAC, Ogg, and the WAV codecs other
-than 16-bit PCM), `mp3` (frame checks; `mpeg` parses frame headers), `pyav` (FFmpeg, imported
-only when needed), and `common` (what they share). This module is the public front.
+Layout: `detect` (format sniffing), `wav`, `apple` (AIFF and CAF headers), `libsndfile`
+(FLAC, Ogg, AIFF, CAF, and the WAV codecs other than 16-bit PCM), `mp3` (frame checks;
+`mpeg` parses frame headers), `pyav` (FFmpeg, imported only when needed), and `common`
+(what they share). This module is the public front.
 """
 
 from __future__ import annotations
@@ -64,6 +77,8 @@ from shared.audio.decode.common import (
     _non_finite,
     _with_length,
 )
+from shared.audio.decode.common import MAX_CHANNELS as MAX_CHANNELS
+from shared.audio.decode.common import MAX_SAMPLE_RATE_HZ as MAX_SAMPLE_RATE_HZ
 from shared.audio.decode.common import STREAM_BLOCK as STREAM_BLOCK
 from shared.audio.decode.detect import _container, sniff
 from shared.audio.decode.libsndfile import (
@@ -77,7 +92,13 @@ from shared.audio.decode.pyav import _av_run
 from shared.audio.decode.wav import _start_wav, _wav_header
 from shared.audio.model import AudioRejected, DecodedAudio, DecodedStream, Samples, SourceFormat
 
-__all__ = ["decode", "decode_stream", "probe", "sniff"]
+__all__ = ["MAX_CHANNELS", "MAX_SAMPLE_RATE_HZ", "decode", "decode_stream", "probe", "sniff"]
+
+# Read by libsndfile from the start (a WAV or an MP3 takes its own path first).
+_SOUNDFILE_CONTAINERS = ("flac", "ogg", "aiff", "caf")
+# A declared length preallocates at most this many samples (frames x channels) when a
+# file is decoded whole; beyond it the array grows as the decoder delivers.
+_PREALLOCATE_SAMPLES = 1 << 24
 
 
 def probe(data: bytes) -> SourceFormat:
@@ -93,9 +114,9 @@ def probe(data: bytes) -> SourceFormat:
         return _wav_header(data).source
     if container == "mp3":
         return _mp3_header_info(data).source
-    if container in ("flac", "ogg"):
+    if container in _SOUNDFILE_CONTAINERS:
         with _open_soundfile(data, container) as handle:
-            return _soundfile_source(handle, container)
+            return _soundfile_source(handle, container, data)
     source, _ = _av_run(data, container, max_duration_s=None, decode_samples=False)
     return source
 
@@ -128,7 +149,12 @@ def _gather(blocks: Blocks, declared: int) -> tuple[Samples | None, SourceFormat
         except StopIteration as stop:
             source: SourceFormat = stop.value
             break
-        if whole is None and not parts and 0 < declared < _UNKNOWN_FRAMES:
+        if (
+            whole is None
+            and not parts
+            and 0 < declared < _UNKNOWN_FRAMES
+            and declared * block.shape[1] <= _PREALLOCATE_SAMPLES
+        ):
             whole = np.empty((declared, block.shape[1]), dtype=block.dtype)
         if whole is not None and filled + block.shape[0] <= whole.shape[0]:
             whole[filled : filled + block.shape[0]] = block
@@ -175,7 +201,7 @@ def _start(data: bytes, max_duration_s: float, *, from_fd: bool = False) -> _Dec
         return _start_wav(data, max_duration_s)
     if container == "mp3":
         return _start_mp3(data, max_duration_s, from_fd)
-    if container in ("flac", "ogg"):
+    if container in _SOUNDFILE_CONTAINERS:
         return _start_soundfile(data, container, max_duration_s, from_fd)
     source, samples = _av_run(data, container, max_duration_s=max_duration_s, decode_samples=True)
     assert samples is not None

@@ -13,6 +13,7 @@ _MAGIC: Final = (
     (4, b"ftyp", "mp4"),
     (0, b"\x1a\x45\xdf\xa3", "webm"),  # EBML
     (0, b"ID3", "mp3"),
+    (0, b"caff", "caf"),  # Apple Core Audio Format
 )
 
 
@@ -21,6 +22,8 @@ def sniff(data: bytes) -> str | None:
     head = data[:12]
     if head[:4] in (b"RIFF", b"RF64") and (len(data) < 12 or head[8:12] == b"WAVE"):
         return "wav"  # shorter than 12 bytes: a WAV header cut short (decode says so)
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "aiff"  # IFF's other forms (8SVX, ILBM...) are not audio we take
     for offset, magic, container in _MAGIC:
         if head[offset : offset + len(magic)] == magic:
             return container
@@ -43,6 +46,6 @@ def _container(data: bytes) -> str:
         raise AudioRejected(
             "unknown_format",
             "The content is not a supported audio container "
-            "(WAV, FLAC, Ogg, MP3, MP4/M4A or WebM).",
+            "(WAV, AIFF, CAF, FLAC, Ogg, MP3, MP4/M4A or WebM).",
         )
     return container

@@ -1,4 +1,4 @@
-"""libsndfile (soundfile) reader: FLAC, Ogg, MP3, WAV other than PCM16; read block by block."""
+"""libsndfile (soundfile) reader: FLAC, Ogg, MP3, AIFF, CAF, WAV other than PCM16; in blocks."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from typing import Any, Final
 
 import soundfile as sf  # type: ignore[import-untyped]
 
+from shared.audio.decode.apple import AppleHeader, aiff_header, caf_header
 from shared.audio.decode.common import (
     _UNKNOWN_FRAMES,
-    STREAM_BLOCK,
     Blocks,
+    _block_frames,
     _check_duration,
+    _check_layout,
     _Decoding,
     _with_length,
 )
@@ -23,6 +25,53 @@ from shared.audio.model import AudioRejected, Samples, SourceFormat
 # libsndfile's log lines (SoundFile.extra_info) that mean an Ogg stream is damaged.
 _OGG_CORRUPT_LOG: Final = ("Corrupted bitstream", "hole", "Junk after")
 _OGG_TRUNCATED_LOG: Final = ("lacks an end-of-stream", "ended unexpectedly")
+# AIFF and CAF: libsndfile subtype -> (codec, bits); "{e}" is the byte order (le or be).
+_APPLE_CODECS: Final = {
+    "PCM_S8": ("pcm_s8", 8),
+    "PCM_U8": ("pcm_u8", 8),
+    "PCM_16": ("pcm_s16{e}", 16),
+    "PCM_24": ("pcm_s24{e}", 24),
+    "PCM_32": ("pcm_s32{e}", 32),
+    "FLOAT": ("pcm_f32{e}", 32),
+    "DOUBLE": ("pcm_f64{e}", 64),
+    "ULAW": ("ulaw", 8),
+    "ALAW": ("alaw", 8),
+    "IMA_ADPCM": ("ima_adpcm", 4),
+    "ALAC_16": ("alac", 16),
+    "ALAC_20": ("alac", 20),
+    "ALAC_24": ("alac", 24),
+    "ALAC_32": ("alac", 32),
+}
+_APPLE_CONTAINERS: Final = ("aiff", "caf")
+
+
+def _apple_header(data: bytes, container: str) -> AppleHeader:
+    """An AIFF or CAF header, checked before libsndfile opens the file: channels and rate
+    within bounds, and the audio chunk no larger than what the file holds."""
+    header = aiff_header(data) if container == "aiff" else caf_header(data)
+    declared = SourceFormat(
+        container=container,
+        codec="unknown",
+        sample_rate=header.rate,
+        channels=header.channels,
+        bit_depth=None,
+        frames=header.declared_frames or 0,
+        duration_s=(header.declared_frames or 0) / header.rate if header.rate > 0 else 0.0,
+    )
+    _check_layout(declared)
+    if header.rate <= 0 or header.channels <= 0:
+        raise AudioRejected(
+            "corrupt",
+            f"The {container} header declares {header.channels} channels, {header.rate} Hz.",
+        )
+    if header.audio_declared > header.audio_available:
+        raise AudioRejected(
+            "truncated",
+            f"The {container} header declares {header.audio_declared} bytes of audio; "
+            f"the file holds {header.audio_available}.",
+            declared,
+        )
+    return header
 
 
 def _open_soundfile(data: bytes, container: str, *, from_fd: bool = False) -> Any:
@@ -30,6 +79,8 @@ def _open_soundfile(data: bytes, container: str, *, from_fd: bool = False) -> An
     memfd holding a copy of it."""
     if container == "ogg":
         _ogg_codec(data)  # unsupported Ogg codecs are named, not left to libsndfile
+    elif container in _APPLE_CONTAINERS:
+        _apple_header(data, container)  # bounds and a cut-short file, before libsndfile
     descriptor = None
     if from_fd:
         try:
@@ -78,11 +129,24 @@ def _soundfile_rejection(error: Exception, container: str) -> AudioRejected:
     return AudioRejected("decode_failed", f"The {container} decoder failed: {message}")
 
 
-def _soundfile_source(handle: Any, container: str) -> SourceFormat:
+def _soundfile_source(handle: Any, container: str, data: bytes | None = None) -> SourceFormat:
+    """The source as libsndfile reads it; `data` (the file) names an AIFF's or CAF's byte
+    order and gives the frame count an AIFF declares."""
     subtype = str(handle.subtype)
     codec: str
     bits: int | None = None
-    if container == "flac":
+    declared_frames: int | None = None
+    if container in _APPLE_CONTAINERS:
+        if subtype not in _APPLE_CODECS:
+            raise AudioRejected(
+                "unsupported_codec", f"{container.upper()} subtype {subtype} is not supported."
+            )
+        header = _apple_header(data, container) if data is not None else None
+        little = header.little_endian if header is not None else False
+        declared_frames = header.declared_frames if header is not None else None
+        codec, bits = _APPLE_CODECS[subtype]
+        codec = codec.format(e="le" if little else "be")
+    elif container == "flac":
         widths = {"PCM_S8": 8, "PCM_16": 16, "PCM_24": 24, "PCM_32": 32}
         if subtype not in widths:
             raise AudioRejected("unsupported_codec", f"FLAC subtype {subtype} is not supported.")
@@ -101,7 +165,7 @@ def _soundfile_source(handle: Any, container: str) -> SourceFormat:
     if rate <= 0 or handle.channels <= 0:
         raise AudioRejected("corrupt", f"The {container} header declares {rate} Hz.")
     known = 0 < frames < _UNKNOWN_FRAMES
-    return SourceFormat(
+    source = SourceFormat(
         container=container,
         codec=codec,
         sample_rate=rate,
@@ -110,6 +174,15 @@ def _soundfile_source(handle: Any, container: str) -> SourceFormat:
         frames=frames if known else 0,
         duration_s=frames / rate if known else 0.0,
     )
+    _check_layout(source)
+    if declared_frames is not None and 0 < frames < declared_frames:
+        # libsndfile shortens an AIFF whose sound data ends early to what is there.
+        raise AudioRejected(
+            "truncated",
+            f"The {container} header declares {declared_frames} frames; the file holds {frames}.",
+            source,
+        )
+    return source
 
 
 def _ogg_codec(data: bytes) -> str:
@@ -142,19 +215,20 @@ def _read_blocks(handle: Any, frames: int, dtype: str) -> Generator[Samples, Non
     length (fewer if the file ends first), else to the end. Returns the count read."""
     known = 0 < frames < _UNKNOWN_FRAMES
     decoded = 0
+    block = _block_frames(int(handle.channels))
     while True:
-        wanted = min(STREAM_BLOCK, frames - decoded) if known else STREAM_BLOCK
+        wanted = min(block, frames - decoded) if known else block
         if wanted <= 0:
             break
         try:
-            block: Samples = handle.read(wanted, dtype=dtype, always_2d=True)
+            samples: Samples = handle.read(wanted, dtype=dtype, always_2d=True)
         except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as error:
             raise _soundfile_rejection(error, str(handle.format).lower()) from error
-        if block.shape[0] == 0:
+        if samples.shape[0] == 0:
             break
-        decoded += block.shape[0]
-        yield block
-        if known and block.shape[0] < wanted:
+        decoded += samples.shape[0]
+        yield samples
+        if known and samples.shape[0] < wanted:
             break  # the file ended before its declared length
     return decoded
 
@@ -164,7 +238,7 @@ def _start_soundfile(
 ) -> _Decoding:
     handle = _open_soundfile(data, container, from_fd=from_fd)
     try:
-        source = _soundfile_source(handle, container)
+        source = _soundfile_source(handle, container, data)
         _check_duration(source, max_duration_s)
         if container == "ogg":
             _ogg_damage(handle, source)  # a missing last page shows in the open-time log
@@ -197,7 +271,8 @@ def _soundfile_blocks(
         if container == "ogg":
             _ogg_damage(handle, source)
     if declared and decoded != declared:
-        reason = "truncated" if container == "flac" and decoded < declared else "corrupt"
+        cut_short = container in ("flac", *_APPLE_CONTAINERS) and decoded < declared
+        reason = "truncated" if cut_short else "corrupt"
         raise AudioRejected(
             reason, f"Decoded {decoded} frames; the {container} header declares {declared}.", source
         )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from shared.audio.decode.common import _check_duration, _with_length
+from shared.audio.decode.common import _check_duration, _check_layout, _with_length
 from shared.audio.model import AudioRejected, SourceFormat
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ def _av_source(handle: Any, container: str, declared: SourceFormat | None) -> So
     elif handle.duration is not None:
         frames = round(handle.duration * rate / 1_000_000)
     frames = max(frames, 0)
-    return SourceFormat(
+    source = SourceFormat(
         container=container,
         codec=codec,
         sample_rate=rate,
@@ -150,6 +150,8 @@ def _av_source(handle: Any, container: str, declared: SourceFormat | None) -> So
         frames=frames,
         duration_s=frames / rate,
     )
+    _check_layout(source)
+    return source
 
 
 def _av_decode(handle: Any, source: SourceFormat, max_duration_s: float | None) -> _AvDecoded:

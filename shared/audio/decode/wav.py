@@ -8,7 +8,13 @@ from typing import Any, Final, NamedTuple
 
 import numpy as np
 
-from shared.audio.decode.common import Blocks, _check_duration, _Decoding, _with_length
+from shared.audio.decode.common import (
+    Blocks,
+    _check_duration,
+    _check_layout,
+    _Decoding,
+    _with_length,
+)
 from shared.audio.decode.libsndfile import _open_soundfile, _read_blocks
 from shared.audio.model import AudioRejected, SourceFormat
 
@@ -98,6 +104,7 @@ def _wav_header(data: bytes) -> _WavHeader:
         frames=frames,
         duration_s=frames / fmt.rate,
     )
+    _check_layout(source)
     return _WavHeader(source, fmt.block_align, body, declared, placeholder)
 
 
@@ -139,8 +146,9 @@ def _wav_fmt(data: bytes, body: int, chunk_size: int) -> _WavFmt:
 def _start_wav(data: bytes, max_duration_s: float) -> _Decoding:
     header = _wav_header(data)
     source = header.source
-    _check_duration(source, max_duration_s)
     available = len(data) - header.data_offset
+    # Cut short before too long: a header promising an hour over a few kilobytes describes
+    # a damaged file, not a long recording.
     if header.declared_bytes > available:
         raise AudioRejected(
             "truncated",
@@ -148,6 +156,7 @@ def _start_wav(data: bytes, max_duration_s: float) -> _Decoding:
             f"the file holds {available}.",
             source,
         )
+    _check_duration(source, max_duration_s)
     warnings: tuple[str, ...] = ()
     if header.placeholder:
         warnings = ("WAV data size not set by the writer; length taken from the file size.",)

@@ -28,10 +28,15 @@ SEGMENT_FRAMES = 2400  # 0.1 s at 24 kHz
 
 @dataclass
 class ScriptedProvider:
-    """Answers `audio:{name}:{voice}:{format}` bytes, or fails with `failure` while set."""
+    """Answers `audio:{name}:{voice}:{format}` bytes, or fails with `failure` while set.
+
+    `failure_detail` is what the failure says about itself, as a real adapter's detail
+    would (a status, a code): it must reach logs at most, never a caller.
+    """
 
     name: str
     failure: FailureKind | None = None
+    failure_detail: str = "scripted"
     requests: list[SynthesisRequest] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -40,7 +45,7 @@ class ScriptedProvider:
         with self._lock:
             self.requests.append(request)
         if self.failure is not None:
-            raise ProviderFailure(self.failure, "scripted")
+            raise ProviderFailure(self.failure, self.failure_detail)
         return SynthesisResult(
             audio=self.audio_for(request),
             content_type=request.format.content_type,
