@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import azure.durable_functions as df
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from functions._http import Call, endpoint
 from shared.core.identity import Role
+from shared.core.models import LazyModel
 from shared.translation import Detection, Profanity, TextType, Translation
 
 bp = df.Blueprint()
 
 
-class TranslateBody(BaseModel):
+class TranslateBody(LazyModel):
     """Texts to translate into one or more languages."""
 
     model_config = ConfigDict(extra="forbid")
@@ -24,7 +25,7 @@ class TranslateBody(BaseModel):
     text_type: TextType = Field("plain", description="plain or html")
 
 
-class TranslateResult(BaseModel):
+class TranslateResult(LazyModel):
     """Translations in input order."""
 
     translations: list[Translation]
@@ -57,7 +58,7 @@ def translate(call: Call) -> TranslateResult:
     )
 
 
-class DetectBody(BaseModel):
+class DetectBody(LazyModel):
     """Texts whose language to detect."""
 
     model_config = ConfigDict(extra="forbid")
@@ -65,7 +66,7 @@ class DetectBody(BaseModel):
     texts: list[str] = Field(min_length=1)
 
 
-class DetectResult(BaseModel):
+class DetectResult(LazyModel):
     """Detections in input order."""
 
     detections: list[Detection]

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from shared.core.errors import NotFound
+from shared.core.models import LazyModel
 
 if TYPE_CHECKING:
     from shared.config import Settings
 
 
-class StreamFormat(BaseModel):
+class StreamFormat(LazyModel):
     """The realtime audio format of the session protocol."""
 
     encoding: str = "pcm16"
@@ -24,7 +25,7 @@ class StreamFormat(BaseModel):
     channels: int = 1
 
 
-class VoiceConfig(BaseModel):
+class VoiceConfig(LazyModel):
     """The neural voice an agent speaks with."""
 
     agent_id: str
@@ -34,7 +35,7 @@ class VoiceConfig(BaseModel):
     audio: StreamFormat = Field(default_factory=StreamFormat)
 
 
-class Agent(BaseModel):
+class Agent(LazyModel):
     """A persona agent callers can talk to."""
 
     id: str
@@ -44,7 +45,7 @@ class Agent(BaseModel):
     voice: VoiceConfig
 
 
-class AgentList(BaseModel):
+class AgentList(LazyModel):
     """Every agent, in display order."""
 
     agents: list[Agent]
@@ -107,7 +108,7 @@ class AgentCatalog:
         return self.get(agent_id).voice
 
 
-class Requirement(BaseModel):
+class Requirement(LazyModel):
     """One thing realtime voice needs, whether it is configured, and how to fix it."""
 
     name: str
@@ -117,7 +118,7 @@ class Requirement(BaseModel):
     resolution: str | None = Field(None, description="What to set when it is missing")
 
 
-class VoiceStatus(BaseModel):
+class VoiceStatus(LazyModel):
     """Whether realtime voice can run here (the SOP's `voicelive_configured`)."""
 
     voice_configured: bool

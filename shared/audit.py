@@ -25,9 +25,10 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-from pydantic import BaseModel, Field, computed_field
+from pydantic import Field, computed_field
 
 from shared.core.errors import DependencyUnavailable
+from shared.core.models import LazyModel
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -68,7 +69,7 @@ class AuditEvent:
                 raise ValueError(f"audit detail {key!r} must be an id or a code, not text")
 
 
-class ChainReport(BaseModel):
+class ChainReport(LazyModel):
     """The result of verifying one day's log of one tenant."""
 
     tenant_id: str

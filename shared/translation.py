@@ -39,9 +39,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from shared.core.errors import DependencyUnavailable, InvalidRequest, Throttled
+from shared.core.models import LazyModel
 from shared.core.retry import retry_after_seconds
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ _LANGUAGE_CODE = re.compile(
 _MAX_SERVICE_MESSAGE = 300
 
 
-class TranslatedText(BaseModel):
+class TranslatedText(LazyModel):
     """One text in one target language."""
 
     model_config = ConfigDict(frozen=True)
@@ -77,7 +78,7 @@ class TranslatedText(BaseModel):
     text: str
 
 
-class Translation(BaseModel):
+class Translation(LazyModel):
     """The translations of the input text at `index`."""
 
     model_config = ConfigDict(frozen=True)
@@ -90,7 +91,7 @@ class Translation(BaseModel):
     translations: list[TranslatedText]
 
 
-class Detection(BaseModel):
+class Detection(LazyModel):
     """The language detected in one text."""
 
     model_config = ConfigDict(frozen=True)
@@ -120,7 +121,7 @@ class Translator(Protocol):
         ...
 
 
-class TranslationLimits(BaseModel):
+class TranslationLimits(LazyModel):
     """Per-request limits checked before the service is called.
 
     Defaults are Translator v3's documented limits, except `max_target_languages`, which
@@ -208,7 +209,7 @@ def _check_language(code: str, field: str) -> None:
         )
 
 
-class _DetectItem(BaseModel):
+class _DetectItem(LazyModel):
     language: str
     score: float
     is_translation_supported: bool = Field(alias="isTranslationSupported")

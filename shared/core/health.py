@@ -10,9 +10,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from shared.core.errors import DEFAULT_RETRY_AFTER_S
+from shared.core.models import LazyModel
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -38,7 +39,7 @@ def _submit(
         return future
 
 
-class Liveness(BaseModel):
+class Liveness(LazyModel):
     """The process answers."""
 
     status: Literal["ok"] = "ok"
@@ -46,7 +47,7 @@ class Liveness(BaseModel):
     environment: str
 
 
-class CheckResult(BaseModel):
+class CheckResult(LazyModel):
     """One dependency probe."""
 
     name: str
@@ -56,7 +57,7 @@ class CheckResult(BaseModel):
     detail: str | None = Field(None, description="Why it failed (no values, no secrets)")
 
 
-class Readiness(BaseModel):
+class Readiness(LazyModel):
     """Whether the app can serve: required dependencies reachable, AI services configured."""
 
     status: Literal["ready", "not_ready"]

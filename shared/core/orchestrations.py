@@ -14,9 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any, Final, Protocol
 
-from pydantic import BaseModel
-
 from shared.core.errors import Conflict, NotFound
+from shared.core.models import LazyModel
 
 #: Runtime statuses of an instance that is still going (it can take events).
 ACTIVE: Final = frozenset({"Pending", "Running", "ContinuedAsNew", "Suspended"})
@@ -24,7 +23,7 @@ ACTIVE: Final = frozenset({"Pending", "Running", "ContinuedAsNew", "Suspended"})
 RESTARTABLE: Final = frozenset({"Failed", "Terminated"})
 
 
-class OrchestrationStatus(BaseModel):
+class OrchestrationStatus(LazyModel):
     """What the Durable runtime knows of an instance."""
 
     instance_id: str

@@ -21,9 +21,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from shared.core.errors import NotFound
+from shared.core.models import LazyModel
 from shared.storage.scope import TenantScope
 
 ConsentState = Literal["none", "pending", "granted", "revoked", "expired"]
@@ -42,8 +43,10 @@ REMOVAL_ORDER: tuple[RemoteKind, ...] = (
 )
 
 
-class _Record(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True, validate_assignment=True)
+class _Record(LazyModel):
+    model_config = ConfigDict(
+        extra="allow", populate_by_name=True, validate_assignment=True, defer_build=True
+    )
 
 
 class ConsentRecord(_Record):

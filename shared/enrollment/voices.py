@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, JsonValue, field_validator
+from pydantic import Field, JsonValue, field_validator
 
 from shared.audit import AuditEvent, AuditLog
 from shared.core.errors import Conflict, InvalidRequest
 from shared.core.identity import Principal
+from shared.core.models import LazyModel
 from shared.enrollment.document import (
     CleanupRecord,
     CleanupState,
@@ -70,7 +71,7 @@ _FILE = re.compile(FILE_PATTERN.removesuffix("$") + r"\Z")
 _LOCALES: list[JsonValue] = [*sorted(CONSENT_STATEMENTS)]
 
 
-class VoiceCreate(BaseModel):
+class VoiceCreate(LazyModel):
     """What an analyst enters to enroll a voice talent."""
 
     talent_name: str = Field(min_length=1, max_length=120)
@@ -92,7 +93,7 @@ class VoiceCreate(BaseModel):
         return value
 
 
-class Consent(BaseModel):
+class Consent(LazyModel):
     """The consent record of a voice."""
 
     state: ConsentState
@@ -108,7 +109,7 @@ class Consent(BaseModel):
     revoked_by: str | None = None
 
 
-class VoiceCleanup(BaseModel):
+class VoiceCleanup(LazyModel):
     """What revoking consent removes from the Custom Voice service, and how far it got."""
 
     state: CleanupState = Field(
@@ -136,7 +137,7 @@ class VoiceCleanup(BaseModel):
     )
 
 
-class Voice(BaseModel):
+class Voice(LazyModel):
     """A voice profile."""
 
     id: str
@@ -159,14 +160,14 @@ class Voice(BaseModel):
     )
 
 
-class VoicePage(BaseModel):
+class VoicePage(LazyModel):
     """One page of voice profiles."""
 
     items: list[Voice]
     next: str | None
 
 
-class UploadRequest(BaseModel):
+class UploadRequest(LazyModel):
     """The files a client is about to upload."""
 
     kind: Literal["samples", "consent", "transcripts"]
@@ -197,7 +198,7 @@ UPLOAD_METHOD: Literal["PUT"] = "PUT"
 UPLOAD_HEADERS = {"x-ms-blob-type": "BlockBlob"}
 
 
-class UploadUrl(BaseModel):
+class UploadUrl(LazyModel):
     """Where and how to upload one file: send `method` to `url` with `headers`."""
 
     file: str
@@ -210,7 +211,7 @@ class UploadUrl(BaseModel):
     expires_at: str
 
 
-class UploadInstructions(BaseModel):
+class UploadInstructions(LazyModel):
     """Write-only SAS URLs, one per announced file, and what each kind accepts."""
 
     voice_id: str
@@ -219,7 +220,7 @@ class UploadInstructions(BaseModel):
     urls: list[UploadUrl]
 
 
-class ConsentRegistration(BaseModel):
+class ConsentRegistration(LazyModel):
     """The uploaded consent recording to register."""
 
     file: str = Field(

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from shared.audio.criteria import Reason, Verdict, no_transcript
+from shared.core.models import LazyModel
 from shared.storage.scope import TenantScope
 
 
-class RecordingReport(BaseModel):
+class RecordingReport(LazyModel):
     """The quality report of one uploaded recording."""
 
     voice_id: str
@@ -42,14 +43,14 @@ class RecordingReport(BaseModel):
     processed_at: str
 
 
-class RecordingPage(BaseModel):
+class RecordingPage(LazyModel):
     """One page of reports; pass `next` back as `continuation` for the next page."""
 
     items: list[RecordingReport]
     next: str | None
 
 
-class ReasonCount(BaseModel):
+class ReasonCount(LazyModel):
     """One reason that keeps recordings out of the training set, and how many it keeps out."""
 
     code: str = Field(description="The reason's code, as in the recordings' reports")
@@ -58,7 +59,7 @@ class ReasonCount(BaseModel):
     example: str = Field(description="What one of their reports says, e.g. its sample rate")
 
 
-class DatasetSummary(BaseModel):
+class DatasetSummary(LazyModel):
     """Whether a voice's recordings make a training set."""
 
     voice_id: str

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from shared.core.models import LazyModel
 
 _UTTERANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 MAX_TEXT_CHARS = 1_000
 
 
-class TranscriptProblem(BaseModel):
+class TranscriptProblem(LazyModel):
     """One line that could not be used."""
 
     line: int
@@ -20,7 +22,7 @@ class TranscriptProblem(BaseModel):
     detail: str
 
 
-class TranscriptFile(BaseModel):
+class TranscriptFile(LazyModel):
     """The usable lines of a transcript file, and the problems of the others."""
 
     lines: dict[str, str]

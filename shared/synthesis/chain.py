@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from shared.core.errors import (
     DEFAULT_RETRY_AFTER_S,
@@ -49,6 +49,7 @@ from shared.core.errors import (
     Forbidden,
     InvalidRequest,
 )
+from shared.core.models import LazyModel
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def stock_voice_for(language: str, voices: dict[str, str]) -> str | None:
     return None
 
 
-class SynthesisRequest(BaseModel):
+class SynthesisRequest(LazyModel):
     """One synthesis as a provider receives it: validated SSML, voice, language, format."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -39,7 +39,6 @@ from datetime import timedelta
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
@@ -51,6 +50,7 @@ from pydantic import (
 from shared.audit import AuditEvent, AuditLog
 from shared.core.errors import Conflict, DomainError, InvalidRequest, NotFound
 from shared.core.identity import Principal
+from shared.core.models import LazyModel
 from shared.core.orchestrations import Orchestrations, OrchestrationStatus
 from shared.storage.blobs import BlobStore
 from shared.storage.sas import SasIssuer
@@ -70,7 +70,7 @@ _JOB_ID = re.compile(r"[0-9a-f]{32}")
 JobState = Literal["pending", "running", "completed", "failed", "canceled", "expired"]
 
 
-class SynthesisJobBody(BaseModel):
+class SynthesisJobBody(LazyModel):
     """A long text to speak into one file."""
 
     model_config = ConfigDict(extra="forbid")
@@ -111,7 +111,7 @@ class SynthesisJobBody(BaseModel):
         )
 
 
-class SynthesisJob(BaseModel):
+class SynthesisJob(LazyModel):
     """A batch job as its caller sees it."""
 
     job_id: str
@@ -138,7 +138,7 @@ def instance_id(tenant_id: str, job_id: str) -> str:
 # ---- what travels through the orchestration (field order is the wire's) -------------------
 
 
-class JobOptions(BaseModel):
+class JobOptions(LazyModel):
     """How a job speaks: its request's fields other than the text (`SynthesisJobBody`)."""
 
     voice: str | None = None
@@ -154,7 +154,7 @@ class JobOptions(BaseModel):
         return SynthesisJobBody.model_validate({**self.model_dump(mode="json"), "text": text})
 
 
-class JobSpec(BaseModel):
+class JobSpec(LazyModel):
     """The orchestration's input: whose job it is, the provider and voice pinned at its
     start, and how it speaks. Every activity gets it."""
 
@@ -183,20 +183,20 @@ class JobSpec(BaseModel):
         return self.blob(f"result.{EXTENSIONS[self.options.format]}")
 
 
-class SplitResult(BaseModel):
+class SplitResult(LazyModel):
     """`synthesis_job_split`: how many segments the text was split into."""
 
     segments: int
 
 
-class SegmentWork(BaseModel):
+class SegmentWork(LazyModel):
     """`synthesis_job_speak`'s input: one segment of a job."""
 
     job: JobSpec
     index: int
 
 
-class SegmentSpoken(BaseModel):
+class SegmentSpoken(LazyModel):
     """`synthesis_job_speak`: the segment's audio is stored."""
 
     ok: Literal[True] = True
@@ -204,7 +204,7 @@ class SegmentSpoken(BaseModel):
     bytes: int
 
 
-class SegmentRefused(BaseModel):
+class SegmentRefused(LazyModel):
     """`synthesis_job_speak`: the segment cannot be spoken and retrying will not help."""
 
     ok: Literal[False] = False
@@ -215,14 +215,14 @@ SegmentResult = Annotated[SegmentSpoken | SegmentRefused, Field(discriminator="o
 SEGMENT_RESULT: Final[TypeAdapter[SegmentSpoken | SegmentRefused]] = TypeAdapter(SegmentResult)
 
 
-class JoinWork(BaseModel):
+class JoinWork(LazyModel):
     """`synthesis_job_join`'s input: the job and how many segments it has."""
 
     job: JobSpec
     count: int
 
 
-class JoinedFile(BaseModel):
+class JoinedFile(LazyModel):
     """`synthesis_job_join`: the joined file."""
 
     blob: str
@@ -233,7 +233,7 @@ class JoinedFile(BaseModel):
 JobEndState = Literal["completed", "failed", "canceled"]
 
 
-class JobOutcome(BaseModel):
+class JobOutcome(LazyModel):
     """The orchestration's output: how the job ended, how far it got and, when it
     completed, its file. Fields without a value are left out of its JSON."""
 
@@ -254,7 +254,7 @@ class JobOutcome(BaseModel):
         self.state, self.reason = state, reason
 
 
-class JobEnd(BaseModel):
+class JobEnd(LazyModel):
     """`synthesis_job_finished`'s input: the job and its outcome."""
 
     job: JobSpec

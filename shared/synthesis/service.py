@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from shared.audit import AuditEvent, AuditLog
 from shared.core.errors import (
@@ -53,6 +53,7 @@ from shared.core.errors import (
     InvalidRequest,
 )
 from shared.core.identity import Principal
+from shared.core.models import LazyModel
 from shared.enrollment.voices import Speaker
 from shared.synthesis.cache import STOCK_PARTITION, SynthesisCache
 from shared.synthesis.chain import (
@@ -104,7 +105,7 @@ def _refused(error: SsmlRejected, prefix: str = "Refused: ") -> InvalidRequest:
     return InvalidRequest(f"{prefix}{error.detail}", reason=error.reason, field=error.field)
 
 
-class SynthesizeBody(BaseModel):
+class SynthesizeBody(LazyModel):
     """What a caller asks to hear."""
 
     model_config = ConfigDict(

@@ -30,10 +30,11 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from shared.audit import AuditEvent, AuditLog
 from shared.core.errors import DependencyUnavailable, NotFound
+from shared.core.models import LazyModel
 from shared.enrollment.document import (
     REMOVAL_ORDER,
     CleanupRecord,
@@ -65,7 +66,7 @@ def project_id_of(voice_id: str) -> str:
     return f"timbre-{voice_id}"
 
 
-class CleanupTiming(BaseModel):
+class CleanupTiming(LazyModel):
     """How the cleanup waits, fixed when it starts (orchestrators read no settings)."""
 
     first_wait_s: int = 60  # after a failed round (doubles) and before the confirming round
@@ -73,7 +74,7 @@ class CleanupTiming(BaseModel):
     settle_s: int = 900  # no round before this confirms "done" (in-flight creates land)
 
 
-class CleanupJob(BaseModel):
+class CleanupJob(LazyModel):
     """The orchestration's input, carried from one round to the next (continue-as-new)."""
 
     tenant_id: str
@@ -89,7 +90,7 @@ class CleanupJob(BaseModel):
         return cleanup_instance_id(self.tenant_id, self.voice_id)
 
 
-class Target(BaseModel):
+class Target(LazyModel):
     """One thing to remove."""
 
     kind: RemoteKind
@@ -101,14 +102,14 @@ class Target(BaseModel):
         return f"{self.kind}:{self.id}"
 
 
-class CleanupPlan(BaseModel):
+class CleanupPlan(LazyModel):
     """What one round removes, in order; nothing unless the consent is revoked."""
 
     revoked: bool
     targets: list[Target] = Field(default_factory=list)
 
 
-class Outcome(BaseModel):
+class Outcome(LazyModel):
     """What deleting one target gave."""
 
     gone: bool  # it is not there any more (deleted now, or already absent)
@@ -118,7 +119,7 @@ class Outcome(BaseModel):
     retry_after_s: float | None = None
 
 
-class RoundReport(BaseModel):
+class RoundReport(LazyModel):
     """One round, as the orchestrator saw it."""
 
     round: int

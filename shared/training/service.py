@@ -18,11 +18,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel
-
 from shared.audit import AuditEvent, AuditLog
 from shared.core.errors import Conflict, DependencyUnavailable, DomainError, NotFound
 from shared.core.identity import Principal
+from shared.core.models import LazyModel
 from shared.core.orchestrations import ACTIVE as RUNNING_STATUSES
 from shared.core.orchestrations import Orchestrations
 from shared.enrollment.document import (
@@ -63,7 +62,7 @@ def _attempt_of(instance_id: str) -> int:
     return int(tail) if tail.isdigit() and len(tail) < 4 else 1
 
 
-class Timing(BaseModel):
+class Timing(LazyModel):
     """How long the run waits, fixed when it starts (orchestrators read no settings)."""
 
     first_poll_s: int = 60
@@ -73,7 +72,7 @@ class Timing(BaseModel):
     approval_timeout_h: int = 168
 
 
-class TrainingRun(BaseModel):
+class TrainingRun(LazyModel):
     """The orchestration's input: which voice, which dataset version, who asked."""
 
     tenant_id: str
@@ -114,7 +113,7 @@ class TrainingRun(BaseModel):
         return f"{self.voice_id}/{self.dataset_version}/"
 
 
-class Resource(BaseModel):
+class Resource(LazyModel):
     """A Custom Voice resource this run created (for status polling and compensation)."""
 
     kind: ResourceKind
@@ -122,7 +121,7 @@ class Resource(BaseModel):
     operation_id: str | None = None  # the upload's operation (training sets), for its reasons
 
 
-class ResourceStatus(BaseModel):
+class ResourceStatus(LazyModel):
     """What the service says of a resource, and whether consent still holds."""
 
     status: str
@@ -130,7 +129,7 @@ class ResourceStatus(BaseModel):
     consent_granted: bool
 
 
-class Readiness(BaseModel):
+class Readiness(LazyModel):
     """Whether training may start."""
 
     ok: bool

@@ -5,14 +5,16 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from shared.core.models import LazyModel
 
 if TYPE_CHECKING:
     from shared.core.orchestrations import OrchestrationStatus
     from shared.training.service import TrainingRun
 
 
-class TrainingState(BaseModel):
+class TrainingState(LazyModel):
     """A voice's training run as callers see it."""
 
     voice_id: str

@@ -9,9 +9,10 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Final, Self
 
-from pydantic import AliasPath, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AliasPath, BeforeValidator, ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
+from shared.core.models import LazyModel
 from shared.training.custom_voice.redaction import redact
 
 __all__ = [
@@ -90,7 +91,7 @@ OptionalText = Annotated[str | None, BeforeValidator(_text_or_none)]
 Status = Annotated[str, BeforeValidator(_status)]
 
 
-class _Wire(BaseModel):
+class _Wire(LazyModel):
     """A resource read from the service: frozen, unknown fields ignored, JSON-ready."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
