@@ -171,6 +171,14 @@ var cosmosContainers = [
     name: 'outbox'
     partitionKey: '/tenantId'
   }
+  {
+    name: 'chat'
+    partitionKey: '/tenantId'
+  }
+  {
+    name: 'metrics'
+    partitionKey: '/tenantId'
+  }
 ]
 
 // Production keeps an audit retention policy even if the parameter says 0.

@@ -60,6 +60,14 @@ class Call:
     body: BaseModel | None
     runtime: Runtime
     orchestrator_client: Orchestrations | None = None
+    queued: list[str] | None = None
+
+    def enqueue(self, message: str) -> None:
+        """Put a message on the operation's queue once the request succeeds (operations
+        declared with `queue=`); nothing is queued when the handler raises."""
+        if self.queued is None:
+            raise RuntimeError("enqueue used on an operation without a queue")
+        self.queued.append(message)
 
     @property
     def orchestrations(self) -> Orchestrations:
@@ -118,11 +126,14 @@ def endpoint(
     query: tuple[QueryParameter, ...] = (),
     orchestrations: bool = False,
     binary: tuple[str, ...] = (),
+    queue: str | None = None,
 ) -> Callable[[Handler], Any]:
     """Declare an HTTP operation; `role=None` makes it public (no token needed).
 
     `orchestrations=True` binds the Durable client (the blueprint must be a
-    `df.Blueprint`) and hands the handler `call.orchestrations`.
+    `df.Blueprint`) and hands the handler `call.orchestrations`. `queue=` binds a Storage
+    queue output (connection `AzureWebJobsStorage`) that receives what the handler passes
+    to `call.enqueue`, written by the host only when the request succeeded.
     """
 
     def register(handler: Handler) -> Any:
@@ -163,7 +174,18 @@ def endpoint(
             )
             return await asyncio.to_thread(respond, req, operation, handler, gateway)
 
-        chosen: Callable[..., Any] = durable_trigger if orchestrations else trigger
+        def queue_trigger(req: func.HttpRequest, outbox: func.Out[list[str]]) -> func.HttpResponse:
+            queued: list[str] = []
+            response = respond(req, operation, handler, queued=queued)
+            if queued and response.status_code < 400:
+                outbox.set(queued)
+            return response
+
+        if orchestrations and queue:
+            raise ValueError(f"{route}: an operation binds the Durable client or a queue, not both")
+        chosen: Callable[..., Any] = (
+            durable_trigger if orchestrations else queue_trigger if queue else trigger
+        )
         chosen.__name__ = handler.__name__
         chosen.__qualname__ = handler.__qualname__
         chosen.__doc__ = handler.__doc__
@@ -176,6 +198,10 @@ def endpoint(
         )(chosen)
         if orchestrations:
             registered = bp.durable_client_input(client_name="client")(registered)  # type: ignore[attr-defined]
+        if queue:
+            registered = bp.queue_output(
+                arg_name="outbox", queue_name=queue, connection="AzureWebJobsStorage"
+            )(registered)
         return bp.function_name(name=handler.__name__)(registered)
 
     return register
@@ -186,12 +212,14 @@ def respond(
     operation: Operation,
     handler: Handler,
     orchestrations: Orchestrations | None = None,
+    *,
+    queued: list[str] | None = None,
 ) -> func.HttpResponse:
     """Run one request through the pipeline and map its result or error."""
     request_id = request_id_from(req.headers)
     with bound(request_id):
         try:
-            result = _run(req, operation, handler, request_id, orchestrations)
+            result = _run(req, operation, handler, request_id, orchestrations, queued=queued)
             return _reply(result, operation, request_id)
         except DomainError as error:
             if error.status >= 500:
@@ -218,6 +246,8 @@ def _run(
     handler: Handler,
     request_id: str,
     orchestrations: Orchestrations | None,
+    *,
+    queued: list[str] | None = None,
 ) -> Any:
     try:
         rt = runtime()
@@ -252,6 +282,7 @@ def _run(
         body=parsed,
         runtime=rt,
         orchestrator_client=orchestrations,
+        queued=queued,
     )
     return handler(call)
 

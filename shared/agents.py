@@ -6,6 +6,8 @@ can change a voice without a deployment.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from pydantic import Field
@@ -51,57 +53,124 @@ class AgentList(LazyModel):
     agents: list[Agent]
 
 
-_PERSONAS: tuple[tuple[str, str, str, str, str, str | None], ...] = (
-    (
-        "elena",
-        "Elena",
-        "Business analyst",
-        "Elicits and structures requirements, maps processes and spots gaps.",
-        "en-US",
-        "friendly",
+@dataclass(frozen=True)
+class Persona:
+    """An agent as the chat service uses it: who it is and how it is told to behave."""
+
+    id: str
+    name: str
+    title: str
+    description: str
+    instructions: str
+    voice: str
+    locale: str
+    style: str | None
+
+    def public(self) -> Agent:
+        """The agent as the API shows it (the instructions stay inside)."""
+        return Agent(
+            id=self.id,
+            name=self.name,
+            title=self.title,
+            description=self.description,
+            voice=VoiceConfig(
+                agent_id=self.id, voice_name=self.voice, locale=self.locale, style=self.style
+            ),
+        )
+
+
+_SHARED_RULES = (
+    " Keep answers short and plain: a few sentences or a short list, no tables, no markup,"
+    " because replies may be spoken aloud. Use what the conversation summary, the known"
+    " facts and the recent turns tell you; never claim to remember anything else. If the"
+    " conversation was handed over from another agent, continue it without starting over."
+)
+
+# The built-in personas; TIMBRE_AGENTS changes any field of these or adds agents.
+_BUILT_IN: tuple[Persona, ...] = (
+    Persona(
+        id="elena",
+        name="Elena",
+        title="Business analyst",
+        description="Elicits and structures requirements, maps processes and spots gaps.",
+        instructions=(
+            "You are Elena, a business analyst. You help the user find out what they need:"
+            " ask one focused question at a time, restate requirements in your own words,"
+            " map processes step by step, and point out gaps, conflicts and assumptions."
+            + _SHARED_RULES
+        ),
+        voice="",  # from TIMBRE_AGENT_ELENA_VOICE
+        locale="en-US",
+        style="friendly",
     ),
-    (
-        "marcus",
-        "Marcus",
-        "Project manager",
-        "Plans delivery: scope, milestones, risks, owners and status.",
-        "en-US",
-        None,
+    Persona(
+        id="marcus",
+        name="Marcus",
+        title="Project manager",
+        description="Plans delivery: scope, milestones, risks, owners and status.",
+        instructions=(
+            "You are Marcus, a project manager. You turn goals into a plan: scope,"
+            " milestones, owners, dependencies and risks, and you keep status honest."
+            " Be decisive, name the next concrete step, and flag what threatens the"
+            " schedule." + _SHARED_RULES
+        ),
+        voice="",  # from TIMBRE_AGENT_MARCUS_VOICE
+        locale="en-US",
+        style=None,
     ),
 )
 
+#: Agent ids: what `agent_id` may be (also the route pattern of the voice-config endpoint).
+AGENT_ID_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}\Z")
+
 
 class AgentCatalog:
-    """The agents of this deployment, with their configured voices."""
+    """The agents of this deployment: the built-in personas with TIMBRE_AGENTS over them."""
 
     def __init__(self, settings: Settings) -> None:
         voices = {"elena": settings.agent_elena_voice, "marcus": settings.agent_marcus_voice}
-        self._agents = [
-            Agent(
-                id=agent_id,
-                name=name,
-                title=title,
-                description=description,
-                voice=VoiceConfig(
-                    agent_id=agent_id, voice_name=voices[agent_id], locale=locale, style=style
-                ),
-            )
-            for agent_id, name, title, description, locale, style in _PERSONAS
-        ]
+        personas = {p.id: replace(p, voice=voices[p.id]) for p in _BUILT_IN}
+        for agent_id, override in settings.agents.items():
+            base = personas.get(agent_id)
+            fields = override.model_dump(exclude_none=True)
+            if base is None:
+                missing = {"name", "title", "instructions", "voice", "locale"} - set(fields)
+                if missing:
+                    raise ValueError(
+                        f"TIMBRE_AGENTS: new agent {agent_id!r} needs {sorted(missing)}"
+                    )
+                personas[agent_id] = Persona(
+                    id=agent_id,
+                    description=fields.get("description", fields["title"]),
+                    style=fields.get("style"),
+                    **{k: fields[k] for k in ("name", "title", "instructions", "voice", "locale")},
+                )
+            else:
+                personas[agent_id] = replace(base, **fields)
+        self._personas = list(personas.values())
+
+    def personas(self) -> list[Persona]:
+        """Every persona, in display order (built-in ones first)."""
+        return list(self._personas)
+
+    def persona(self, agent_id: str) -> Persona:
+        """One persona by id (case-insensitive); NotFound names the known ones."""
+        wanted = agent_id.strip().lower()
+        for persona in self._personas:
+            if persona.id == wanted:
+                return persona
+        known = ", ".join(p.id for p in self._personas)
+        raise NotFound(
+            f"No agent named {agent_id[:40]!r}; known agents: {known}", reason="agent_not_found"
+        )
 
     def list(self) -> AgentList:
         """All agents."""
-        return AgentList(agents=list(self._agents))
+        return AgentList(agents=[p.public() for p in self._personas])
 
     def get(self, agent_id: str) -> Agent:
         """One agent by id (case-insensitive); NotFound names the known ones."""
-        for agent in self._agents:
-            if agent.id == agent_id.strip().lower():
-                return agent
-        known = ", ".join(a.id for a in self._agents)
-        raise NotFound(
-            f"No agent named {agent_id!r}; known agents: {known}", reason="agent_not_found"
-        )
+        return self.persona(agent_id).public()
 
     def voice_config(self, agent_id: str) -> VoiceConfig:
         """The voice configuration of one agent."""

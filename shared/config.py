@@ -18,6 +18,9 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -102,6 +105,22 @@ def _csv(value: Any) -> Any:
 
 
 CsvList = Annotated[list[str], NoDecode]
+
+DATA_REGIONS = ("EU", "UK", "US", "CA", "AU", "APAC")
+
+
+class PersonaSettings(BaseModel):
+    """One agent's persona in TIMBRE_AGENTS; every field optional over the built-in one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(None, min_length=1, max_length=40)
+    title: str | None = Field(None, min_length=1, max_length=80)
+    description: str | None = Field(None, min_length=1, max_length=400)
+    instructions: str | None = Field(None, min_length=1, max_length=8_000)
+    voice: str | None = Field(None, min_length=1, max_length=100)
+    locale: str | None = Field(None, min_length=2, max_length=35)
+    style: str | None = Field(None, min_length=1, max_length=40)
 
 
 class Settings(BaseSettings):
@@ -230,6 +249,43 @@ class Settings(BaseSettings):
     agent_marcus_voice: str = Field(
         "en-US-AndrewMultilingualNeural", validation_alias="TIMBRE_AGENT_MARCUS_VOICE"
     )
+    # Personas by agent id, over the built-in Elena and Marcus (a partial entry changes
+    # only what it names; a new id adds an agent).
+    agents: dict[str, PersonaSettings] = Field(
+        default_factory=dict, validation_alias="TIMBRE_AGENTS"
+    )
+
+    # Chat: the model, the context budget and memory.
+    chat_endpoint: str | None = Field(None, validation_alias="AZURE_AI_ENDPOINT")
+    chat_timeout_s: float = Field(
+        20.0, gt=0, le=120, validation_alias="TIMBRE_CHAT_TIMEOUT_SECONDS"
+    )
+    chat_deadline_s: float = Field(
+        45.0, gt=0, le=230, validation_alias="TIMBRE_CHAT_DEADLINE_SECONDS"
+    )
+    chat_max_retries: int = Field(2, ge=0, le=3, validation_alias="TIMBRE_CHAT_MAX_RETRIES")
+    chat_context_tokens: int = Field(
+        12_000, ge=2_000, le=1_000_000, validation_alias="TIMBRE_CHAT_CONTEXT_TOKENS"
+    )
+    chat_reply_tokens: int = Field(
+        1_000, ge=64, le=32_000, validation_alias="TIMBRE_CHAT_REPLY_TOKENS"
+    )
+    chat_summary_tokens: int = Field(
+        800, ge=100, le=8_000, validation_alias="TIMBRE_CHAT_SUMMARY_TOKENS"
+    )
+    chat_facts_tokens: int = Field(600, ge=0, le=8_000, validation_alias="TIMBRE_CHAT_FACTS_TOKENS")
+    chat_recent_turns: int = Field(4, ge=1, le=50, validation_alias="TIMBRE_CHAT_RECENT_TURNS")
+    chat_max_message_chars: int = Field(
+        4_000, ge=100, le=32_000, validation_alias="TIMBRE_CHAT_MAX_MESSAGE_CHARACTERS"
+    )
+    chat_facts_timeout_s: float = Field(
+        10.0, gt=0, le=60, validation_alias="TIMBRE_CHAT_FACTS_TIMEOUT_SECONDS"
+    )
+    # The data region of each tenant's chat (and realtime) data, by tenant id, for
+    # retention; a tenant without one is tagged `unknown` (the strictest horizon).
+    tenant_regions: dict[str, str] = Field(
+        default_factory=dict, validation_alias="TIMBRE_TENANT_REGIONS"
+    )
 
     # AI services (each optional here; the features that need them report what is missing).
     speech_region: str | None = Field(None, validation_alias="AZURE_SPEECH_REGION")
@@ -238,7 +294,7 @@ class Settings(BaseSettings):
     speech_key: str | None = Field(None, validation_alias="AZURE_SPEECH_KEY")
     openai_endpoint: str | None = Field(None, validation_alias="AZURE_OPENAI_ENDPOINT")
     openai_chat_deployment: str | None = Field(
-        None, validation_alias="AZURE_OPENAI_CHAT_DEPLOYMENT"
+        None, validation_alias=AliasChoices("AZURE_OPENAI_CHAT_DEPLOYMENT", "AZURE_AI_DEPLOYMENT")
     )
     openai_tts_deployment: str | None = Field(None, validation_alias="AZURE_OPENAI_TTS_DEPLOYMENT")
     translator_endpoint: str | None = Field(None, validation_alias="AZURE_TRANSLATOR_ENDPOINT")
@@ -348,6 +404,51 @@ class Settings(BaseSettings):
             raise ValueError(f"not OpenAI voices: {unknown}; use {sorted(OPENAI_VOICES)}")
         return value
 
+    @field_validator("agents")
+    @classmethod
+    def _agent_ids(cls, value: dict[str, PersonaSettings]) -> dict[str, PersonaSettings]:
+        from shared.agents import AGENT_ID_PATTERN
+
+        for agent_id in value:
+            if not AGENT_ID_PATTERN.match(agent_id):
+                raise ValueError(
+                    f"{agent_id[:40]!r}: an agent id is a lowercase letter, then lowercase "
+                    "letters, digits, - and _ (1-32)"
+                )
+        return value
+
+    @field_validator("tenant_regions")
+    @classmethod
+    def _tenant_regions(cls, value: dict[str, str]) -> dict[str, str]:
+        regions = {}
+        for tenant, region in value.items():
+            if region.strip().upper() not in DATA_REGIONS:
+                raise ValueError(f"{tenant[:40]!r}: region must be one of {list(DATA_REGIONS)}")
+            regions[tenant] = region.strip().upper()
+        return regions
+
+    @model_validator(mode="after")
+    def _chat_budget(self) -> Settings:
+        # The fixed parts of every chat request must leave room for turns in the budget.
+        from shared.agents import AgentCatalog
+        from shared.chat.context import fixed_context_tokens
+
+        longest = max(len(a.instructions) for a in AgentCatalog(self).personas())
+        needed = fixed_context_tokens(
+            instructions_chars=longest,
+            message_chars=self.chat_max_message_chars,
+            facts_tokens=self.chat_facts_tokens,
+            summary_tokens=self.chat_summary_tokens,
+        )
+        if needed > self.chat_context_tokens:
+            raise ValueError(
+                f"TIMBRE_CHAT_CONTEXT_TOKENS: {self.chat_context_tokens} cannot hold the persona "
+                f"instructions, TIMBRE_CHAT_FACTS_TOKENS, TIMBRE_CHAT_SUMMARY_TOKENS and a "
+                f"message of TIMBRE_CHAT_MAX_MESSAGE_CHARACTERS (about {needed} tokens); "
+                "raise it or lower those"
+            )
+        return self
+
     @field_validator("speech_endpoint")
     @classmethod
     def _speech_endpoint(cls, value: str | None) -> str | None:
@@ -359,9 +460,11 @@ class Settings(BaseSettings):
             raise ValueError("must be an https URL (ws:// only on loopback, for containers)")
         return value
 
-    @field_validator("auth_authority")
+    @field_validator("auth_authority", "chat_endpoint")
     @classmethod
-    def _authority(cls, value: str) -> str:
+    def _plain_https_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         url = urlsplit(value)
         loopback = url.scheme == "http" and url.hostname in {"127.0.0.1", "localhost", "::1"}
         if url.scheme != "https" and not loopback:
@@ -433,11 +536,20 @@ class Settings(BaseSettings):
         """Which AI services have their settings (configured, not necessarily reachable)."""
         return {
             "speech": bool(self.speech_region or self.speech_endpoint),
-            "openai_chat": bool(self.openai_endpoint and self.openai_chat_deployment),
+            "openai_chat": bool(self.chat_model_endpoint and self.openai_chat_deployment),
             "openai_tts": bool(self.openai_endpoint and self.openai_tts_deployment),
             "translator": bool(self.translator_endpoint),
             "web_pubsub": bool(self.webpubsub_endpoint or self.webpubsub_connection_string),
         }
+
+    @property
+    def chat_model_endpoint(self) -> str | None:
+        """Where the chat model answers: AZURE_AI_ENDPOINT, else AZURE_OPENAI_ENDPOINT."""
+        return self.chat_endpoint or self.openai_endpoint
+
+    def data_region(self, tenant_id: str) -> str:
+        """The tenant's data region for data without a voice profile (chat, realtime)."""
+        return self.tenant_regions.get(tenant_id, "unknown")
 
     @property
     def version(self) -> str:
@@ -504,6 +616,7 @@ _CONNECTION_STRINGS = {
     "WebPubSubConnectionString": "WebPubSub__endpoint",
 }
 _SERVICE_ENDPOINTS = (
+    "AZURE_AI_ENDPOINT",
     "TimbreStorage__blobServiceUri",
     "TimbreStorage__queueServiceUri",
     "CosmosDb__accountEndpoint",

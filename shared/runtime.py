@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.core.errors import DependencyUnavailable
 from shared.core.telemetry import configure_logging
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
     from shared.agents import AgentCatalog
     from shared.audit import AuditLog
+    from shared.chat.language_model import LanguageModel
+    from shared.chat.memory import ChatMemory
+    from shared.chat.service import ChatService
     from shared.config import Settings
     from shared.core.auth import Authenticator
     from shared.core.health import Readiness
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from shared.ingestion.service import IngestionService
     from shared.storage.blobs import AzureBlobStore
     from shared.storage.ledger import Ledger
+    from shared.storage.rollups import RollupStore
     from shared.storage.sas import SasIssuer
     from shared.storage.scope import TenantScope
     from shared.synthesis.cache import SynthesisCache
@@ -58,6 +62,9 @@ class Runtime:
         translator: Translator | None = None,
         speech_providers: SpeechProviders | None = None,
         synthesis_cache: SynthesisCache | None = None,
+        chat_model: LanguageModel | None = None,
+        chat_memory: ChatMemory | None = None,
+        rollups: RollupStore | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         """Build nothing yet; the keyword arguments replace what settings would build."""
@@ -67,6 +74,9 @@ class Runtime:
         self._translator = translator
         self._speech_providers = speech_providers
         self._synthesis_cache = synthesis_cache
+        self._chat_model = chat_model
+        self._chat_memory = chat_memory
+        self._rollups = rollups
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
 
     @cached_property
@@ -359,6 +369,87 @@ class Runtime:
         from shared.agents import AgentCatalog
 
         return AgentCatalog(self.settings)
+
+    @cached_property
+    def rollups(self) -> RollupStore:
+        """Per-minute rollups of latency and counts (the alert rules read them)."""
+        if self._rollups is not None:
+            return self._rollups
+        from shared.storage.rollups import CosmosRollups
+
+        return CosmosRollups(self.container("metrics"))
+
+    @cached_property
+    def chat_memory(self) -> ChatMemory:
+        """Chat sessions, turns and facts."""
+        if self._chat_memory is not None:
+            return self._chat_memory
+        from shared.chat.memory import CosmosChatMemory
+
+        return CosmosChatMemory(lambda tenant_id: self.tenant_scope("chat", tenant_id))
+
+    def chat_model(self) -> LanguageModel:
+        """The agents' language model (one client per process); 503 when not configured."""
+        return self._chat_model or self._configured_chat_model
+
+    @cached_property
+    def _configured_chat_model(self) -> LanguageModel:
+        from shared.chat.language_model import ModelUnavailable
+
+        settings = self.settings
+        endpoint, deployment = settings.chat_model_endpoint, settings.openai_chat_deployment
+        if not (endpoint and deployment):
+            raise ModelUnavailable(
+                "Chat is not configured: set AZURE_OPENAI_ENDPOINT (or AZURE_AI_ENDPOINT) and "
+                "AZURE_OPENAI_CHAT_DEPLOYMENT (or AZURE_AI_DEPLOYMENT)",
+                reason="chat_model_not_configured",
+                retry_after_s=60,
+            )
+        from shared.chat.azure_openai import AzureOpenAIModel
+
+        common: dict[str, Any] = {
+            "endpoint": endpoint,
+            "deployment": deployment,
+            "timeout_s": settings.chat_timeout_s,
+            "deadline_s": settings.chat_deadline_s,
+            "max_retries": settings.chat_max_retries,
+        }
+        if settings.openai_api_key:
+            return AzureOpenAIModel(api_key=settings.openai_api_key, **common)
+        from shared.storage.clients import credential
+
+        scope = "https://cognitiveservices.azure.com/.default"
+        return AzureOpenAIModel(
+            token_provider=lambda: credential().get_token(scope).token, **common
+        )
+
+    @cached_property
+    def chat(self) -> ChatService:
+        """Chat with the persona agents: turns, memory, facts."""
+        from shared.chat.context import Budget
+        from shared.chat.service import ChatLimits, ChatService
+
+        settings = self.settings
+        return ChatService(
+            memory=self.chat_memory,
+            model=self.chat_model,
+            agents=self.agents,
+            audit=self.audit,
+            rollups=self.rollups,
+            limits=ChatLimits(
+                budget=Budget(
+                    context_tokens=settings.chat_context_tokens,
+                    reply_tokens=settings.chat_reply_tokens,
+                    summary_tokens=settings.chat_summary_tokens,
+                    facts_tokens=settings.chat_facts_tokens,
+                    recent_turns=settings.chat_recent_turns,
+                ),
+                max_message_chars=settings.chat_max_message_chars,
+                facts_timeout_s=settings.chat_facts_timeout_s,
+            ),
+            region=settings.data_region,
+            clock=self.clock,
+        )
 
     def bootstrap(self) -> list[str]:
         """Create the database, containers and blob containers the app needs."""

@@ -23,9 +23,13 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             name in platform
         ):
             monkeypatch.delenv(name)
+    from tests.kit.host import QUEUED
+
     use_runtime(None)
+    QUEUED.clear()  # no test delivers another test's queue messages
     yield
     use_runtime(None)
+    QUEUED.clear()
 
 
 @pytest.fixture

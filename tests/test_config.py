@@ -336,3 +336,92 @@ def test_the_token_lifetime_bound_is_at_most_a_day() -> None:
         TIMBRE_AUTH_MAX_TOKEN_LIFETIME_SECONDS="604800",
     )
     assert [p.split(":")[0] for p in problems] == ["TIMBRE_AUTH_MAX_TOKEN_LIFETIME_SECONDS"]
+
+
+# ---- chat ------------------------------------------------------------------------------
+
+
+def test_the_sops_chat_settings_configure_chat(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The SOP names the model AZURE_AI_ENDPOINT and AZURE_AI_DEPLOYMENT (an APIM gateway's
+    # v1 base URL); Timbre's own names work as well.
+    monkeypatch.setenv("AZURE_AI_ENDPOINT", "https://gw.azure-api.net/zimax/openai/v1")
+    monkeypatch.setenv("AZURE_AI_DEPLOYMENT", "gpt-4o-mini")
+    settings = make_settings()
+    assert settings.configured_services["openai_chat"] is True
+    assert settings.chat_model_endpoint == "https://gw.azure-api.net/zimax/openai/v1"
+    assert settings.openai_chat_deployment == "gpt-4o-mini"
+    own = make_settings(
+        AZURE_OPENAI_ENDPOINT="https://res.openai.azure.com", AZURE_AI_DEPLOYMENT=None
+    )
+    assert own.chat_model_endpoint == "https://gw.azure-api.net/zimax/openai/v1"
+    fallback = make_settings(
+        AZURE_AI_ENDPOINT=None, AZURE_OPENAI_ENDPOINT="https://r.openai.azure.com"
+    )
+    assert fallback.chat_model_endpoint == "https://r.openai.azure.com"
+    assert make_settings(AZURE_AI_ENDPOINT=None).configured_services["openai_chat"] is False
+
+
+def test_the_chat_endpoint_is_https_and_production_refuses_a_local_one() -> None:
+    with pytest.raises(ConfigurationError, match="AZURE_AI_ENDPOINT: must be an https URL"):
+        make_settings(AZURE_AI_ENDPOINT="http://gw.example.com/openai/v1")
+    assert make_settings(AZURE_AI_ENDPOINT="http://127.0.0.1:9/openai/v1").chat_endpoint
+    with pytest.raises(ConfigurationError, match="AZURE_AI_ENDPOINT: production needs"):
+        load_settings(
+            TIMBRE_ENVIRONMENT="production",
+            TimbreStorage__blobServiceUri="https://st.blob.core.windows.net",
+            CosmosDb__accountEndpoint="https://db.documents.azure.com:443/",
+            TIMBRE_AUTH_ALLOWED_TENANTS="11111111-2222-3333-4444-555555555555",
+            TIMBRE_AUTH_AUDIENCES="api://timbre",
+            AZURE_AI_ENDPOINT="https://127.0.0.1/openai/v1",
+        )
+
+
+def test_the_chat_budget_must_hold_the_fixed_parts_of_a_request() -> None:
+    with pytest.raises(ConfigurationError) as small:
+        make_settings(TIMBRE_CHAT_CONTEXT_TOKENS="3000", TIMBRE_CHAT_MAX_MESSAGE_CHARACTERS="4000")
+    assert "TIMBRE_CHAT_CONTEXT_TOKENS: 3000 cannot hold" in str(small.value)
+    assert make_settings(
+        TIMBRE_CHAT_CONTEXT_TOKENS="4000", TIMBRE_CHAT_MAX_MESSAGE_CHARACTERS="1000"
+    )
+
+
+def test_tenant_regions_are_the_retention_regions() -> None:
+    settings = make_settings(TIMBRE_TENANT_REGIONS={"contoso": "eu", "fabrikam": "APAC"})
+    assert settings.data_region("contoso") == "EU" and settings.data_region("fabrikam") == "APAC"
+    assert settings.data_region("someone-else") == "unknown"
+    with pytest.raises(ConfigurationError, match="region must be one of"):
+        make_settings(TIMBRE_TENANT_REGIONS={"contoso": "Mars"})
+
+
+def test_agents_from_configuration_change_or_add_personas() -> None:
+    from shared.agents import AgentCatalog
+
+    settings = make_settings(
+        TIMBRE_AGENTS={
+            "marcus": {"style": "cheerful", "instructions": "You are Marcus, brief."},
+            "nora": {
+                "name": "Nora",
+                "title": "Support lead",
+                "instructions": "You are Nora.",
+                "voice": "en-GB-SoniaNeural",
+                "locale": "en-GB",
+            },
+        }
+    )
+    catalog = AgentCatalog(settings)
+    marcus = catalog.persona("marcus")
+    assert (marcus.style, marcus.instructions, marcus.name) == (
+        "cheerful",
+        "You are Marcus, brief.",
+        "Marcus",
+    )
+    assert marcus.voice == settings.agent_marcus_voice
+    assert [a.id for a in catalog.list().agents] == ["elena", "marcus", "nora"]
+    assert catalog.voice_config("nora").voice_name == "en-GB-SoniaNeural"
+    assert "instructions" not in catalog.get("nora").model_dump()  # not shown by the API
+    with pytest.raises(ConfigurationError, match="new agent 'zed' needs"):
+        make_settings(TIMBRE_AGENTS={"zed": {"name": "Zed"}})
+    with pytest.raises(ConfigurationError, match="an agent id is a lowercase letter"):
+        make_settings(TIMBRE_AGENTS={"Bad Id": {"name": "X"}})
+    with pytest.raises(ConfigurationError, match="TIMBRE_AGENTS"):
+        make_settings(TIMBRE_AGENTS={"elena": {"favourite_colour": "blue"}})

@@ -10,15 +10,20 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from shared.chat.facts import ExtractedFacts, FactCandidate
 from shared.config import Settings
 from shared.runtime import Runtime, use_runtime
 from tests.kit.audio import speech, wav
+from tests.kit.fakes.language_model import ScriptedModel
 from tests.kit.fakes.speech import ScriptedProviders
 from tests.kit.host import json_body, request
-from tests.kit.triggers import deliver_upload
+from tests.kit.triggers import deliver_upload, drain_queue
 
 pytestmark = pytest.mark.integration
 AUTH = "dev_alice_analyst"
+FINANCE = FactCandidate(
+    subject="user", predicate="works in", value="finance at Contoso", confidence=0.9, turns=[1]
+)
 
 
 def upload(urls: dict[str, object], data: bytes, content_type: str) -> httpx.Response:
@@ -35,7 +40,8 @@ def test_the_quickstart_from_enrolling_a_voice_to_a_stock_voice_speaking(
     live_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     providers = ScriptedProviders()
-    runtime = Runtime(live_settings, speech_providers=providers)
+    model = ScriptedModel(facts=lambda _: ExtractedFacts(facts=[FINANCE]))
+    runtime = Runtime(live_settings, speech_providers=providers, chat_model=model)
     runtime.bootstrap()
     use_runtime(runtime)
     connection = live_settings.storage_connection_string or ""
@@ -105,3 +111,31 @@ def test_the_quickstart_from_enrolling_a_voice_to_a_stock_voice_speaking(
     assert spoken.headers["Content-Type"] == "audio/mpeg"
     assert spoken.headers["X-Timbre-Voice"] == "en-US-JennyNeural"
     assert len(spoken.get_body()) > 0
+
+    # 6. Elena answers, Marcus takes the session over, and the facts are there once the
+    # follow-up queue has been served (here the stand-in model; in Azure, Azure OpenAI).
+    first = json_body(
+        request(
+            "POST",
+            "/api/v1/chat",
+            body={"message": "I run finance at Contoso and we are replacing our CRM."},
+            token=AUTH,
+        )
+    )
+    assert first["agent"]["name"] == "Elena"
+    handed = request(
+        "POST",
+        "/api/v1/chat",
+        body={
+            "message": "Marcus, plan it.",
+            "session_id": first["session_id"],
+            "agent_id": "marcus",
+        },
+        token=AUTH,
+    )
+    assert json_body(handed)["agent"]["name"] == "Marcus"
+    drain_queue("chat-followups")
+    facts = json_body(request("GET", "/api/v1/chat/facts", token=AUTH))["items"]
+    assert [(f["subject"], f["predicate"], f["value"]) for f in facts] == [
+        ("user", "works in", "finance at Contoso")
+    ]

@@ -78,6 +78,12 @@ PATH_PARAMETERS: dict[str, PathParameter] = {
             "An agent's id, case-insensitive (e.g. elena): a letter, then letters, digits, "
             "- and _ (1-32)",
         ),
+        PathParameter(
+            "session_id", r"[0-9a-f]{32}", "A chat session's id: 32 lowercase hex characters"
+        ),
+        PathParameter(
+            "fact_id", r"f[0-9a-f]{32}", "A fact's id: f and 32 lowercase hex characters"
+        ),
     )
 }
 

@@ -36,6 +36,8 @@ COSMOS_CONTAINERS: tuple[CosmosContainerSpec, ...] = (
     CosmosContainerSpec("recordings"),  # quality reports, transcripts, per voice
     CosmosContainerSpec("voices"),  # voice profiles and their consent
     CosmosContainerSpec("outbox"),  # events waiting to be published (voice.deployed, ...)
+    CosmosContainerSpec("chat"),  # chat sessions, turns and facts, per user
+    CosmosContainerSpec("metrics"),  # per-minute rollups of latency and counts
 )
 
 # The blob containers the app needs; the audit container name comes from settings.

@@ -16,8 +16,9 @@ The rules:
    `shared.audit`, `shared.translation`, `shared.agents` or `shared.runtime`;
 3. `shared/audio` imports nothing from `shared` outside `shared/audio`;
 4. flows import each other only downstream: enrollment may import ingestion; training
-   enrollment and ingestion; synthesis enrollment (consent checks) and translation; ingestion,
-   translation, agents and audit import no flow; no flow (nor audit) imports `shared.runtime`.
+   enrollment and ingestion; synthesis enrollment (consent checks) and translation; chat
+   agents (the personas); ingestion, translation, agents and audit import no flow; no flow
+   (nor audit) imports `shared.runtime`.
    Every flow may use the foundation, `shared.config`, `shared.audio` and `shared.audit`;
 5. in `functions/`, helper modules start with `_` (and define no blueprint); every other module
    defines a module-level blueprint `bp` that `function_app.py` registers exactly once.
@@ -52,6 +53,7 @@ FLOW_MAY_IMPORT: dict[str, frozenset[str]] = {
     "synthesis": frozenset({"enrollment", "translation"}),
     "translation": frozenset(),
     "agents": frozenset(),
+    "chat": frozenset({"agents"}),  # the personas answer
     "audit": frozenset(),  # a service of every flow: it imports none of them
 }
 FLOWS = frozenset(FLOW_MAY_IMPORT) - {"audit"}

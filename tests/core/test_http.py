@@ -381,6 +381,8 @@ WALK_PARAMETERS: dict[str, list[str]] = {
     "agent": ["nobody"],
     "day": ["2020-01-01", "yesterday"],
     "job_id": ["0" * 32, "not-a-job"],
+    "session_id": ["0" * 32, "not-a-session"],
+    "fact_id": ["f" + "0" * 32, "not-a-fact"],
 }
 WALK_BODIES: dict[str, list[dict[str, Any]]] = {
     "create_voice": [
@@ -392,6 +394,8 @@ WALK_BODIES: dict[str, list[dict[str, Any]]] = {
         {"kind": "samples", "files": ["a.wav", "a.wav"]},
     ],
     "register_consent": [{"file": "consent.wav"}, {"file": "../consent.wav"}],
+    "chat": [{"message": " "}, {"message": "x" * 5000}, {"message": "hi", "agent_id": "zelda"}],
+    "switch_chat_agent": [{"agent_id": "zelda"}],
 }
 
 

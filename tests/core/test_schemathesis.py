@@ -50,6 +50,7 @@ NEED_AZURE = {
     "POST /api/v1/synthesis/jobs",
     "POST /api/v1/translate",
     "POST /api/v1/detect",
+    "POST /api/v1/chat",
 }
 
 

@@ -185,8 +185,41 @@ def dispatch(
         operation = ROUTES.by_name(fn.name)
         assert operation.handler is not None
         return respond(req, operation, operation.handler, orchestrations or MemoryOrchestrations())
+    outputs = [b for b in fn.bindings if b["type"] == "queue" and b["direction"].lower() == "out"]
+    if outputs:
+        binding = outputs[0]
+        outbox = QueueOut(binding["queueName"])
+        queued_response: func.HttpResponse = fn.call(req, **{binding["name"]: outbox})
+        return queued_response
     response: func.HttpResponse = fn.call(req)
     return response
+
+
+#: What HTTP functions put on their Storage queue output, by queue name, in order.
+QUEUED: dict[str, list[str]] = {}
+
+
+class QueueOut(func.Out[list[str]]):
+    """A queue output binding as the worker hands it over: what the function sets goes
+    through the worker's own converter (so it must be a value the host can write) and then
+    onto `QUEUED[queue]`."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        self._value: list[str] | None = None
+
+    def set(self, val: list[str]) -> None:
+        """Record the messages as the host would write them."""
+        from azure.functions.queue import QueueMessageOutConverter
+
+        datum = QueueMessageOutConverter.encode(val, expected_type=None)
+        messages = json.loads(datum.value) if datum.type == "json" else [datum.value]
+        QUEUED.setdefault(self.queue, []).extend(messages)
+        self._value = val
+
+    def get(self) -> list[str]:
+        """What the function set."""
+        return self._value or []
 
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]

@@ -43,3 +43,27 @@ def deliver_upload(
             )
         )
     return host
+
+
+def drain_queue(queue: str) -> int:
+    """Deliver every message queued on `queue` (by HTTP functions through the host) to the
+    function that the host triggers from that queue, as `func.QueueMessage`s, in order;
+    returns how many were delivered."""
+    from azure.functions.queue import QueueMessage  # the worker's own message type
+
+    from tests.kit.host import QUEUED
+
+    function = next(
+        fn
+        for fn in indexed().values()
+        if fn.trigger["type"] == "queueTrigger" and fn.trigger["queueName"] == queue
+    )
+    delivered = 0
+    while QUEUED.get(queue):
+        body = QUEUED[queue].pop(0)
+        message = QueueMessage(id=f"msg-{delivered}", body=body.encode(), dequeue_count=1)
+        function.call(
+            message=message, context=SimpleNamespace(invocation_id=f"inv-{queue}-{delivered}")
+        )
+        delivered += 1
+    return delivered

@@ -1,6 +1,6 @@
 """The Azure OpenAI TTS adapter through the real `openai` client against the wire format.
 
-An `httpx.MockTransport` plays the service on the documented route
+An `httpx2.MockTransport` (openai 3.x is built on httpx2) plays the service on the documented route
 `POST {endpoint}/openai/deployments/{deployment}/audio/speech?api-version=...`, so every
 request goes through the SDK's real client (auth headers, URL building, timeouts).
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from shared.synthesis.chain import AudioFormat, ProviderFailure, SynthesisRequest
@@ -31,7 +31,7 @@ SPOKEN = 'Tom & Jerry <3 "quotes" — café 5 > 3 über Frau Schmidt'
 AUDIO = b"RIFF\x24\x00\x00\x00WAVEfmt fake-audio"
 ROUTE = f"/openai/deployments/{DEPLOYMENT}/audio/speech"
 
-Handler = Callable[[httpx.Request], httpx.Response]
+Handler = Callable[[httpx2.Request], httpx2.Response]
 
 
 @dataclass
@@ -39,9 +39,9 @@ class Service:
     """The fake service: answers from `handler` and remembers every request."""
 
     handler: Handler
-    seen: list[httpx.Request] = field(default_factory=list)
+    seen: list[httpx2.Request] = field(default_factory=list)
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
         self.seen.append(request)
         return self.handler(request)
 
@@ -51,14 +51,14 @@ class Service:
         return parsed
 
 
-def audio_reply(_: httpx.Request) -> httpx.Response:
-    return httpx.Response(200, content=AUDIO, headers={"content-type": "audio/wav"})
+def audio_reply(_: httpx2.Request) -> httpx2.Response:
+    return httpx2.Response(200, content=AUDIO, headers={"content-type": "audio/wav"})
 
 
 def error_reply(status: int, code: str, headers: dict[str, str] | None = None) -> Handler:
-    def reply(_: httpx.Request) -> httpx.Response:
+    def reply(_: httpx2.Request) -> httpx2.Response:
         body = {"error": {"code": code, "message": "refused", "innererror": {"code": code}}}
-        return httpx.Response(status, json=body, headers=headers or {})
+        return httpx2.Response(status, json=body, headers=headers or {})
 
     return reply
 
@@ -67,7 +67,7 @@ def in_turn(*handlers: Handler) -> Handler:
     """Answers each request with the next handler."""
     remaining = iter(handlers)
 
-    def reply(request: httpx.Request) -> httpx.Response:
+    def reply(request: httpx2.Request) -> httpx2.Response:
         return next(remaining)(request)
 
     return reply
@@ -84,7 +84,7 @@ def provider(
         "default_voice": "nova",
         "timeout_s": 2.0,
         "max_retries": 1,
-        "http_client": httpx.Client(transport=httpx.MockTransport(service)),
+        "http_client": httpx2.Client(transport=httpx2.MockTransport(service)),
         "sleep": (sleeps if sleeps is not None else []).append,
     }
     options.update(overrides)
@@ -261,8 +261,8 @@ def test_server_error_without_retries_is_one_call() -> None:
 
 
 def test_read_timeout_is_a_timeout_and_not_retried() -> None:
-    def hang(req: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("timed out", request=req)
+    def hang(req: httpx2.Request) -> httpx2.Response:
+        raise httpx2.ReadTimeout("timed out", request=req)
 
     service = Service(hang)
     with pytest.raises(ProviderFailure) as caught:
@@ -279,8 +279,8 @@ def test_timeout_is_passed_to_every_request() -> None:
 
 
 def test_connection_refused_is_unavailable() -> None:
-    def refuse(req: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("[Errno 111] Connection refused", request=req)
+    def refuse(req: httpx2.Request) -> httpx2.Response:
+        raise httpx2.ConnectError("[Errno 111] Connection refused", request=req)
 
     service = Service(refuse)
     with pytest.raises(ProviderFailure) as caught:

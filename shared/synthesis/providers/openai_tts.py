@@ -49,7 +49,7 @@ from shared.synthesis.chain import (
 )
 
 if TYPE_CHECKING:
-    import httpx
+    import httpx2
     from openai import AzureOpenAI
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class OpenAITtsProvider:
         timeout_s: float = 15.0,
         max_retries: int = 1,
         max_retry_after_s: float = 1.0,
-        http_client: httpx.Client | None = None,
+        http_client: httpx2.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
         name: str = NAME,
     ) -> None:

@@ -1,0 +1,939 @@
+"""The chat service: one turn with a persona agent, the user's sessions and facts, and the
+work that follows a turn off the reply's path.
+
+A turn reads the session, its verbatim turns and the user's facts, builds a context within
+the budget (folding old turns into the summary first when they no longer fit), asks the
+model, then stores the turn and the session and hands a `FollowUp` to the caller's queue.
+The follow-up (a queue-triggered function) extracts facts, compacts the history in the
+background and records the per-minute latency rollup; when it fails, the next follow-up
+catches up, and the chat itself never waits for it.
+
+HTTP chat and the realtime voice turns call the same methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from shared.agents import AgentCatalog, Persona
+from shared.audit import AuditEvent, AuditLog, Scalar
+from shared.chat.context import (
+    MAX_TOKEN_SCALE,
+    REQUEST_OVERHEAD_TOKENS,
+    Budget,
+    Context,
+    OverBudget,
+    backlog_to_fold,
+    estimate_tokens,
+    instructions_for,
+    learned_scale,
+    plan,
+    relevant_facts,
+    turn_tokens,
+)
+from shared.chat.facts import (
+    EXTRACTION_INSTRUCTIONS,
+    MAX_FACTS_PER_USER,
+    ExtractedFacts,
+    accepted,
+    known_facts_text,
+    supersede,
+    transcript,
+)
+from shared.chat.language_model import (
+    ContentFiltered,
+    ContextTooLong,
+    LanguageModel,
+    Message,
+    ModelReply,
+    ModelUnavailable,
+    StructuredOutputInvalid,
+    TextDelta,
+)
+from shared.chat.memory import ChatMemory, SessionChanged, StoredSession, TurnTaken
+from shared.chat.records import (
+    AgentSwitch,
+    FactRecord,
+    SessionRecord,
+    TurnLatency,
+    TurnRecord,
+    turn_id,
+)
+from shared.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from shared.core.identity import Principal
+from shared.core.models import LazyModel
+from shared.storage.rollups import RollupStore, Sample
+
+log = logging.getLogger(__name__)
+
+DEFAULT_AGENT = "elena"
+SUMMARY_INSTRUCTIONS = (
+    "You keep the running summary of a conversation between a user and one or more"
+    " assistants. Given the summary so far and the next turns, write the new summary: what"
+    " the user wants, decisions, open questions, commitments, names, numbers and dates, in"
+    " plain sentences. Keep every point that still matters and drop small talk. Write only"
+    " the summary."
+)
+#: Times the context is planned before giving up (each fold shrinks the verbatim turns).
+_MAX_PLANS = 6
+
+Enqueue = Callable[[str], None]
+_UNPLANNED = Context(
+    instructions="", messages=[], estimated_tokens=0, unscaled_tokens=0, verbatim_turns=0, facts=[]
+)
+
+
+# ---- API shapes -------------------------------------------------------------------------
+
+
+class ChatRequest(LazyModel):
+    """A message to an agent."""
+
+    message: str = Field(min_length=1, max_length=32_000, description="What the user says")
+    session_id: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{32}$",
+        description="A session this user started; absent to start a new one",
+    )
+    agent_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$",
+        description="The agent to answer (elena, marcus, ...); switches the session's agent",
+    )
+
+
+class AgentSwitchRequest(LazyModel):
+    """The agent a session continues with."""
+
+    agent_id: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+
+
+class AgentRef(LazyModel):
+    """Who answered."""
+
+    id: str
+    name: str
+    title: str
+
+
+class Usage(LazyModel):
+    """Tokens the model counted for the turn."""
+
+    tokens_in: int
+    tokens_out: int
+
+
+class Latency(LazyModel):
+    """Where the turn's time went, in milliseconds."""
+
+    model_ms: float
+    timbre_ms: float
+    total_ms: float
+
+
+class ChatReply(LazyModel):
+    """The agent's reply to one message."""
+
+    session_id: str
+    turn: int
+    agent: AgentRef
+    reply: str
+    finish: Literal["complete", "length"] = Field(
+        description="`length` when the reply stopped at TIMBRE_CHAT_REPLY_TOKENS"
+    )
+    switched_from: str | None = Field(None, description="The agent before this turn, if it changed")
+    usage: Usage
+    latency_ms: Latency
+
+
+class SwitchView(LazyModel):
+    """A change of agent."""
+
+    before_turn: int
+    from_agent: str
+    to_agent: str
+    at: str
+
+
+class SessionView(LazyModel):
+    """A chat session of the caller."""
+
+    session_id: str
+    agent_id: str
+    turns: int
+    created_at: str
+    updated_at: str
+    summarised_through: int = Field(description="Turns 1..n are in the summary")
+    switches: list[SwitchView]
+
+
+class SessionPage(LazyModel):
+    """One page of the caller's sessions, most recently active first."""
+
+    items: list[SessionView]
+    next: str | None
+
+
+class TurnView(LazyModel):
+    """One exchange of a session."""
+
+    turn: int
+    agent_id: str
+    message: str
+    reply: str
+    at: str
+    finish: Literal["complete", "length"]
+
+
+class SessionDetail(SessionView):
+    """A session with its summary and a page of its turns."""
+
+    summary: str
+    history: list[TurnView]
+    next_after: int | None = Field(
+        None, description="Pass as `after` for the next page of turns; absent at the end"
+    )
+
+
+class FactView(LazyModel):
+    """Something the caller told an agent."""
+
+    fact_id: str
+    subject: str
+    predicate: str
+    value: str
+    confidence: float
+    session_id: str
+    turns: list[int]
+    updated_at: str
+    superseded: int = Field(description="How many older values this one replaced")
+
+
+class FactPage(LazyModel):
+    """One page of the caller's facts, most recently updated first."""
+
+    items: list[FactView]
+    next: str | None
+
+
+class FollowUp(LazyModel):
+    """The work after a turn, as queued (ids and figures only: no text)."""
+
+    tenant_id: str
+    user_id: str
+    session_id: str
+    turn: int
+    at: str
+    model_ms: float
+    total_ms: float
+    tokens_in: int
+    tokens_out: int
+
+
+class FollowUpResult(LazyModel):
+    """What a follow-up did."""
+
+    facts_added: int = 0
+    facts_through: int = 0
+    summarised_through: int = 0
+    skipped: str | None = None
+
+
+# ---- the service ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatLimits:
+    """The budget and the bounds of chat, from settings."""
+
+    budget: Budget
+    max_message_chars: int
+    facts_timeout_s: float
+
+
+@dataclass
+class _Turn:
+    """One turn in the making."""
+
+    caller: Principal
+    persona: Persona
+    session: SessionRecord
+    etag: str | None  # None: a new session, not stored yet
+    switched_from: str | None
+    context: Context
+    message: str
+    started: float
+    model_ms: float = 0.0
+
+
+class ChatService:
+    """Chat turns, sessions and facts of the caller (tenant and user from the token)."""
+
+    def __init__(
+        self,
+        *,
+        memory: ChatMemory,
+        model: Callable[[], LanguageModel],
+        agents: AgentCatalog,
+        audit: AuditLog,
+        rollups: RollupStore,
+        limits: ChatLimits,
+        region: Callable[[str], str],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._memory = memory
+        self._model = model
+        self._agents = agents
+        self._audit = audit
+        self._rollups = rollups
+        self._limits = limits
+        self._region = region
+        self._clock = clock
+
+    # -- a turn ------------------------------------------------------------------------
+
+    def send(self, caller: Principal, request: ChatRequest, enqueue: Enqueue) -> ChatReply:
+        """Answer one message, store the turn, and queue its follow-up."""
+        turn = self._begin(caller, request)
+        limit = self._limits.budget.reply_tokens
+        reply = self._ask(
+            turn,
+            lambda model, ctx: model.reply(ctx.instructions, ctx.messages, max_output_tokens=limit),
+        )
+        return self._finish(turn, reply, enqueue)
+
+    def stream(
+        self, caller: Principal, request: ChatRequest, enqueue: Enqueue
+    ) -> Iterator[TextDelta | ChatReply]:
+        """Answer one message as it is written: deltas, then the stored turn's `ChatReply`."""
+        turn = self._begin(caller, request)
+        model = self._model()
+        budget = self._limits.budget
+        final: ModelReply | None = None
+        for event in model.stream(
+            turn.context.instructions, turn.context.messages, max_output_tokens=budget.reply_tokens
+        ):
+            if isinstance(event, TextDelta):
+                yield event
+            else:
+                final = event
+        if final is None:
+            raise ModelUnavailable("The model's stream ended without a reply")
+        turn.model_ms += final.model_ms
+        yield self._finish(turn, final, enqueue)
+
+    def _begin(self, caller: Principal, request: ChatRequest) -> _Turn:
+        started = time.perf_counter()
+        message = request.message
+        if not message.strip():
+            raise InvalidRequest("message is empty", reason="empty_message")
+        if len(message) > self._limits.max_message_chars:
+            raise PayloadTooLarge(
+                f"message is longer than {self._limits.max_message_chars} characters",
+                reason="message_too_long",
+            )
+        wanted = self._persona(request.agent_id) if request.agent_id else None
+        self._model()  # not configured: 503 before anything is read
+        tenant, user = caller.tenant_id, caller.subject
+        if request.session_id is None:
+            persona = wanted or self._agents.persona(DEFAULT_AGENT)
+            now = self._now()
+            session = SessionRecord(
+                id=uuid.uuid4().hex,
+                user_id=user,
+                agent_id=persona.id,
+                created_at=now,
+                updated_at=now,
+                data_region=self._region(tenant),
+            )
+            etag: str | None = None
+            turns: list[TurnRecord] = []
+        else:
+            stored = self._own_session(caller, request.session_id)
+            session, etag = stored.record, stored.etag
+            persona = wanted or self._agents.persona(session.agent_id)
+            turns = self._memory.turns(tenant, user, session.id, after=session.summary_through)
+        switched_from = session.agent_id if persona.id != session.agent_id else None
+        facts = self._memory.facts(tenant, user, limit=MAX_FACTS_PER_USER)
+        turn = _Turn(caller, persona, session, etag, switched_from, _UNPLANNED, message, started)
+        turn.context = self._plan(turn, facts, turns)
+        return turn
+
+    def _plan(self, turn: _Turn, facts: list[FactRecord], turns: list[TurnRecord]) -> Context:
+        """A context that fits, folding old turns into the summary as often as needed."""
+        budget = self._limits.budget
+        handover = self._handover(turn.session, turns, turn.persona)
+        for _ in range(_MAX_PLANS):
+            session = turn.session
+            chosen = relevant_facts(
+                facts, turn.message, budget_tokens=budget.facts_tokens, scale=session.token_scale
+            )
+            try:
+                planned = plan(
+                    persona_instructions=turn.persona.instructions,
+                    facts=chosen,
+                    summary=session.summary,
+                    summary_through=session.summary_through,
+                    turns=turns,
+                    message=turn.message,
+                    budget=budget,
+                    scale=session.token_scale,
+                    handover=handover,
+                )
+            except OverBudget as over:
+                if session.summary and estimate_tokens(session.summary) > budget.summary_tokens:
+                    turns = self._fold(turn, turns, through=session.summary_through)
+                    continue
+                raise PayloadTooLarge(
+                    "This message does not fit the session's context budget "
+                    f"(about {over.estimated_tokens} tokens of "
+                    f"{budget.context_tokens}); send a shorter one",
+                    reason="message_too_long",
+                ) from None
+            if isinstance(planned, Context):
+                return planned
+            turns = self._fold(turn, turns, through=planned.through)
+        raise RuntimeError("the context did not fit after folding every turn")
+
+    def _handover(
+        self, session: SessionRecord, turns: list[TurnRecord], persona: Persona
+    ) -> tuple[str, str] | None:
+        """The agent whose replies the new persona takes over, if the last one was another."""
+        previous = turns[-1].agent_id if turns else session.agent_id
+        if previous == persona.id or not (turns or session.summary):
+            return None
+        try:
+            before = self._agents.persona(previous)
+        except NotFound:
+            return ("another agent", "no longer configured")
+        return (before.name, before.title)
+
+    def _ask(self, turn: _Turn, call: Callable[[LanguageModel, Context], ModelReply]) -> ModelReply:
+        """Ask the model; if it finds the context too long after all (the text tokenizes
+        worse than estimated), raise the session's estimate and plan again, twice at most."""
+        model = self._model()
+        for attempt in range(3):
+            try:
+                reply = call(model, turn.context)
+            except ContextTooLong:
+                log.warning(
+                    "model found the context too long",
+                    extra={"event": "chat_context_long", "attempt": attempt + 1},
+                )
+                if attempt == 2:
+                    break
+                self._replan_tighter(turn)
+                continue
+            turn.model_ms += reply.model_ms
+            return reply
+        raise PayloadTooLarge(
+            "The conversation does not fit the model's context window even summarised; "
+            "send a shorter message or start a new session",
+            reason="context_too_long",
+        )
+
+    def _replan_tighter(self, turn: _Turn) -> None:
+        session = turn.session
+        turn.session = session.model_copy(
+            update={"token_scale": min(MAX_TOKEN_SCALE, session.token_scale * 1.5)}
+        )
+        tenant, user = turn.caller.tenant_id, turn.caller.subject
+        turns = (
+            self._memory.turns(tenant, user, session.id, after=turn.session.summary_through)
+            if turn.etag is not None
+            else []
+        )
+        facts = self._memory.facts(tenant, user, limit=MAX_FACTS_PER_USER)
+        turn.context = self._plan(turn, facts, turns)
+
+    def _finish(self, turn: _Turn, reply: ModelReply, enqueue: Enqueue) -> ChatReply:
+        """Store the turn and the session, queue the follow-up, and answer."""
+        tenant, user = turn.caller.tenant_id, turn.caller.subject
+        session = turn.session
+        number = session.turns + 1
+        now = self._now()
+        total_ms = (time.perf_counter() - turn.started) * 1000
+        latency = TurnLatency(
+            model_ms=round(turn.model_ms, 1),
+            timbre_ms=round(max(0.0, total_ms - turn.model_ms), 1),
+            total_ms=round(total_ms, 1),
+        )
+        record = TurnRecord(
+            id=turn_id(session.id, number),
+            user_id=user,
+            session_id=session.id,
+            number=number,
+            agent_id=turn.persona.id,
+            message=turn.message,
+            reply=reply.text,
+            at=now,
+            tokens_in=reply.tokens_in,
+            tokens_out=reply.tokens_out,
+            finish=reply.finish,
+            latency=latency,
+            data_region=session.data_region,
+        )
+        scale = learned_scale(session.token_scale, reply.tokens_in, turn.context.unscaled_tokens)
+
+        def advance(stored: SessionRecord) -> None:
+            stored.turns = max(stored.turns, number)
+            stored.updated_at = now
+            stored.token_scale = max(stored.token_scale, scale)
+            if turn.switched_from is not None and stored.agent_id != turn.persona.id:
+                stored.switches = [
+                    *stored.switches[-49:],
+                    AgentSwitch(
+                        before_turn=number,
+                        from_agent=stored.agent_id,
+                        to_agent=turn.persona.id,
+                        at=now,
+                    ),
+                ]
+                stored.switch_count += 1
+            stored.agent_id = turn.persona.id
+
+        if turn.etag is None:
+            advance(session)
+            self._memory.create_session(tenant, session)
+            self._audit_event(
+                turn.caller, "chat.session_started", session.id, agent=turn.persona.id
+            )
+            self._add_turn(tenant, record)
+        else:
+            self._add_turn(tenant, record)
+            advance(session)
+            try:
+                self._memory.replace_session(tenant, session, etag=turn.etag)
+            except SessionChanged:
+                self._memory.change_session(tenant, user, session.id, advance)
+            except KeyError:
+                raise NotFound(
+                    "The session was deleted while the reply was written",
+                    reason="session_not_found",
+                ) from None
+        if turn.switched_from is not None:
+            self._audit_event(
+                turn.caller,
+                "chat.agent_switched",
+                session.id,
+                agent=turn.persona.id,
+                previous=turn.switched_from,
+            )
+        total_ms = (time.perf_counter() - turn.started) * 1000
+        work = FollowUp(
+            tenant_id=tenant,
+            user_id=user,
+            session_id=session.id,
+            turn=number,
+            at=now,
+            model_ms=round(turn.model_ms, 1),
+            total_ms=round(total_ms, 1),
+            tokens_in=reply.tokens_in,
+            tokens_out=reply.tokens_out,
+        )
+        enqueue(work.model_dump_json())
+        log.info(
+            "chat turn",
+            extra={
+                "event": "chat_turn",
+                "turn": number,
+                "agent": turn.persona.id,
+                "model_ms": round(turn.model_ms, 1),
+                "total_ms": round(total_ms, 1),
+                "tokens_in": reply.tokens_in,
+                "tokens_out": reply.tokens_out,
+            },
+        )
+        return ChatReply(
+            session_id=session.id,
+            turn=number,
+            agent=AgentRef(id=turn.persona.id, name=turn.persona.name, title=turn.persona.title),
+            reply=reply.text,
+            finish=reply.finish,
+            switched_from=turn.switched_from,
+            usage=Usage(tokens_in=reply.tokens_in, tokens_out=reply.tokens_out),
+            latency_ms=Latency(
+                model_ms=round(turn.model_ms, 1),
+                timbre_ms=round(max(0.0, total_ms - turn.model_ms), 1),
+                total_ms=round(total_ms, 1),
+            ),
+        )
+
+    def _add_turn(self, tenant: str, record: TurnRecord) -> None:
+        try:
+            self._memory.add_turn(tenant, record)
+        except TurnTaken:
+            raise Conflict(
+                "Another message of this session was answered at the same time; "
+                "read the session and send again",
+                reason="session_busy",
+            ) from None
+
+    # -- compaction ----------------------------------------------------------------------
+
+    def _fold(self, turn: _Turn, turns: list[TurnRecord], *, through: int) -> list[TurnRecord]:
+        """Fold the verbatim turns up to `through` into the summary (a model call) and
+        return the turns still verbatim."""
+        folded = self._summarise(turn.caller.tenant_id, turn.session, turns, through)
+        turn.model_ms += folded[1]
+        turn.session = folded[0]
+        return [t for t in turns if t.number > turn.session.summary_through]
+
+    def _summarise(
+        self, tenant: str, session: SessionRecord, turns: list[TurnRecord], through: int
+    ) -> tuple[SessionRecord, float]:
+        """A new summary covering turns 1..`through`, stored unless someone folded first;
+        returns the session as it now stands and the model time spent."""
+        budget = self._limits.budget
+        model = self._model()
+        names = {p.id: p.name for p in self._agents.personas()}
+        summary = session.summary
+        covered = session.summary_through
+        spent = 0.0
+        pending = [t for t in turns if covered < t.number <= through]
+        limit = max(64, budget.summary_tokens // 2)
+        room = budget.context_tokens / session.token_scale - REQUEST_OVERHEAD_TOKENS
+        while pending or estimate_tokens(summary) > budget.summary_tokens:
+            chunk: list[TurnRecord] = []
+            used = estimate_tokens(SUMMARY_INSTRUCTIONS) + estimate_tokens(summary) + 32
+            while pending and used + turn_tokens(pending[0]) <= room:
+                used += turn_tokens(pending[0])
+                chunk.append(pending.pop(0))
+            if not chunk and pending:
+                raise RuntimeError("one turn alone exceeds the context budget")
+            text = f"Summary so far:\n{summary or '(none)'}\n\nNext turns:\n" + (
+                transcript(chunk, names) if chunk else "(none: shorten the summary)"
+            )
+            answer = model.reply(
+                SUMMARY_INSTRUCTIONS, [Message("user", text)], max_output_tokens=limit
+            )
+            spent += answer.model_ms
+            summary = answer.text.strip()
+            if chunk:
+                covered = chunk[-1].number
+            limit = max(64, limit // 2)  # a summary still too long is asked to be shorter
+
+        def apply(stored: SessionRecord) -> None:
+            if stored.summary_through >= covered:
+                return  # another fold got there first: keep it
+            stored.summary = summary
+            stored.summary_through = covered
+
+        try:
+            stored = self._memory.change_session(tenant, session.user_id, session.id, apply)
+            updated = stored.record
+        except KeyError:
+            # A session not stored yet (its first turn): the fold lives in memory until then.
+            updated = session.model_copy(update={"summary": summary, "summary_through": covered})
+        log.info(
+            "chat history summarised",
+            extra={"event": "chat_summarised", "through": covered, "model_ms": round(spent, 1)},
+        )
+        return updated, spent
+
+    # -- follow-up -----------------------------------------------------------------------
+
+    def follow_up(self, work: FollowUp) -> FollowUpResult:
+        """After a turn: extract facts, compact the history, record the latency rollup.
+
+        Model failures are logged and left for the next follow-up (facts and summaries
+        catch up over every turn since the last success); storage failures raise, so the
+        queue delivers the work again.
+        """
+        self._rollups.record(
+            work.tenant_id,
+            Sample(
+                signal="chat",
+                at=datetime.fromisoformat(work.at),
+                latency_ms=work.total_ms,
+                counts={
+                    "turns": 1,
+                    "modelMs": round(work.model_ms),
+                    "tokensIn": work.tokens_in,
+                    "tokensOut": work.tokens_out,
+                },
+            ),
+        )
+        stored = self._memory.session(work.tenant_id, work.user_id, work.session_id)
+        if stored is None:
+            return FollowUpResult(skipped="session_deleted")
+        session = stored.record
+        result = FollowUpResult(
+            facts_through=session.facts_through, summarised_through=session.summary_through
+        )
+        turns = self._memory.turns(
+            work.tenant_id,
+            work.user_id,
+            session.id,
+            after=min(session.facts_through, session.summary_through),
+        )
+        try:
+            result.facts_added, result.facts_through = self._extract(work, session, turns)
+        except ModelUnavailable:
+            log.warning("fact extraction deferred", extra={"event": "chat_facts_deferred"})
+        try:
+            result.summarised_through = self._compact(work.tenant_id, session, turns)
+        except ModelUnavailable:
+            log.warning("compaction deferred", extra={"event": "chat_compaction_deferred"})
+        return result
+
+    def _extract(
+        self, work: FollowUp, session: SessionRecord, turns: list[TurnRecord]
+    ) -> tuple[int, int]:
+        """Facts from the turns not yet read; returns (facts stored, facts_through)."""
+        fresh = [t for t in turns if t.number > session.facts_through]
+        if not fresh:
+            return 0, session.facts_through
+        budget = self._limits.budget
+        known = self._memory.facts(work.tenant_id, work.user_id, limit=MAX_FACTS_PER_USER)
+        known_text = known_facts_text(known[:50])
+        names = {p.id: p.name for p in self._agents.personas()}
+        room = (
+            budget.context_tokens / session.token_scale
+            - estimate_tokens(EXTRACTION_INSTRUCTIONS)
+            - estimate_tokens(known_text)
+            - REQUEST_OVERHEAD_TOKENS
+        )
+        chunk: list[TurnRecord] = []
+        used = 0
+        for turn in fresh:
+            if chunk and used + turn_tokens(turn) > room:
+                break
+            chunk.append(turn)
+            used += turn_tokens(turn)
+        through = chunk[-1].number
+        added = 0
+        try:
+            answer = self._model().structured(
+                EXTRACTION_INSTRUCTIONS,
+                [Message("developer", known_text), Message("user", transcript(chunk, names))],
+                ExtractedFacts,
+                max_output_tokens=800,
+                timeout_s=self._limits.facts_timeout_s,
+            )
+        except (StructuredOutputInvalid, ContentFiltered):
+            # These turns will not give facts on a second reading either: move past them.
+            log.warning("fact extraction gave nothing usable", extra={"event": "chat_facts_skip"})
+        else:
+            by_id = {fact.id: fact for fact in known}
+            for fact in accepted(
+                answer.value,
+                user_id=work.user_id,
+                session_id=session.id,
+                turns=chunk,
+                region=session.data_region,
+            ):
+                chosen = supersede(by_id.get(fact.id), fact)
+                if chosen is not None:
+                    self._memory.put_fact(work.tenant_id, chosen)
+                    added += 1
+            self._trim_facts(work.tenant_id, work.user_id)
+
+        def advance(stored: SessionRecord) -> None:
+            stored.facts_through = max(stored.facts_through, through)
+
+        try:
+            self._memory.change_session(work.tenant_id, work.user_id, session.id, advance)
+        except KeyError:
+            return added, through
+        return added, through
+
+    def _trim_facts(self, tenant: str, user: str) -> None:
+        """Keep at most MAX_FACTS_PER_USER facts: the least confident, oldest go first."""
+        facts = self._memory.facts(tenant, user, limit=MAX_FACTS_PER_USER + 50)
+        if len(facts) <= MAX_FACTS_PER_USER:
+            return
+        ranked = sorted(facts, key=lambda f: (f.confidence, f.updated_at))
+        for fact in ranked[: len(facts) - MAX_FACTS_PER_USER]:
+            self._memory.delete_fact(tenant, user, fact.id)
+
+    def _compact(self, tenant: str, session: SessionRecord, turns: list[TurnRecord]) -> int:
+        """Fold old turns into the summary before the reply path has to."""
+        verbatim = [t for t in turns if t.number > session.summary_through]
+        persona = self._persona_or_default(session.agent_id)
+        fixed = (
+            REQUEST_OVERHEAD_TOKENS
+            + estimate_tokens(instructions_for(persona.instructions, [], "", 0, None))
+            + self._limits.budget.facts_tokens
+            + self._limits.budget.summary_tokens
+            + estimate_tokens("x" * self._limits.max_message_chars)
+        )
+        through = backlog_to_fold(
+            verbatim, self._limits.budget, fixed_tokens=fixed, scale=session.token_scale
+        )
+        if through is None:
+            return session.summary_through
+        updated, _ = self._summarise(tenant, session, verbatim, through)
+        return updated.summary_through
+
+    # -- sessions and facts ----------------------------------------------------------------
+
+    def sessions(
+        self, caller: Principal, *, page_size: int, continuation: str | None
+    ) -> SessionPage:
+        """The caller's sessions, most recently active first."""
+        items, token = self._memory.sessions(
+            caller.tenant_id, caller.subject, page_size=page_size, continuation=continuation
+        )
+        return SessionPage(items=[_session_view(s) for s in items], next=token)
+
+    def session(
+        self, caller: Principal, session_id: str, *, after: int = 0, limit: int = 50
+    ) -> SessionDetail:
+        """One of the caller's sessions with its summary and the turns after `after`."""
+        stored = self._own_session(caller, session_id).record
+        turns = self._memory.turns(caller.tenant_id, caller.subject, session_id, after=after)
+        page = turns[:limit]
+        view = _session_view(stored)
+        self._audit_event(caller, "chat.session_read", session_id)
+        return SessionDetail(
+            **view.model_dump(),
+            summary=stored.summary,
+            history=[
+                TurnView(
+                    turn=t.number,
+                    agent_id=t.agent_id,
+                    message=t.message,
+                    reply=t.reply,
+                    at=t.at,
+                    finish=t.finish,
+                )
+                for t in page
+            ],
+            next_after=page[-1].number if len(turns) > limit else None,
+        )
+
+    def delete_session(self, caller: Principal, session_id: str) -> None:
+        """Delete one of the caller's sessions with its turns, summary and facts."""
+        self._own_session(caller, session_id)
+        erased = self._memory.delete_session(caller.tenant_id, caller.subject, session_id)
+        self._audit_event(
+            caller, "chat.session_deleted", session_id, turns=erased.turns, facts=erased.facts
+        )
+
+    def switch_agent(self, caller: Principal, session_id: str, agent_id: str) -> SessionView:
+        """Make another agent answer the session's next messages; the history stays."""
+        persona = self._persona(agent_id)
+        self._own_session(caller, session_id)
+        now = self._now()
+        previous: list[str] = []
+
+        def apply(stored: SessionRecord) -> None:
+            previous[:] = [stored.agent_id]
+            if stored.agent_id == persona.id:
+                return
+            stored.switches = [
+                *stored.switches[-49:],
+                AgentSwitch(
+                    before_turn=stored.turns + 1,
+                    from_agent=stored.agent_id,
+                    to_agent=persona.id,
+                    at=now,
+                ),
+            ]
+            stored.switch_count += 1
+            stored.agent_id = persona.id
+            stored.updated_at = now
+
+        try:
+            stored = self._memory.change_session(
+                caller.tenant_id, caller.subject, session_id, apply
+            )
+        except KeyError:
+            raise NotFound(f"No chat session {session_id}", reason="session_not_found") from None
+        if previous and previous[0] != persona.id:
+            self._audit_event(
+                caller, "chat.agent_switched", session_id, agent=persona.id, previous=previous[0]
+            )
+        return _session_view(stored.record)
+
+    def facts(self, caller: Principal, *, page_size: int, continuation: str | None) -> FactPage:
+        """The caller's facts, most recently updated first."""
+        items, token = self._memory.fact_page(
+            caller.tenant_id, caller.subject, page_size=page_size, continuation=continuation
+        )
+        self._audit_event(caller, "chat.facts_read", None, count=len(items))
+        return FactPage(items=[_fact_view(f) for f in items], next=token)
+
+    def delete_fact(self, caller: Principal, fact_id: str) -> None:
+        """Delete one of the caller's facts."""
+        if not self._memory.delete_fact(caller.tenant_id, caller.subject, fact_id):
+            raise NotFound(f"No fact {fact_id}", reason="fact_not_found")
+        self._audit_event(caller, "chat.fact_deleted", None, fact=fact_id)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _own_session(self, caller: Principal, session_id: str) -> StoredSession:
+        stored = self._memory.session(caller.tenant_id, caller.subject, session_id)
+        if stored is None:
+            raise NotFound(
+                f"No chat session {session_id} of yours; omit session_id to start one",
+                reason="session_not_found",
+            )
+        return stored
+
+    def _persona(self, agent_id: str) -> Persona:
+        try:
+            return self._agents.persona(agent_id)
+        except NotFound as error:
+            raise InvalidRequest(error.detail, reason="unknown_agent") from None
+
+    def _persona_or_default(self, agent_id: str) -> Persona:
+        try:
+            return self._agents.persona(agent_id)
+        except NotFound:
+            return self._agents.persona(DEFAULT_AGENT)
+
+    def _now(self) -> str:
+        return self._clock().isoformat()
+
+    def _audit_event(
+        self, caller: Principal, action: str, session_id: str | None, **details: Scalar
+    ) -> None:
+        target_type, target_id = (
+            ("chat_session", session_id) if session_id else ("user", caller.subject)
+        )
+        self._audit.record(
+            caller.tenant_id,
+            caller.subject,
+            AuditEvent(action, target_type, target_id, details=details),
+        )
+
+
+def _session_view(session: SessionRecord) -> SessionView:
+    return SessionView(
+        session_id=session.id,
+        agent_id=session.agent_id,
+        turns=session.turns,
+        created_at=session.created_at,
+        updated_at=session.updated_at,
+        summarised_through=session.summary_through,
+        switches=[
+            SwitchView(
+                before_turn=s.before_turn, from_agent=s.from_agent, to_agent=s.to_agent, at=s.at
+            )
+            for s in session.switches
+        ],
+    )
+
+
+def _fact_view(fact: FactRecord) -> FactView:
+    return FactView(
+        fact_id=fact.id,
+        subject=fact.subject,
+        predicate=fact.predicate,
+        value=fact.value,
+        confidence=fact.confidence,
+        session_id=fact.session_id,
+        turns=fact.turns,
+        updated_at=fact.updated_at,
+        superseded=fact.superseded,
+    )
