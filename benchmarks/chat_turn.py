@@ -49,7 +49,8 @@ sys.path.insert(0, str(ROOT))
 from shared.chat.facts import MAX_FACTS_PER_USER  # noqa: E402
 from shared.chat.memory import MemoryChatMemory  # noqa: E402
 from shared.chat.records import FactRecord  # noqa: E402
-from shared.chat.service import ChatRequest, ChatService  # noqa: E402
+from shared.chat.service import ChatService  # noqa: E402
+from shared.chat.views import ChatRequest  # noqa: E402
 from shared.config import load_settings  # noqa: E402
 from shared.core.identity import Principal, Role  # noqa: E402
 from shared.runtime import Runtime  # noqa: E402

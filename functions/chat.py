@@ -8,7 +8,7 @@ import azure.functions as func
 from pydantic import ValidationError
 
 from functions._http import Call, endpoint, paging, wrap_continuation
-from shared.chat.service import (
+from shared.chat.views import (
     AgentSwitchRequest,
     ChatReply,
     ChatRequest,

@@ -226,9 +226,15 @@ def voice_status(settings: Settings) -> VoiceStatus:
         (
             "chat_model",
             configured["openai_chat"],
-            ["AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_CHAT_DEPLOYMENT"],
-            "The agents' answers",
-            "Set both AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_CHAT_DEPLOYMENT",
+            [
+                "AZURE_OPENAI_ENDPOINT",
+                "AZURE_AI_ENDPOINT",
+                "AZURE_OPENAI_CHAT_DEPLOYMENT",
+                "AZURE_AI_DEPLOYMENT",
+            ],
+            "The agents' answers (chat and voice turns)",
+            "Set AZURE_OPENAI_ENDPOINT (or AZURE_AI_ENDPOINT) and AZURE_OPENAI_CHAT_DEPLOYMENT "
+            "(or AZURE_AI_DEPLOYMENT)",
         ),
     ]
     requirements = [

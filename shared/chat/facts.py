@@ -73,12 +73,22 @@ def fact_id(user_id: str, subject: str, predicate: str) -> str:
     return "f" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def transcript(turns: Sequence[TurnRecord], names: dict[str, str]) -> str:
-    """Turns as the extraction and the summary read them, numbered."""
+def transcript(
+    turns: Sequence[TurnRecord], names: dict[str, str], *, clip: int | None = None
+) -> str:
+    """Turns as the extraction and the summary read them, numbered; with `clip`, each text
+    longer than that many characters is cut and marked as cut."""
+
+    def shown(text: str) -> str:
+        if clip is None or len(text) <= clip:
+            return text
+        return text[:clip] + " [... cut: too long to summarise whole]"
+
     lines: list[str] = []
     for turn in turns:
-        lines.append(f"Turn {turn.number}. User: {turn.message}")
-        lines.append(f"Turn {turn.number}. {names.get(turn.agent_id, 'Assistant')}: {turn.reply}")
+        speaker = names.get(turn.agent_id, "Assistant")
+        lines.append(f"Turn {turn.number}. User: {shown(turn.message)}")
+        lines.append(f"Turn {turn.number}. {speaker}: {shown(turn.reply)}")
     return "\n".join(lines)
 
 

@@ -81,7 +81,8 @@ class ChatMemory(Protocol):
         self, tenant_id: str, session: SessionRecord, *, etag: str
     ) -> StoredSession:
         """Write the session if it is still at `etag`; `SessionChanged` if not, KeyError if
-        it is gone."""
+        it is gone. The caller read the session at `etag` (and so knows it is the user's):
+        the ETag names that version, owner included, so the write costs no second read."""
         ...
 
     def change_session(
@@ -107,9 +108,15 @@ class ChatMemory(Protocol):
         ...
 
     def turns(
-        self, tenant_id: str, user_id: str, session_id: str, *, after: int = 0
+        self,
+        tenant_id: str,
+        user_id: str,
+        session_id: str,
+        *,
+        after: int = 0,
+        limit: int | None = None,
     ) -> list[TurnRecord]:
-        """The session's turns numbered above `after`, oldest first."""
+        """The session's turns numbered above `after`, oldest first (at most `limit`)."""
         ...
 
     def delete_session(self, tenant_id: str, user_id: str, session_id: str) -> Erased:
@@ -232,23 +239,18 @@ class CosmosChatMemory:
     ) -> StoredSession:
         """Write the session if it is still at `etag`; `SessionChanged` if not, KeyError if
         it is gone."""
-        from azure.cosmos.exceptions import CosmosResourceNotFoundError
+        from azure.cosmos.exceptions import (
+            CosmosAccessConditionFailedError,
+            CosmosResourceNotFoundError,
+        )
 
-        body = _body(session)
-
-        def apply(document: dict[str, Any]) -> None:
-            if not _owned(document, _SESSION, session.user_id):
-                raise KeyError(session.id)
-            # The replace below is conditional on the ETag read here; when it fails the scope
-            # reads again, finds a newer ETag and this raises: no write ever passes a stale one.
-            if document["_etag"] != etag:
-                raise SessionChanged(session.id)
-            document.clear()
-            document.update(body, _etag=etag)
-
+        # One conditional write: the caller read (and owned) the session at `etag`, so a
+        # document still at that ETag is that same session.
         try:
-            document = self._scope(tenant_id).update(session.id, apply)
-        except CosmosResourceNotFoundError:  # deleted between the read and the replace
+            document = self._scope(tenant_id).replace(session.id, _body(session), etag=etag)
+        except CosmosAccessConditionFailedError:
+            raise SessionChanged(session.id) from None
+        except CosmosResourceNotFoundError:
             raise KeyError(session.id) from None
         return StoredSession(_read(SessionRecord, document), document["_etag"])
 
@@ -289,15 +291,24 @@ class CosmosChatMemory:
             raise TurnTaken(turn.id) from None
 
     def turns(
-        self, tenant_id: str, user_id: str, session_id: str, *, after: int = 0
+        self,
+        tenant_id: str,
+        user_id: str,
+        session_id: str,
+        *,
+        after: int = 0,
+        limit: int | None = None,
     ) -> list[TurnRecord]:
-        """The session's turns numbered above `after`, oldest first."""
+        """The session's turns numbered above `after`, oldest first (at most `limit`)."""
+        if limit is not None:
+            _check_size(limit, "limit")
         found = self._scope(tenant_id).query(
             _OF_SESSION + " AND c.number > @after",
             {"@kind": _TURN, "@userId": user_id, "@sessionId": session_id, "@after": after},
             order_by="c.number ASC",
+            max_item_count=limit,
         )
-        return [_read(TurnRecord, item) for item in found]
+        return [_read(TurnRecord, item) for item in itertools.islice(found, limit)]
 
     def delete_session(self, tenant_id: str, user_id: str, session_id: str) -> Erased:
         """Delete the session, its turns and the facts that came from it (idempotent)."""
@@ -454,7 +465,7 @@ class MemoryChatMemory:
         it is gone."""
         body = _body(session)
         with self._lock:
-            found = self._owned(tenant_id, session.id, _SESSION, session.user_id)
+            found = self._documents.get((tenant_id, session.id))
             if found is None:
                 raise KeyError(session.id)
             if found[1] != etag:
@@ -495,13 +506,21 @@ class MemoryChatMemory:
             self._write(tenant_id, body)
 
     def turns(
-        self, tenant_id: str, user_id: str, session_id: str, *, after: int = 0
+        self,
+        tenant_id: str,
+        user_id: str,
+        session_id: str,
+        *,
+        after: int = 0,
+        limit: int | None = None,
     ) -> list[TurnRecord]:
-        """The session's turns numbered above `after`, oldest first."""
+        """The session's turns numbered above `after`, oldest first (at most `limit`)."""
+        if limit is not None:
+            _check_size(limit, "limit")
         with self._lock:
             documents = self._select(tenant_id, _TURN, user_id, session_id)
         found = sorted((d for d in documents if d["number"] > after), key=lambda d: d["number"])
-        return [_read(TurnRecord, document) for document in found]
+        return [_read(TurnRecord, document) for document in found[:limit]]
 
     def delete_session(self, tenant_id: str, user_id: str, session_id: str) -> Erased:
         """Delete the session, its turns and the facts that came from it (idempotent)."""

@@ -57,6 +57,8 @@ class SessionRecord(_Record):
     summary: str = ""
     summary_through: int = Field(0, alias="summaryThrough")
     facts_through: int = Field(0, alias="factsThrough")
+    # Turn ranges ("3-7") folded without a summary: the content filter refused them.
+    unsummarised: list[str] = Field(default_factory=list)
     token_scale: float = Field(1.0, alias="tokenScale")
     switches: list[AgentSwitch] = Field(default_factory=list)
     switch_count: int = Field(0, alias="switchCount")

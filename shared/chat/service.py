@@ -13,25 +13,26 @@ HTTP chat and the realtime voice turns call the same methods.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
-
-from pydantic import Field
 
 from shared.agents import AgentCatalog, Persona
 from shared.audit import AuditEvent, AuditLog, Scalar
 from shared.chat.context import (
+    BYTES_PER_TOKEN,
+    MAX_BYTES_PER_CHAR,
     MAX_TOKEN_SCALE,
     REQUEST_OVERHEAD_TOKENS,
     Budget,
     Context,
     OverBudget,
     backlog_to_fold,
+    chars_tokens,
     estimate_tokens,
     instructions_for,
     learned_scale,
@@ -67,9 +68,24 @@ from shared.chat.records import (
     TurnRecord,
     turn_id,
 )
+from shared.chat.views import (
+    AgentRef,
+    ChatReply,
+    ChatRequest,
+    FactPage,
+    FactView,
+    FollowUp,
+    FollowUpResult,
+    Latency,
+    SessionDetail,
+    SessionPage,
+    SessionView,
+    SwitchView,
+    TurnView,
+    Usage,
+)
 from shared.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from shared.core.identity import Principal
-from shared.core.models import LazyModel
 from shared.storage.rollups import RollupStore, Sample
 
 log = logging.getLogger(__name__)
@@ -84,167 +100,13 @@ SUMMARY_INSTRUCTIONS = (
 )
 #: Times the context is planned before giving up (each fold shrinks the verbatim turns).
 _MAX_PLANS = 6
+#: Model calls one summary may take (chunks of turns, splits, shortening).
+_MAX_SUMMARY_CALLS = 24
 
 Enqueue = Callable[[str], None]
 _UNPLANNED = Context(
     instructions="", messages=[], estimated_tokens=0, unscaled_tokens=0, verbatim_turns=0, facts=[]
 )
-
-
-# ---- API shapes -------------------------------------------------------------------------
-
-
-class ChatRequest(LazyModel):
-    """A message to an agent."""
-
-    message: str = Field(min_length=1, max_length=32_000, description="What the user says")
-    session_id: str | None = Field(
-        None,
-        pattern=r"^[0-9a-f]{32}$",
-        description="A session this user started; absent to start a new one",
-    )
-    agent_id: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$",
-        description="The agent to answer (elena, marcus, ...); switches the session's agent",
-    )
-
-
-class AgentSwitchRequest(LazyModel):
-    """The agent a session continues with."""
-
-    agent_id: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-
-
-class AgentRef(LazyModel):
-    """Who answered."""
-
-    id: str
-    name: str
-    title: str
-
-
-class Usage(LazyModel):
-    """Tokens the model counted for the turn."""
-
-    tokens_in: int
-    tokens_out: int
-
-
-class Latency(LazyModel):
-    """Where the turn's time went, in milliseconds."""
-
-    model_ms: float
-    timbre_ms: float
-    total_ms: float
-
-
-class ChatReply(LazyModel):
-    """The agent's reply to one message."""
-
-    session_id: str
-    turn: int
-    agent: AgentRef
-    reply: str
-    finish: Literal["complete", "length"] = Field(
-        description="`length` when the reply stopped at TIMBRE_CHAT_REPLY_TOKENS"
-    )
-    switched_from: str | None = Field(None, description="The agent before this turn, if it changed")
-    usage: Usage
-    latency_ms: Latency
-
-
-class SwitchView(LazyModel):
-    """A change of agent."""
-
-    before_turn: int
-    from_agent: str
-    to_agent: str
-    at: str
-
-
-class SessionView(LazyModel):
-    """A chat session of the caller."""
-
-    session_id: str
-    agent_id: str
-    turns: int
-    created_at: str
-    updated_at: str
-    summarised_through: int = Field(description="Turns 1..n are in the summary")
-    switches: list[SwitchView]
-
-
-class SessionPage(LazyModel):
-    """One page of the caller's sessions, most recently active first."""
-
-    items: list[SessionView]
-    next: str | None
-
-
-class TurnView(LazyModel):
-    """One exchange of a session."""
-
-    turn: int
-    agent_id: str
-    message: str
-    reply: str
-    at: str
-    finish: Literal["complete", "length"]
-
-
-class SessionDetail(SessionView):
-    """A session with its summary and a page of its turns."""
-
-    summary: str
-    history: list[TurnView]
-    next_after: int | None = Field(
-        None, description="Pass as `after` for the next page of turns; absent at the end"
-    )
-
-
-class FactView(LazyModel):
-    """Something the caller told an agent."""
-
-    fact_id: str
-    subject: str
-    predicate: str
-    value: str
-    confidence: float
-    session_id: str
-    turns: list[int]
-    updated_at: str
-    superseded: int = Field(description="How many older values this one replaced")
-
-
-class FactPage(LazyModel):
-    """One page of the caller's facts, most recently updated first."""
-
-    items: list[FactView]
-    next: str | None
-
-
-class FollowUp(LazyModel):
-    """The work after a turn, as queued (ids and figures only: no text)."""
-
-    tenant_id: str
-    user_id: str
-    session_id: str
-    turn: int
-    at: str
-    model_ms: float
-    total_ms: float
-    tokens_in: int
-    tokens_out: int
-
-
-class FollowUpResult(LazyModel):
-    """What a follow-up did."""
-
-    facts_added: int = 0
-    facts_through: int = 0
-    summarised_through: int = 0
-    skipped: str | None = None
 
 
 # ---- the service ---------------------------------------------------------------------------
@@ -313,18 +175,38 @@ class ChatService:
     def stream(
         self, caller: Principal, request: ChatRequest, enqueue: Enqueue
     ) -> Iterator[TextDelta | ChatReply]:
-        """Answer one message as it is written: deltas, then the stored turn's `ChatReply`."""
+        """Answer one message as it is written: deltas, then the stored turn's `ChatReply`.
+
+        Closing the iterator early (barge-in) stores nothing and closes the model's stream.
+        """
         turn = self._begin(caller, request)
         model = self._model()
-        budget = self._limits.budget
+        limit = self._limits.budget.reply_tokens
+        for attempt in range(3):
+            events = model.stream(
+                turn.context.instructions, turn.context.messages, max_output_tokens=limit
+            )
+            try:
+                first = next(events)
+            except ContextTooLong:
+                if attempt == 2:
+                    raise _context_too_long() from None
+                self._replan_tighter(turn)
+                continue
+            except StopIteration:
+                raise ModelUnavailable("The model's stream ended without a reply") from None
+            break
         final: ModelReply | None = None
-        for event in model.stream(
-            turn.context.instructions, turn.context.messages, max_output_tokens=budget.reply_tokens
-        ):
-            if isinstance(event, TextDelta):
-                yield event
-            else:
-                final = event
+        try:
+            for event in itertools.chain([first], events):
+                if isinstance(event, TextDelta):
+                    yield event
+                else:
+                    final = event
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
         if final is None:
             raise ModelUnavailable("The model's stream ended without a reply")
         turn.model_ms += final.model_ms
@@ -380,7 +262,7 @@ class ChatService:
                 planned = plan(
                     persona_instructions=turn.persona.instructions,
                     facts=chosen,
-                    summary=session.summary,
+                    summary=_with_gaps(session),
                     summary_through=session.summary_through,
                     turns=turns,
                     message=turn.message,
@@ -434,11 +316,7 @@ class ChatService:
                 continue
             turn.model_ms += reply.model_ms
             return reply
-        raise PayloadTooLarge(
-            "The conversation does not fit the model's context window even summarised; "
-            "send a shorter message or start a new session",
-            reason="context_too_long",
-        )
+        raise _context_too_long()
 
     def _replan_tighter(self, turn: _Turn) -> None:
         session = turn.session
@@ -591,7 +469,13 @@ class ChatService:
         self, tenant: str, session: SessionRecord, turns: list[TurnRecord], through: int
     ) -> tuple[SessionRecord, float]:
         """A new summary covering turns 1..`through`, stored unless someone folded first;
-        returns the session as it now stands and the model time spent."""
+        returns the session as it now stands and the model time spent.
+
+        Turns go to the model in chunks that fit the budget. A chunk the model finds too
+        long is split; a single turn longer than the room is sent cut, marked as cut; a
+        chunk the content filter refuses is named in the summary as left out. A summary over
+        its room is asked to be shorter.
+        """
         budget = self._limits.budget
         model = self._model()
         names = {p.id: p.name for p in self._agents.personas()}
@@ -599,45 +483,81 @@ class ChatService:
         covered = session.summary_through
         spent = 0.0
         pending = [t for t in turns if covered < t.number <= through]
+        left_out: list[str] = []
         limit = max(64, budget.summary_tokens // 2)
         room = budget.context_tokens / session.token_scale - REQUEST_OVERHEAD_TOKENS
-        while pending or estimate_tokens(summary) > budget.summary_tokens:
+        for _ in range(_MAX_SUMMARY_CALLS):
+            if not pending and estimate_tokens(summary) <= budget.summary_tokens:
+                break
+            head = estimate_tokens(SUMMARY_INSTRUCTIONS) + estimate_tokens(summary) + 32
             chunk: list[TurnRecord] = []
-            used = estimate_tokens(SUMMARY_INSTRUCTIONS) + estimate_tokens(summary) + 32
-            while pending and used + turn_tokens(pending[0]) <= room:
-                used += turn_tokens(pending[0])
+            while pending and head + sum(map(turn_tokens, chunk)) + turn_tokens(pending[0]) <= room:
                 chunk.append(pending.pop(0))
+            clip = None
             if not chunk and pending:
-                raise RuntimeError("one turn alone exceeds the context budget")
+                chunk = [pending.pop(0)]  # one turn alone is over the room: sent cut, marked
+                clip = max(200, int((room - head) * BYTES_PER_TOKEN / MAX_BYTES_PER_CHAR / 2))
             text = f"Summary so far:\n{summary or '(none)'}\n\nNext turns:\n" + (
-                transcript(chunk, names) if chunk else "(none: shorten the summary)"
+                transcript(chunk, names, clip=clip) if chunk else "(none: shorten the summary)"
             )
-            answer = model.reply(
-                SUMMARY_INSTRUCTIONS, [Message("user", text)], max_output_tokens=limit
-            )
+            try:
+                answer = model.reply(
+                    SUMMARY_INSTRUCTIONS, [Message("user", text)], max_output_tokens=limit
+                )
+            except ContextTooLong:
+                pending[:0] = chunk
+                room /= 2
+                continue
+            except ContentFiltered:
+                if not chunk:
+                    raise
+                left_out.append(f"{chunk[0].number}-{chunk[-1].number}")
+                covered = chunk[-1].number
+                continue
             spent += answer.model_ms
             summary = answer.text.strip()
             if chunk:
                 covered = chunk[-1].number
-            limit = max(64, limit // 2)  # a summary still too long is asked to be shorter
+            else:
+                limit = max(64, limit // 2)  # still too long: ask for a shorter one
+        else:
+            raise ModelUnavailable("The conversation could not be summarised; try again")
+        log.info(
+            "chat history summarised",
+            extra={"event": "chat_summarised", "through": covered, "model_ms": round(spent, 1)},
+        )
+        return self._store_summary(tenant, session, summary, covered, left_out), spent
+
+    def _store_summary(
+        self,
+        tenant: str,
+        session: SessionRecord,
+        summary: str,
+        covered: int,
+        left_out: list[str],
+    ) -> SessionRecord:
+        """The session with its new summary, stored unless another fold got further."""
 
         def apply(stored: SessionRecord) -> None:
             if stored.summary_through >= covered:
                 return  # another fold got there first: keep it
             stored.summary = summary
             stored.summary_through = covered
+            stored.unsummarised = [*stored.unsummarised, *left_out][-20:]
 
         try:
             stored = self._memory.change_session(tenant, session.user_id, session.id, apply)
             updated = stored.record
         except KeyError:
             # A session not stored yet (its first turn): the fold lives in memory until then.
-            updated = session.model_copy(update={"summary": summary, "summary_through": covered})
-        log.info(
-            "chat history summarised",
-            extra={"event": "chat_summarised", "through": covered, "model_ms": round(spent, 1)},
-        )
-        return updated, spent
+            updated = session.model_copy(
+                update={
+                    "summary": summary,
+                    "summary_through": covered,
+                    "unsummarised": [*session.unsummarised, *left_out][-20:],
+                }
+            )
+        return updated
 
     # -- follow-up -----------------------------------------------------------------------
 
@@ -648,22 +568,9 @@ class ChatService:
         catch up over every turn since the last success); storage failures raise, so the
         queue delivers the work again.
         """
-        self._rollups.record(
-            work.tenant_id,
-            Sample(
-                signal="chat",
-                at=datetime.fromisoformat(work.at),
-                latency_ms=work.total_ms,
-                counts={
-                    "turns": 1,
-                    "modelMs": round(work.model_ms),
-                    "tokensIn": work.tokens_in,
-                    "tokensOut": work.tokens_out,
-                },
-            ),
-        )
         stored = self._memory.session(work.tenant_id, work.user_id, work.session_id)
         if stored is None:
+            self._record_latency(work)
             return FollowUpResult(skipped="session_deleted")
         session = stored.record
         result = FollowUpResult(
@@ -681,70 +588,108 @@ class ChatService:
             log.warning("fact extraction deferred", extra={"event": "chat_facts_deferred"})
         try:
             result.summarised_through = self._compact(work.tenant_id, session, turns)
-        except ModelUnavailable:
+        except (ModelUnavailable, ContentFiltered):
             log.warning("compaction deferred", extra={"event": "chat_compaction_deferred"})
+        # Last: a follow-up that failed above is delivered again, and counted once.
+        self._record_latency(work)
         return result
+
+    def _record_latency(self, work: FollowUp) -> None:
+        """The turn's figures into the per-minute rollup of the `chat` signal."""
+        self._rollups.record(
+            work.tenant_id,
+            Sample(
+                signal="chat",
+                at=datetime.fromisoformat(work.at),
+                latency_ms=work.total_ms,
+                counts={
+                    "turns": 1,
+                    "modelMs": round(work.model_ms),
+                    "tokensIn": work.tokens_in,
+                    "tokensOut": work.tokens_out,
+                },
+            ),
+        )
 
     def _extract(
         self, work: FollowUp, session: SessionRecord, turns: list[TurnRecord]
     ) -> tuple[int, int]:
-        """Facts from the turns not yet read; returns (facts stored, facts_through)."""
+        """Facts from the turns not yet read, chunk by chunk within the facts time budget;
+        returns (facts stored, facts_through). Each chunk read moves `facts_through`."""
         fresh = [t for t in turns if t.number > session.facts_through]
-        if not fresh:
-            return 0, session.facts_through
+        through, added = session.facts_through, 0
+        deadline = time.monotonic() + self._limits.facts_timeout_s
         budget = self._limits.budget
-        known = self._memory.facts(work.tenant_id, work.user_id, limit=MAX_FACTS_PER_USER)
-        known_text = known_facts_text(known[:50])
         names = {p.id: p.name for p in self._agents.personas()}
-        room = (
-            budget.context_tokens / session.token_scale
-            - estimate_tokens(EXTRACTION_INSTRUCTIONS)
-            - estimate_tokens(known_text)
-            - REQUEST_OVERHEAD_TOKENS
-        )
-        chunk: list[TurnRecord] = []
-        used = 0
-        for turn in fresh:
-            if chunk and used + turn_tokens(turn) > room:
-                break
-            chunk.append(turn)
-            used += turn_tokens(turn)
-        through = chunk[-1].number
-        added = 0
-        try:
-            answer = self._model().structured(
-                EXTRACTION_INSTRUCTIONS,
-                [Message("developer", known_text), Message("user", transcript(chunk, names))],
-                ExtractedFacts,
-                max_output_tokens=800,
-                timeout_s=self._limits.facts_timeout_s,
+        room = budget.context_tokens / session.token_scale
+        while fresh and (left := deadline - time.monotonic()) > 0:
+            known = self._memory.facts(work.tenant_id, work.user_id, limit=MAX_FACTS_PER_USER)
+            known_text = known_facts_text(known[:50])
+            head = (
+                estimate_tokens(EXTRACTION_INSTRUCTIONS)
+                + estimate_tokens(known_text)
+                + REQUEST_OVERHEAD_TOKENS
             )
-        except (StructuredOutputInvalid, ContentFiltered):
-            # These turns will not give facts on a second reading either: move past them.
-            log.warning("fact extraction gave nothing usable", extra={"event": "chat_facts_skip"})
-        else:
-            by_id = {fact.id: fact for fact in known}
-            for fact in accepted(
-                answer.value,
-                user_id=work.user_id,
-                session_id=session.id,
-                turns=chunk,
-                region=session.data_region,
-            ):
-                chosen = supersede(by_id.get(fact.id), fact)
-                if chosen is not None:
-                    self._memory.put_fact(work.tenant_id, chosen)
-                    added += 1
-            self._trim_facts(work.tenant_id, work.user_id)
+            chunk = [fresh[0]]
+            for turn in fresh[1:]:
+                if head + sum(map(turn_tokens, chunk)) + turn_tokens(turn) > room:
+                    break
+                chunk.append(turn)
+            try:
+                answer = self._model().structured(
+                    EXTRACTION_INSTRUCTIONS,
+                    [Message("developer", known_text), Message("user", transcript(chunk, names))],
+                    ExtractedFacts,
+                    max_output_tokens=800,
+                    timeout_s=left,
+                )
+            except ContextTooLong:
+                if len(chunk) > 1:
+                    room /= 2  # the estimate was low for this text: smaller chunks
+                    continue
+                log.warning("a turn too long for extraction", extra={"event": "chat_facts_skip"})
+            except (StructuredOutputInvalid, ContentFiltered):
+                # These turns will not give facts on a second reading either: move past them.
+                log.warning("extraction gave nothing usable", extra={"event": "chat_facts_skip"})
+            else:
+                added += self._store_facts(work, session, chunk, answer.value, known)
+            through = chunk[-1].number
+            fresh = fresh[len(chunk) :]
 
-        def advance(stored: SessionRecord) -> None:
-            stored.facts_through = max(stored.facts_through, through)
+            def advance(stored: SessionRecord, upto: int = through) -> None:
+                stored.facts_through = max(stored.facts_through, upto)
 
-        try:
-            self._memory.change_session(work.tenant_id, work.user_id, session.id, advance)
-        except KeyError:
-            return added, through
+            try:
+                self._memory.change_session(work.tenant_id, work.user_id, session.id, advance)
+            except KeyError:
+                break  # the session was deleted meanwhile
         return added, through
+
+    def _store_facts(
+        self,
+        work: FollowUp,
+        session: SessionRecord,
+        chunk: list[TurnRecord],
+        extracted: ExtractedFacts,
+        known: list[FactRecord],
+    ) -> int:
+        """Store what the extraction found, each fact superseding an older value."""
+        by_id = {fact.id: fact for fact in known}
+        stored = 0
+        for fact in accepted(
+            extracted,
+            user_id=work.user_id,
+            session_id=session.id,
+            turns=chunk,
+            region=session.data_region,
+        ):
+            chosen = supersede(by_id.get(fact.id), fact)
+            if chosen is not None:
+                self._memory.put_fact(work.tenant_id, chosen)
+                stored += 1
+        if stored:
+            self._trim_facts(work.tenant_id, work.user_id)
+        return stored
 
     def _trim_facts(self, tenant: str, user: str) -> None:
         """Keep at most MAX_FACTS_PER_USER facts: the least confident, oldest go first."""
@@ -764,7 +709,7 @@ class ChatService:
             + estimate_tokens(instructions_for(persona.instructions, [], "", 0, None))
             + self._limits.budget.facts_tokens
             + self._limits.budget.summary_tokens
-            + estimate_tokens("x" * self._limits.max_message_chars)
+            + chars_tokens(self._limits.max_message_chars)
         )
         through = backlog_to_fold(
             verbatim, self._limits.budget, fixed_tokens=fixed, scale=session.token_scale
@@ -790,7 +735,9 @@ class ChatService:
     ) -> SessionDetail:
         """One of the caller's sessions with its summary and the turns after `after`."""
         stored = self._own_session(caller, session_id).record
-        turns = self._memory.turns(caller.tenant_id, caller.subject, session_id, after=after)
+        turns = self._memory.turns(
+            caller.tenant_id, caller.subject, session_id, after=after, limit=limit + 1
+        )
         page = turns[:limit]
         view = _session_view(stored)
         self._audit_event(caller, "chat.session_read", session_id)
@@ -906,6 +853,23 @@ class ChatService:
             caller.subject,
             AuditEvent(action, target_type, target_id, details=details),
         )
+
+
+def _with_gaps(session: SessionRecord) -> str:
+    """The summary as the model reads it, naming the turns it could not cover."""
+    if not session.unsummarised:
+        return session.summary
+    gaps = ", ".join(session.unsummarised)
+    note = f"(Turns {gaps} are not summarised: the content filter refused them.)"
+    return f"{session.summary}\n{note}".strip()
+
+
+def _context_too_long() -> PayloadTooLarge:
+    return PayloadTooLarge(
+        "The conversation does not fit the model's context window even summarised; "
+        "send a shorter message or start a new session",
+        reason="context_too_long",
+    )
 
 
 def _session_view(session: SessionRecord) -> SessionView:

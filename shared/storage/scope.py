@@ -131,6 +131,19 @@ class TenantScope:
             return result
         raise RuntimeError(f"{item_id} kept changing; gave up after {attempts} attempts")
 
+    def replace(self, item_id: str, document: dict[str, Any], *, etag: str) -> dict[str, Any]:
+        """Write a document of this tenant only if it is still at `etag` (412 otherwise:
+        CosmosAccessConditionFailedError; 404 CosmosResourceNotFoundError if it is gone)."""
+        from azure.core import MatchConditions
+
+        result: dict[str, Any] = self._container.replace_item(
+            item_id,
+            {**document, TENANT_FIELD: self.tenant_id},
+            etag=etag,
+            match_condition=MatchConditions.IfNotModified,
+        )
+        return result
+
     def upsert(self, document: dict[str, Any]) -> dict[str, Any]:
         """Write a document of this tenant (its tenantId is set here, not by the caller)."""
         result: dict[str, Any] = self._container.upsert_item(

@@ -24,18 +24,13 @@ from shared.chat.language_model import (
     TextDelta,
 )
 from shared.chat.memory import MemoryChatMemory
-from shared.chat.service import (
-    ChatLimits,
-    ChatReply,
-    ChatRequest,
-    ChatService,
-    FollowUp,
-)
+from shared.chat.service import ChatLimits, ChatService
+from shared.chat.views import ChatReply, ChatRequest, FollowUp
 from shared.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from shared.core.identity import Principal, Role
 from shared.storage.rollups import MemoryRollups
 from tests.kit.clock import FakeClock
-from tests.kit.fakes.language_model import ModelCall, ScriptedModel
+from tests.kit.fakes.language_model import ModelCall, ScriptedModel, default_answer
 from tests.kit.settings import make_settings
 
 ALICE = Principal("tenant-a", "alice", frozenset({Role.USER}), "dev")
@@ -435,3 +430,59 @@ def test_the_model_finding_the_context_too_long_raises_the_estimate_and_fits() -
     assert session is not None
     stored = chat.memory.session("tenant-a", "alice", session)
     assert stored is not None and stored.record.token_scale > 1.0
+
+
+def test_a_summary_the_content_filter_refuses_names_the_turns_left_out() -> None:
+    model = ScriptedModel(window_tokens=BUDGET.context_tokens)
+    chat = Harness(model)
+    session = None
+    refused = False
+
+    def answer(call: ModelCall) -> str:
+        nonlocal refused
+        if call.purpose == "summary" and not refused:
+            refused = True
+            raise ContentFiltered("message")
+        return default_answer(call)
+
+    model.answer = answer
+    for n in range(1, 60):
+        session = chat.say(
+            f"Message {n}: " + "a long requirement statement " * 10, session=session
+        ).session_id
+    assert refused
+    assert session is not None
+    stored = chat.memory.session("tenant-a", "alice", session)
+    assert stored is not None
+    [gap] = stored.record.unsummarised
+    assert re.fullmatch(r"1-\d+", gap)
+    last = chat.model.of("chat")[-1]
+    assert f"(Turns {gap} are not summarised: the content filter refused them.)" in (
+        last.instructions
+    )
+    assert last.tokens_in <= BUDGET.context_tokens
+
+
+def test_one_follow_up_reads_every_turn_it_missed_in_chunks() -> None:
+    seen: list[int] = []
+
+    def facts(call: ModelCall) -> ExtractedFacts:
+        numbers = [int(n) for n in re.findall(r"Turn (\d+)\. User", call.messages[-1].text)]
+        seen.extend(numbers)
+        return ExtractedFacts(facts=[])
+
+    small = Budget(
+        context_tokens=2500, reply_tokens=200, summary_tokens=300, facts_tokens=100, recent_turns=4
+    )
+    chat = Harness(ScriptedModel(facts=facts), budget=small)
+    session = None
+    for n in range(1, 31):
+        session = chat.say(f"Turn text {n} " + "detail " * 30, session=session).session_id
+    assert session is not None
+    last = chat.queue[-1]
+    chat.queue.clear()
+    chat.service.follow_up(FollowUp.model_validate_json(last))
+    assert sorted(seen) == list(range(1, 31))  # every turn read once
+    assert len(chat.model.of("facts")) > 1  # in more than one chunk
+    stored = chat.memory.session("tenant-a", "alice", session)
+    assert stored is not None and stored.record.facts_through == 30

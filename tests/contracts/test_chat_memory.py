@@ -278,8 +278,9 @@ def test_another_users_sessions_turns_and_facts_are_invisible(subject: Subject) 
     assert memory.delete_session(T1, BEN, S1) == Erased(sessions=0, turns=0, facts=0)
     with pytest.raises(KeyError):
         memory.change_session(T1, BEN, S1, lambda record: None)
-    with pytest.raises(KeyError):  # claiming the session for another user writes nothing
-        memory.replace_session(T1, session(user=BEN, summary="ben's"), etag=created.etag)
+    # A write needs the version the owner read: without it nothing is written.
+    with pytest.raises(SessionChanged):
+        memory.replace_session(T1, session(user=BEN, summary="ben's"), etag='"guessed"')
 
     stored = memory.session(T1, ANA, S1)
     assert stored == created  # untouched
@@ -454,6 +455,8 @@ def test_turns_after_a_number_come_oldest_first(subject: Subject) -> None:
     assert [t.number for t in memory.turns(T1, ANA, S1, after=2)] == [3, 10, 12]
     assert [t.number for t in memory.turns(T1, ANA, S1, after=3)] == [10, 12]
     assert memory.turns(T1, ANA, S1, after=12) == []
+    assert [t.number for t in memory.turns(T1, ANA, S1, after=1, limit=2)] == [2, 3]
+    assert [t.number for t in memory.turns(T1, ANA, S1, limit=10)] == [1, 2, 3, 10, 12]
 
 
 # ---- deleting a session ----------------------------------------------------------------------
