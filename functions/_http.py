@@ -15,10 +15,11 @@ import base64
 import binascii
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, List  # noqa: UP035 (see queue_trigger)
 
 import azure.functions as func
 from pydantic import BaseModel
@@ -46,6 +47,9 @@ from shared.storage.outages import storage_outage
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+#: A whole number as a query parameter: ASCII digits only, and short (no Unicode digits,
+#: no thousand-digit numbers).
+_WHOLE = re.compile(r"[0-9]{1,10}\Z")
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,12 @@ def endpoint(
             )
             return await asyncio.to_thread(respond, req, operation, handler, gateway)
 
-        def queue_trigger(req: func.HttpRequest, outbox: func.Out[list[str]]) -> func.HttpResponse:
+        # typing.List, not list: the worker accepts only annotations its queue converter
+        # knows, and `list[str]` is not one of them on Python 3.11.
+        def queue_trigger(
+            req: func.HttpRequest,
+            outbox: func.Out[List[str]],  # noqa: UP006
+        ) -> func.HttpResponse:
             queued: list[str] = []
             response = respond(req, operation, handler, queued=queued)
             if queued and response.status_code < 400:
@@ -316,7 +325,7 @@ def problem_response(error: DomainError, request_id: str) -> func.HttpResponse:
 
 def _page_size(call: Call) -> int:
     raw = call.query.get("page_size", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 200:
+    if not _WHOLE.fullmatch(raw) or not 1 <= int(raw) <= 200:
         raise InvalidRequest(
             "page_size must be a whole number from 1 to 200", reason="invalid_page_size"
         )

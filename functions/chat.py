@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import azure.functions as func
 from pydantic import ValidationError
@@ -203,7 +204,7 @@ def _whole(call: Call, name: str, default: int, *, minimum: int, maximum: int) -
     raw = call.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not minimum <= int(raw) <= maximum:
+    if not re.fullmatch(r"[0-9]{1,10}", raw) or not minimum <= int(raw) <= maximum:
         raise InvalidRequest(
             f"{name} must be a whole number from {minimum} to {maximum}", reason=f"invalid_{name}"
         )

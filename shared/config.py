@@ -428,6 +428,20 @@ class Settings(BaseSettings):
         return regions
 
     @model_validator(mode="after")
+    def _chat_model_endpoint(self) -> Settings:
+        # The chat endpoint must be one the adapter can call: caught here, not as a 500.
+        from shared.chat.azure_openai import base_url_for
+
+        endpoint = self.chat_model_endpoint
+        if endpoint and self.openai_chat_deployment:
+            name = "AZURE_AI_ENDPOINT" if self.chat_endpoint else "AZURE_OPENAI_ENDPOINT"
+            try:
+                base_url_for(endpoint)
+            except ValueError as error:
+                raise ValueError(f"{name}: not a chat endpoint: {error}") from None
+        return self
+
+    @model_validator(mode="after")
     def _chat_budget(self) -> Settings:
         # The fixed parts of every chat request must leave room for turns in the budget.
         from shared.agents import AgentCatalog

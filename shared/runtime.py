@@ -414,14 +414,22 @@ class Runtime:
             "deadline_s": settings.chat_deadline_s,
             "max_retries": settings.chat_max_retries,
         }
-        if settings.openai_api_key:
-            return AzureOpenAIModel(api_key=settings.openai_api_key, **common)
-        from shared.storage.clients import credential
+        try:
+            if settings.openai_api_key:
+                return AzureOpenAIModel(api_key=settings.openai_api_key, **common)
+            from shared.storage.clients import credential
 
-        scope = "https://cognitiveservices.azure.com/.default"
-        return AzureOpenAIModel(
-            token_provider=lambda: credential().get_token(scope).token, **common
-        )
+            scope = "https://cognitiveservices.azure.com/.default"
+            return AzureOpenAIModel(
+                token_provider=lambda: credential().get_token(scope).token, **common
+            )
+        except ValueError:
+            raise ModelUnavailable(
+                "The chat model's settings are not usable: check the endpoint "
+                "(AZURE_AI_ENDPOINT or AZURE_OPENAI_ENDPOINT), the deployment and the key",
+                reason="chat_model_misconfigured",
+                retry_after_s=60,
+            ) from None
 
     @cached_property
     def chat(self) -> ChatService:

@@ -425,3 +425,13 @@ def test_agents_from_configuration_change_or_add_personas() -> None:
         make_settings(TIMBRE_AGENTS={"Bad Id": {"name": "X"}})
     with pytest.raises(ConfigurationError, match="TIMBRE_AGENTS"):
         make_settings(TIMBRE_AGENTS={"elena": {"favourite_colour": "blue"}})
+
+
+def test_a_chat_endpoint_the_model_cannot_call_is_a_configuration_problem() -> None:
+    with pytest.raises(ConfigurationError, match="AZURE_OPENAI_ENDPOINT: not a chat endpoint"):
+        make_settings(
+            AZURE_OPENAI_ENDPOINT="https://x.openai.azure.com/openai/deployments/gpt-4o",
+            AZURE_OPENAI_CHAT_DEPLOYMENT="gpt-4o",
+        )
+    with pytest.raises(ConfigurationError, match="AZURE_AI_ENDPOINT: not a chat endpoint"):
+        make_settings(AZURE_AI_ENDPOINT="https://gw.example.com/v2", AZURE_AI_DEPLOYMENT="d")

@@ -148,3 +148,24 @@ def test_every_function_signature_resolves_as_the_worker_reads_it() -> None:
         for binding in fn.bindings:
             if binding["name"] != "$return":
                 assert binding["name"] in hints, f"{name}: {binding['name']} has no type"
+
+
+def test_every_output_binding_has_an_annotation_the_worker_accepts() -> None:
+    """The worker refuses to index an app whose `func.Out[T]` names a T that the binding's
+    converter does not take (`list[str]` for a queue on Python 3.11, for one): no function
+    would load. Checked here with the converters of `azure.functions` itself."""
+    from azure.functions import meta
+
+    checked = 0
+    for fn in indexed().values():
+        hints = typing.get_type_hints(fn.call)
+        for binding in fn.bindings:
+            if binding["direction"].lower() != "out" or binding["type"] == "http":
+                continue
+            annotation = hints[binding["name"]]
+            assert typing.get_origin(annotation) is not None, annotation
+            (inner,) = typing.get_args(annotation)
+            converter = meta.get_binding_registry().get(binding["type"])
+            assert converter.check_output_type_annotation(inner), (fn.name, inner)
+            checked += 1
+    assert checked >= 1  # the chat function's follow-up queue, at least

@@ -455,7 +455,11 @@ class AzureOpenAIModel:
             failure = _unavailable(_THROTTLED, retry_after_s=retry_after)
             return _Verdict(failure, backoff if wait is None else wait, short, status, code)
         if status >= 500:
-            return _Verdict(_unavailable(_UNAVAILABLE), backoff, short, status, code)
+            # A 503 may say when to come back: that wait, else the backoff.
+            wait = retry_after_seconds(error.response.headers)
+            retry_after = math.ceil(wait) if wait is not None else DEFAULT_RETRY_AFTER_S
+            failure = _unavailable(_UNAVAILABLE, retry_after_s=retry_after)
+            return _Verdict(failure, backoff if wait is None else wait, short, status, code)
         if code == "content_filter" or inner_code == "ResponsibleAIPolicyViolation":
             return _Verdict(ContentFiltered("message"), None, 0.0, status, code)
         if code == "context_length_exceeded" or (

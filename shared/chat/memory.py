@@ -45,6 +45,10 @@ class TurnTaken(Exception):
     """A turn with this number already exists: another message of the session won the race."""
 
 
+class FactChanged(Exception):
+    """A fact kept changing while it was being written."""
+
+
 class SessionTaken(Exception):
     """A document with this session id already exists in the tenant."""
 
@@ -141,6 +145,18 @@ class ChatMemory(Protocol):
         """Create or replace a fact by its id (a newer value supersedes the older one)."""
         ...
 
+    def change_fact(
+        self,
+        tenant_id: str,
+        user_id: str,
+        fact_id: str,
+        decide: Callable[[FactRecord | None], FactRecord | None],
+    ) -> FactRecord | None:
+        """Read the user's fact (None if absent), let `decide` say what to store (None:
+        nothing), and write it only if nobody wrote between (retried on a lost race);
+        returns what is stored. `FactChanged` if the fact kept changing."""
+        ...
+
     def delete_fact(self, tenant_id: str, user_id: str, fact_id: str) -> bool:
         """Delete one of the user's facts; False if there was none."""
         ...
@@ -187,6 +203,11 @@ def _check_turn(turn: TurnRecord) -> None:
 def _check_size(size: int, name: str) -> None:
     if size < 1:
         raise ValueError(f"{name} must be at least 1")
+
+
+def _check_fact(fact: FactRecord, fact_id: str, user_id: str) -> None:
+    if (fact.id, fact.user_id) != (fact_id, user_id):
+        raise ValueError("a fact change may not move the fact to another id or user")
 
 
 def _change_session(
@@ -313,11 +334,8 @@ class CosmosChatMemory:
     def delete_session(self, tenant_id: str, user_id: str, session_id: str) -> Erased:
         """Delete the session, its turns and the facts that came from it (idempotent)."""
         scope = self._scope(tenant_id)
-        sessions = 0
-        # The session goes first: the service stops adding to a session it cannot find, and a
-        # retry after a failure still finds the turns and facts by their own fields.
-        if _owned(scope.read(session_id), _SESSION, user_id):
-            sessions = int(scope.delete(session_id))
+        # Turns and facts first, the session last: a delete that fails half way still finds
+        # the session, so the caller can repeat it until everything is gone.
         counts = []
         for kind in (_TURN, _FACT):
             ids = [
@@ -327,6 +345,9 @@ class CosmosChatMemory:
                 )
             ]
             counts.append(sum(scope.delete(item_id) for item_id in ids))
+        sessions = 0
+        if _owned(scope.read(session_id), _SESSION, user_id):
+            sessions = int(scope.delete(session_id))
         return Erased(sessions=sessions, turns=counts[0], facts=counts[1])
 
     def facts(self, tenant_id: str, user_id: str, *, limit: int) -> list[FactRecord]:
@@ -364,6 +385,44 @@ class CosmosChatMemory:
     def put_fact(self, tenant_id: str, fact: FactRecord) -> None:
         """Create or replace a fact by its id (a newer value supersedes the older one)."""
         self._scope(tenant_id).upsert(_body(fact))
+
+    def change_fact(
+        self,
+        tenant_id: str,
+        user_id: str,
+        fact_id: str,
+        decide: Callable[[FactRecord | None], FactRecord | None],
+    ) -> FactRecord | None:
+        """Read, decide, write if nobody wrote between (ETag, or create-if-absent)."""
+        from azure.cosmos.exceptions import (
+            CosmosAccessConditionFailedError,
+            CosmosResourceExistsError,
+            CosmosResourceNotFoundError,
+        )
+
+        scope = self._scope(tenant_id)
+        for _ in range(CHANGE_ATTEMPTS):
+            document = scope.read(fact_id)
+            if document is not None and not _owned(document, _FACT, user_id):
+                raise KeyError(fact_id)
+            existing = None if document is None else _read(FactRecord, document)
+            chosen = decide(existing)
+            if chosen is None:
+                return existing
+            _check_fact(chosen, fact_id, user_id)
+            try:
+                if document is None:
+                    scope.create(_body(chosen))
+                else:
+                    scope.replace(fact_id, _body(chosen), etag=document["_etag"])
+            except (
+                CosmosAccessConditionFailedError,
+                CosmosResourceExistsError,
+                CosmosResourceNotFoundError,
+            ):
+                continue
+            return chosen
+        raise FactChanged(fact_id)
 
     def delete_fact(self, tenant_id: str, user_id: str, fact_id: str) -> bool:
         """Delete one of the user's facts; False if there was none."""
@@ -568,6 +627,34 @@ class MemoryChatMemory:
         body = _body(fact)
         with self._lock:
             self._write(tenant_id, body)
+
+    def change_fact(
+        self,
+        tenant_id: str,
+        user_id: str,
+        fact_id: str,
+        decide: Callable[[FactRecord | None], FactRecord | None],
+    ) -> FactRecord | None:
+        """Read, decide (outside the lock, as against Cosmos), write if nobody wrote between."""
+        for _ in range(CHANGE_ATTEMPTS):
+            with self._lock:
+                found = self._documents.get((tenant_id, fact_id))
+                if found is not None and not _owned(found[0], _FACT, user_id):
+                    raise KeyError(fact_id)
+                etag = None if found is None else found[1]
+                document = None if found is None else copy.deepcopy(found[0])
+            existing = None if document is None else _read(FactRecord, document)
+            chosen = decide(existing)
+            if chosen is None:
+                return existing
+            _check_fact(chosen, fact_id, user_id)
+            with self._lock:
+                now = self._documents.get((tenant_id, fact_id))
+                if (None if now is None else now[1]) != etag:
+                    continue
+                self._write(tenant_id, _body(chosen))
+            return chosen
+        raise FactChanged(fact_id)
 
     def delete_fact(self, tenant_id: str, user_id: str, fact_id: str) -> bool:
         """Delete one of the user's facts; False if there was none."""

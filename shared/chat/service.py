@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -84,7 +85,13 @@ from shared.chat.views import (
     TurnView,
     Usage,
 )
-from shared.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from shared.core.errors import (
+    Conflict,
+    DomainError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+)
 from shared.core.identity import Principal
 from shared.storage.rollups import RollupStore, Sample
 
@@ -102,6 +109,8 @@ SUMMARY_INSTRUCTIONS = (
 _MAX_PLANS = 6
 #: Model calls one summary may take (chunks of turns, splits, shortening).
 _MAX_SUMMARY_CALLS = 24
+#: Turns one follow-up reads; a longer backlog is read by the follow-ups after it.
+_FOLLOW_UP_TURNS = 200
 
 Enqueue = Callable[[str], None]
 _UNPLANNED = Context(
@@ -164,13 +173,38 @@ class ChatService:
 
     def send(self, caller: Principal, request: ChatRequest, enqueue: Enqueue) -> ChatReply:
         """Answer one message, store the turn, and queue its follow-up."""
-        turn = self._begin(caller, request)
-        limit = self._limits.budget.reply_tokens
-        reply = self._ask(
-            turn,
-            lambda model, ctx: model.reply(ctx.instructions, ctx.messages, max_output_tokens=limit),
-        )
-        return self._finish(turn, reply, enqueue)
+        with self._failures_counted(caller):
+            turn = self._begin(caller, request)
+            limit = self._limits.budget.reply_tokens
+            reply = self._ask(
+                turn,
+                lambda model, ctx: model.reply(
+                    ctx.instructions, ctx.messages, max_output_tokens=limit
+                ),
+            )
+            return self._finish(turn, reply, enqueue)
+
+    @contextmanager
+    def _failures_counted(self, caller: Principal) -> Iterator[None]:
+        """A turn that fails on Timbre's or the model's side still counts in the latency
+        rollup (with `errors`), so the alert on chat latency sees the worst turns too."""
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception as failure:
+            if not (isinstance(failure, DomainError) and failure.status < 500):
+                elapsed = (time.perf_counter() - started) * 1000
+                sample = Sample(
+                    signal="chat",
+                    at=self._clock(),
+                    latency_ms=elapsed,
+                    counts={"turns": 1, "errors": 1},
+                )
+                try:
+                    self._rollups.record(caller.tenant_id, sample)
+                except Exception:  # best effort: the caller gets the first failure
+                    log.warning("chat failure not counted", extra={"event": "chat_rollup_failed"})
+            raise
 
     def stream(
         self, caller: Principal, request: ChatRequest, enqueue: Enqueue
@@ -179,38 +213,39 @@ class ChatService:
 
         Closing the iterator early (barge-in) stores nothing and closes the model's stream.
         """
-        turn = self._begin(caller, request)
-        model = self._model()
-        limit = self._limits.budget.reply_tokens
-        for attempt in range(3):
-            events = model.stream(
-                turn.context.instructions, turn.context.messages, max_output_tokens=limit
-            )
+        with self._failures_counted(caller):
+            turn = self._begin(caller, request)
+            model = self._model()
+            limit = self._limits.budget.reply_tokens
+            for attempt in range(3):
+                events = model.stream(
+                    turn.context.instructions, turn.context.messages, max_output_tokens=limit
+                )
+                try:
+                    first = next(events)
+                except ContextTooLong:
+                    if attempt == 2:
+                        raise _context_too_long() from None
+                    self._replan_tighter(turn)
+                    continue
+                except StopIteration:
+                    raise ModelUnavailable("The model's stream ended without a reply") from None
+                break
+            final: ModelReply | None = None
             try:
-                first = next(events)
-            except ContextTooLong:
-                if attempt == 2:
-                    raise _context_too_long() from None
-                self._replan_tighter(turn)
-                continue
-            except StopIteration:
-                raise ModelUnavailable("The model's stream ended without a reply") from None
-            break
-        final: ModelReply | None = None
-        try:
-            for event in itertools.chain([first], events):
-                if isinstance(event, TextDelta):
-                    yield event
-                else:
-                    final = event
-        finally:
-            close = getattr(events, "close", None)
-            if close is not None:
-                close()
-        if final is None:
-            raise ModelUnavailable("The model's stream ended without a reply")
-        turn.model_ms += final.model_ms
-        yield self._finish(turn, final, enqueue)
+                for event in itertools.chain([first], events):
+                    if isinstance(event, TextDelta):
+                        yield event
+                    else:
+                        final = event
+            finally:
+                close = getattr(events, "close", None)
+                if close is not None:
+                    close()
+            if final is None:
+                raise ModelUnavailable("The model's stream ended without a reply")
+            turn.model_ms += final.model_ms
+            yield self._finish(turn, final, enqueue)
 
     def _begin(self, caller: Principal, request: ChatRequest) -> _Turn:
         started = time.perf_counter()
@@ -241,7 +276,8 @@ class ChatService:
         else:
             stored = self._own_session(caller, request.session_id)
             session, etag = stored.record, stored.etag
-            persona = wanted or self._agents.persona(session.agent_id)
+            # An agent since removed from TIMBRE_AGENTS: the default agent takes over.
+            persona = wanted or self._persona_or_default(session.agent_id)
             turns = self._memory.turns(tenant, user, session.id, after=session.summary_through)
         switched_from = session.agent_id if persona.id != session.agent_id else None
         facts = self._memory.facts(tenant, user, limit=MAX_FACTS_PER_USER)
@@ -289,7 +325,9 @@ class ChatService:
         self, session: SessionRecord, turns: list[TurnRecord], persona: Persona
     ) -> tuple[str, str] | None:
         """The agent whose replies the new persona takes over, if the last one was another."""
-        previous = turns[-1].agent_id if turns else session.agent_id
+        # The latest verbatim reply of another agent, else the agent the session had.
+        others = [t.agent_id for t in turns if t.agent_id != persona.id]
+        previous = others[-1] if others else session.agent_id
         if previous == persona.id or not (turns or session.summary):
             return None
         try:
@@ -360,11 +398,14 @@ class ChatService:
             data_region=session.data_region,
         )
         scale = learned_scale(session.token_scale, reply.tokens_in, turn.context.unscaled_tokens)
+        read_agent = session.agent_id
 
         def advance(stored: SessionRecord) -> None:
-            stored.turns = max(stored.turns, number)
+            if stored.turns >= number:  # another message took this turn number first
+                raise _busy()
+            stored.turns = number
             stored.updated_at = now
-            stored.token_scale = max(stored.token_scale, scale)
+            stored.token_scale = scale
             if turn.switched_from is not None and stored.agent_id != turn.persona.id:
                 stored.switches = [
                     *stored.switches[-49:],
@@ -376,27 +417,29 @@ class ChatService:
                     ),
                 ]
                 stored.switch_count += 1
-            stored.agent_id = turn.persona.id
+                stored.agent_id = turn.persona.id
+            elif stored.agent_id == read_agent:
+                stored.agent_id = turn.persona.id
+            # else: the agent was switched while this reply was written; the switch stands.
 
+        # The session first: its turn count reserves the number, so a failure after it
+        # leaves a gap in the history, never a number that can no longer be used.
         if turn.etag is None:
             advance(session)
             self._memory.create_session(tenant, session)
             self._audit_event(
                 turn.caller, "chat.session_started", session.id, agent=turn.persona.id
             )
-            self._add_turn(tenant, record)
         else:
-            self._add_turn(tenant, record)
-            advance(session)
+            updated = session.model_copy(deep=True)
+            advance(updated)
             try:
-                self._memory.replace_session(tenant, session, etag=turn.etag)
+                self._memory.replace_session(tenant, updated, etag=turn.etag)
             except SessionChanged:
-                self._memory.change_session(tenant, user, session.id, advance)
+                self._change_or_busy(tenant, user, session.id, advance)
             except KeyError:
-                raise NotFound(
-                    "The session was deleted while the reply was written",
-                    reason="session_not_found",
-                ) from None
+                raise _session_gone() from None
+        self._add_turn(tenant, record)
         if turn.switched_from is not None:
             self._audit_event(
                 turn.caller,
@@ -449,11 +492,19 @@ class ChatService:
         try:
             self._memory.add_turn(tenant, record)
         except TurnTaken:
-            raise Conflict(
-                "Another message of this session was answered at the same time; "
-                "read the session and send again",
-                reason="session_busy",
-            ) from None
+            raise _busy() from None
+
+    def _change_or_busy(
+        self, tenant: str, user: str, session_id: str, change: Callable[[SessionRecord], None]
+    ) -> SessionRecord:
+        """`change_session`, with a deleted session a 404 and a session that keeps changing
+        a 409."""
+        try:
+            return self._memory.change_session(tenant, user, session_id, change).record
+        except KeyError:
+            raise _session_gone() from None
+        except SessionChanged:
+            raise _busy() from None
 
     # -- compaction ----------------------------------------------------------------------
 
@@ -515,6 +566,14 @@ class ChatService:
                 covered = chunk[-1].number
                 continue
             spent += answer.model_ms
+            if answer.finish == "length" or not answer.text.strip():
+                # Empty or cut off (a reasoning model can spend its limit thinking): never
+                # stored as the summary. Ask again with more room, then give up.
+                pending[:0] = chunk
+                if limit >= budget.summary_tokens:
+                    raise ModelUnavailable("The model returned no usable summary; try again")
+                limit = min(budget.summary_tokens, limit * 2)
+                continue
             summary = answer.text.strip()
             if chunk:
                 covered = chunk[-1].number
@@ -570,6 +629,7 @@ class ChatService:
         """
         stored = self._memory.session(work.tenant_id, work.user_id, work.session_id)
         if stored is None:
+            self._erase_leftovers(work)
             self._record_latency(work)
             return FollowUpResult(skipped="session_deleted")
         session = stored.record
@@ -581,6 +641,7 @@ class ChatService:
             work.user_id,
             session.id,
             after=min(session.facts_through, session.summary_through),
+            limit=_FOLLOW_UP_TURNS,
         )
         try:
             result.facts_added, result.facts_through = self._extract(work, session, turns)
@@ -590,9 +651,22 @@ class ChatService:
             result.summarised_through = self._compact(work.tenant_id, session, turns)
         except (ModelUnavailable, ContentFiltered):
             log.warning("compaction deferred", extra={"event": "chat_compaction_deferred"})
+        if self._memory.session(work.tenant_id, work.user_id, work.session_id) is None:
+            # Deleted while this ran: what this follow-up (or the reply) wrote goes too.
+            self._erase_leftovers(work)
+            result.skipped = "session_deleted"
         # Last: a follow-up that failed above is delivered again, and counted once.
         self._record_latency(work)
         return result
+
+    def _erase_leftovers(self, work: FollowUp) -> None:
+        """Remove turns and facts of a deleted session that raced its deletion."""
+        erased = self._memory.delete_session(work.tenant_id, work.user_id, work.session_id)
+        if erased.turns or erased.facts:
+            log.warning(
+                "removed what a deleted chat session left behind",
+                extra={"event": "chat_leftovers", "turns": erased.turns, "facts": erased.facts},
+            )
 
     def _record_latency(self, work: FollowUp) -> None:
         """The turn's figures into the per-minute rollup of the `chat` signal."""
@@ -648,11 +722,16 @@ class ChatService:
                     room /= 2  # the estimate was low for this text: smaller chunks
                     continue
                 log.warning("a turn too long for extraction", extra={"event": "chat_facts_skip"})
+            except ModelUnavailable as refused:
+                if refused.reason != "chat_model_rejected":
+                    raise  # throttled, down or slow: the next follow-up reads these turns
+                # The deployment refuses the request itself: reading again will not help.
+                log.warning("extraction refused by the model", extra={"event": "chat_facts_skip"})
             except (StructuredOutputInvalid, ContentFiltered):
                 # These turns will not give facts on a second reading either: move past them.
                 log.warning("extraction gave nothing usable", extra={"event": "chat_facts_skip"})
             else:
-                added += self._store_facts(work, session, chunk, answer.value, known)
+                added += self._store_facts(work, session, chunk, answer.value)
             through = chunk[-1].number
             fresh = fresh[len(chunk) :]
 
@@ -671,10 +750,8 @@ class ChatService:
         session: SessionRecord,
         chunk: list[TurnRecord],
         extracted: ExtractedFacts,
-        known: list[FactRecord],
     ) -> int:
         """Store what the extraction found, each fact superseding an older value."""
-        by_id = {fact.id: fact for fact in known}
         stored = 0
         for fact in accepted(
             extracted,
@@ -683,13 +760,24 @@ class ChatService:
             turns=chunk,
             region=session.data_region,
         ):
-            chosen = supersede(by_id.get(fact.id), fact)
-            if chosen is not None:
-                self._memory.put_fact(work.tenant_id, chosen)
-                stored += 1
+            stored += self._supersede(work, fact)
         if stored:
             self._trim_facts(work.tenant_id, work.user_id)
         return stored
+
+    def _supersede(self, work: FollowUp, fact: FactRecord) -> int:
+        """Store `fact` unless the stored one is newer; 1 if it was stored. Decided against
+        the fact as stored at the moment of writing, so a follow-up of another session can
+        never put an older value over a newer one."""
+        written: list[FactRecord] = []
+
+        def decide(existing: FactRecord | None) -> FactRecord | None:
+            chosen = supersede(existing, fact)
+            written[:] = [chosen] if chosen is not None else []
+            return chosen
+
+        self._memory.change_fact(work.tenant_id, work.user_id, fact.id, decide)
+        return len(written)
 
     def _trim_facts(self, tenant: str, user: str) -> None:
         """Keep at most MAX_FACTS_PER_USER facts: the least confident, oldest go first."""
@@ -790,17 +878,12 @@ class ChatService:
             stored.agent_id = persona.id
             stored.updated_at = now
 
-        try:
-            stored = self._memory.change_session(
-                caller.tenant_id, caller.subject, session_id, apply
-            )
-        except KeyError:
-            raise NotFound(f"No chat session {session_id}", reason="session_not_found") from None
+        stored = self._change_or_busy(caller.tenant_id, caller.subject, session_id, apply)
         if previous and previous[0] != persona.id:
             self._audit_event(
                 caller, "chat.agent_switched", session_id, agent=persona.id, previous=previous[0]
             )
-        return _session_view(stored.record)
+        return _session_view(stored)
 
     def facts(self, caller: Principal, *, page_size: int, continuation: str | None) -> FactPage:
         """The caller's facts, most recently updated first."""
@@ -862,6 +945,20 @@ def _with_gaps(session: SessionRecord) -> str:
     gaps = ", ".join(session.unsummarised)
     note = f"(Turns {gaps} are not summarised: the content filter refused them.)"
     return f"{session.summary}\n{note}".strip()
+
+
+def _busy() -> Conflict:
+    return Conflict(
+        "Another message of this session was answered at the same time; "
+        "read the session and send again",
+        reason="session_busy",
+    )
+
+
+def _session_gone() -> NotFound:
+    return NotFound(
+        "The session was deleted while the reply was written", reason="session_not_found"
+    )
 
 
 def _context_too_long() -> PayloadTooLarge:

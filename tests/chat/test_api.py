@@ -161,6 +161,16 @@ def test_viewers_cannot_chat_and_bad_ids_are_400(chat_runtime: Runtime) -> None:
     assert request("GET", "/api/v1/chat/sessions/XYZ", token=ALICE).status_code == 400
     bad_fact = request("DELETE", "/api/v1/chat/facts/nope", token=ALICE)
     assert bad_fact.status_code == 400 and json_body(bad_fact)["reason"] == "invalid_fact_id"
+    session = "0" * 32
+    for query, reason in (
+        ("after=%C2%B2", "invalid_after"),  # a Unicode digit
+        ("after=" + "9" * 5000, "invalid_after"),
+        ("page_size=%C2%B2", "invalid_page_size"),
+    ):
+        answer = request("GET", f"/api/v1/chat/sessions/{session}?{query}", token=ALICE)
+        assert answer.status_code == 400 and json_body(answer)["reason"] == reason
+    listed = request("GET", "/api/v1/chat/sessions?page_size=%C2%B2", token=ALICE)
+    assert listed.status_code == 400 and json_body(listed)["reason"] == "invalid_page_size"
 
 
 def test_chat_without_a_model_is_503_with_retry_after(live_settings: Settings) -> None:

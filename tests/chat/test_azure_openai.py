@@ -665,6 +665,15 @@ def test_server_errors_are_retried_then_given_up(make: Make, clock: Clock, statu
     assert 0.25 <= clock.sleeps[1] <= 0.5
 
 
+def test_a_503_that_says_when_is_retried_after_that_wait(make: Make, clock: Clock) -> None:
+    model, service = make(error_reply(503, None, headers={"retry-after": "2"}), max_retries=1)
+    with pytest.raises(ModelUnavailable) as caught:
+        reply_of(model)
+    assert clock.sleeps == [2.0]
+    assert caught.value.retry_after_s == 2  # and the caller is told the same
+    assert len(service.seen) == 2
+
+
 def test_a_server_error_then_an_answer_is_an_answer(make: Make) -> None:
     model, service = make(in_turn(error_reply(500, "server_error"), answer()))
     assert reply_of(model).text == ANSWERED

@@ -486,3 +486,108 @@ def test_one_follow_up_reads_every_turn_it_missed_in_chunks() -> None:
     assert len(chat.model.of("facts")) > 1  # in more than one chunk
     stored = chat.memory.session("tenant-a", "alice", session)
     assert stored is not None and stored.record.facts_through == 30
+
+
+# ---- races and partial failures ----------------------------------------------------------
+
+
+def test_a_switch_made_while_a_reply_is_written_stands() -> None:
+    chat = Harness()
+    first = chat.say("hello")
+    original = chat.model.answer
+
+    def answer(call: ModelCall) -> str:
+        if call.purpose == "chat" and call.messages[-1].text == "during":
+            chat.service.switch_agent(ALICE, first.session_id, "marcus")
+        return original(call)
+
+    chat.model.answer = answer
+    during = chat.say("during", session=first.session_id)
+    assert during.agent.id == "elena"  # this reply was already Elena's
+    after = chat.say("after", session=first.session_id)
+    assert after.agent.id == "marcus"  # the switch was not undone
+
+
+def test_a_session_deleted_while_a_reply_is_written_keeps_nothing() -> None:
+    chat = Harness()
+    first = chat.say("hello")
+    original = chat.model.answer
+
+    def answer(call: ModelCall) -> str:
+        if call.purpose == "chat" and call.messages[-1].text == "during":
+            chat.service.delete_session(ALICE, first.session_id)
+        return original(call)
+
+    chat.model.answer = answer
+    with pytest.raises(NotFound) as gone:
+        chat.say("during", session=first.session_id)
+    assert gone.value.reason == "session_not_found"
+    assert chat.memory.turns("tenant-a", "alice", first.session_id) == []
+
+
+def test_facts_written_while_their_session_is_deleted_go_too() -> None:
+    chat = Harness()
+    first = chat.say("I live in Oslo")
+
+    def facts(call: ModelCall) -> ExtractedFacts:
+        chat.service.delete_session(ALICE, first.session_id)  # the user deletes meanwhile
+        return _facts(
+            FactCandidate(subject="user", predicate="city", value="Oslo", confidence=0.9, turns=[1])
+        )
+
+    chat.model.facts = facts
+    chat.follow_up_all()
+    assert chat.service.facts(ALICE, page_size=10, continuation=None).items == []
+
+
+def test_a_turn_that_failed_to_store_never_blocks_the_session() -> None:
+    chat = Harness()
+    first = chat.say("hello")
+    real_add = chat.memory.add_turn
+    calls = 0
+
+    def flaky(tenant_id: str, turn: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise TimeoutError("storage timed out")
+        real_add(tenant_id, turn)  # type: ignore[arg-type]
+
+    chat.memory.add_turn = flaky  # type: ignore[method-assign]
+    with pytest.raises(TimeoutError):
+        chat.say("lost", session=first.session_id)
+    later = chat.say("again", session=first.session_id)
+    assert later.turn == 3  # turn 2 was lost with its error; the session goes on
+    assert [t.number for t in chat.memory.turns("tenant-a", "alice", first.session_id)] == [1, 3]
+
+
+def test_an_empty_summary_is_never_stored_and_nothing_is_dropped() -> None:
+    model = ScriptedModel(window_tokens=BUDGET.context_tokens)
+    original = model.answer
+    model.answer = lambda call: "" if call.purpose == "summary" else original(call)
+    chat = Harness(model)
+    session = None
+    failed = None
+    for n in range(1, 80):
+        try:
+            reply = chat.say(
+                f"Message {n}: " + "a long requirement statement " * 10, session=session
+            )
+        except ModelUnavailable as error:
+            failed = error
+            break
+        session = reply.session_id
+        chat.follow_up_all()
+    assert failed is not None  # the history could not be summarised: a 503, never a cut
+    assert session is not None
+    stored = chat.memory.session("tenant-a", "alice", session)
+    assert stored is not None
+    assert (stored.record.summary, stored.record.summary_through) == ("", 0)
+
+
+def test_deleting_twice_is_a_404_the_second_time() -> None:
+    chat = Harness()
+    first = chat.say("hello")
+    chat.service.delete_session(ALICE, first.session_id)
+    with pytest.raises(NotFound):
+        chat.service.delete_session(ALICE, first.session_id)

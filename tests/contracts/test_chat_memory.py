@@ -556,3 +556,33 @@ def test_a_user_deletes_only_their_own_facts(subject: Subject) -> None:
     memory.create_session(T1, session())
     assert memory.delete_fact(T1, ANA, S1) is False  # a session is not a fact
     assert memory.session(T1, ANA, S1) is not None
+
+
+def test_change_fact_creates_keeps_and_wins_no_lost_race(subject: Subject) -> None:
+    memory = subject.memory
+    created = memory.change_fact(T1, ANA, "f-city", lambda found: fact("f-city", value="Oslo"))
+    assert created is not None and memory.fact(T1, ANA, "f-city") == fact("f-city", value="Oslo")
+    # Deciding nothing writes nothing and answers what is stored.
+    kept = memory.change_fact(T1, ANA, "f-city", lambda found: None)
+    assert kept == fact("f-city", value="Oslo")
+    # A newer value lands between the read and the write: the change is decided again on it.
+    seen: list[str | None] = []
+
+    def decide(found: FactRecord | None) -> FactRecord | None:
+        seen.append(found.value if found else None)
+        if len(seen) == 1:
+            memory.put_fact(T1, fact("f-city", value="Berlin", updated=5))
+        if found is not None and found.updated_at > at(2):
+            return None  # what is stored is newer than what this change would write
+        return fact("f-city", value="Paris", updated=2)
+
+    assert memory.change_fact(T1, ANA, "f-city", decide) == fact(
+        "f-city", value="Berlin", updated=5
+    )
+    assert seen == ["Oslo", "Berlin"]
+    assert memory.fact(T1, ANA, "f-city") == fact("f-city", value="Berlin", updated=5)
+    # Another user's fact is not this user's to change.
+    memory.put_fact(T1, fact("f-ben", user=BEN))
+    with pytest.raises(KeyError):
+        memory.change_fact(T1, ANA, "f-ben", lambda found: fact("f-ben"))
+    assert memory.fact(T1, BEN, "f-ben") == fact("f-ben", user=BEN)

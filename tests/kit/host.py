@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from functools import cache
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any, List, TypeVar  # noqa: UP035
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import azure.functions as func
@@ -199,7 +199,7 @@ def dispatch(
 QUEUED: dict[str, list[str]] = {}
 
 
-class QueueOut(func.Out[list[str]]):
+class QueueOut(func.Out[List[str]]):  # noqa: UP006 (as the function declares it)
     """A queue output binding as the worker hands it over: what the function sets goes
     through the worker's own converter (so it must be a value the host can write) and then
     onto `QUEUED[queue]`."""
@@ -208,7 +208,7 @@ class QueueOut(func.Out[list[str]]):
         self.queue = queue
         self._value: list[str] | None = None
 
-    def set(self, val: list[str]) -> None:
+    def set(self, val: List[str]) -> None:  # noqa: UP006
         """Record the messages as the host would write them."""
         from azure.functions.queue import QueueMessageOutConverter
 
@@ -217,7 +217,7 @@ class QueueOut(func.Out[list[str]]):
         QUEUED.setdefault(self.queue, []).extend(messages)
         self._value = val
 
-    def get(self) -> list[str]:
+    def get(self) -> List[str]:  # noqa: UP006
         """What the function set."""
         return self._value or []
 
