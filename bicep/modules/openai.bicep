@@ -104,11 +104,11 @@ resource chatDeployment 'Microsoft.CognitiveServices/accounts/deployments@2024-1
   ]
 }
 
-// Cognitive Services OpenAI User: inference (chat completions, audio speech) and read access
+// Cognitive Services OpenAI User: inference (responses, chat completions, audio speech) and read access
 // to models and deployments, without listing keys or changing deployments.
 var openAiUserRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '5e0bd9bd-7b93-4f28-af87-19fc36ad61bd')
 
-// Role: Cognitive Services OpenAI User (chat completions and text to speech on the
+// Role: Cognitive Services OpenAI User (the agents' responses and text to speech on the
 // account's deployments)
 resource openAiUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(account.id, principalId, openAiUserRoleId)

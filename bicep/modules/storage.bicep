@@ -221,7 +221,8 @@ resource blobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-// Role: Storage Queue Data Contributor (Durable task hub queues, blob trigger poison queue)
+// Role: Storage Queue Data Contributor (Durable task hub queues, blob trigger poison queue,
+// the chat follow-up queue)
 resource queueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(account.id, principalId, storageQueueDataContributorRoleId)
   scope: account
