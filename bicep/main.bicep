@@ -150,6 +150,7 @@ var appContainerNames = [
   'processed'
   'synthesis-cache'
   'synthesis-jobs'
+  'realtime-audio'
 ]
 var auditContainerName = 'audit'
 var deploymentContainerName = 'app-package'
@@ -177,6 +178,10 @@ var cosmosContainers = [
   }
   {
     name: 'metrics'
+    partitionKey: '/tenantId'
+  }
+  {
+    name: 'realtime'
     partitionKey: '/tenantId'
   }
 ]
@@ -329,7 +334,8 @@ var appSettings = {
 // identity.outputs.principalId and assigns its own data-plane role on its resource, and
 // each adds its settings to appSettings above (names as in shared/config.py):
 //   Web PubSub (realtime voice)       WebPubSub__endpoint
-//   Service Bus (alert notifications) a `<connection>__fullyQualifiedNamespace` setting
+//   Service Bus (realtime voice turns, alert notifications)
+//                                     ServiceBusConnection__fullyQualifiedNamespace
 
 module functionApp 'modules/functionapp.bicep' = {
   name: 'functionapp'

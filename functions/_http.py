@@ -18,7 +18,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, List  # noqa: UP035 (see queue_trigger)
 
 import azure.functions as func
@@ -65,6 +65,8 @@ class Call:
     runtime: Runtime
     orchestrator_client: Orchestrations | None = None
     queued: list[str] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    raw: bytes = b""
 
     def enqueue(self, message: str) -> None:
         """Put a message on the operation's queue once the request succeeds (operations
@@ -292,6 +294,8 @@ def _run(
         runtime=rt,
         orchestrator_client=orchestrations,
         queued=queued,
+        headers=req.headers,
+        raw=raw,
     )
     return handler(call)
 

@@ -209,6 +209,29 @@ def voice_status(settings: Settings) -> VoiceStatus:
             "Set WebPubSub__endpoint (managed identity) or WebPubSubConnectionString",
         ),
         (
+            "event_signatures",
+            bool(settings.webpubsub_keys),
+            ["TIMBRE_WEBPUBSUB_ACCESS_KEYS", "WebPubSubConnectionString"],
+            "Verifies that each upstream event comes from the hub (ce-signature)",
+            "Set TIMBRE_WEBPUBSUB_ACCESS_KEYS (the hub's access keys, from Key Vault)",
+        ),
+        (
+            "turn_queue",
+            bool(settings.servicebus_namespace or settings.servicebus_connection_string),
+            ["ServiceBusConnection__fullyQualifiedNamespace", "ServiceBusConnection"],
+            "Hands each voice turn to the turn worker, in order per connection",
+            "Set ServiceBusConnection__fullyQualifiedNamespace (managed identity) or "
+            "ServiceBusConnection, with a session-enabled queue TIMBRE_REALTIME_TURN_QUEUE",
+        ),
+        (
+            "speech_to_text_engine",
+            False,
+            [],
+            "Hears each utterance: the engine is not built yet (Azure Speech and an offline "
+            "development engine come next)",
+            "Not available in this version",
+        ),
+        (
             "speech",
             speech,
             ["AZURE_SPEECH_REGION", "AZURE_SPEECH_ENDPOINT"],

@@ -351,9 +351,37 @@ class Settings(BaseSettings):
     webpubsub_connection_string: str | None = Field(
         None, validation_alias="WebPubSubConnectionString"
     )
-    webpubsub_hub: str = Field("timbre", validation_alias="TIMBRE_WEBPUBSUB_HUB")
+    webpubsub_hub: str = Field("voice", validation_alias="TIMBRE_WEBPUBSUB_HUB")
+    # Keys that sign the upstream's CloudEvents (ce-signature): primary and secondary, for
+    # rotation. Default: the AccessKey of WebPubSubConnectionString.
+    webpubsub_access_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, validation_alias="TIMBRE_WEBPUBSUB_ACCESS_KEYS"
+    )
 
-    @field_validator("auth_tenants", "auth_audiences", mode="before")
+    # Realtime voice.
+    servicebus_connection_string: str | None = Field(None, validation_alias="ServiceBusConnection")
+    servicebus_namespace: str | None = Field(
+        None, validation_alias="ServiceBusConnection__fullyQualifiedNamespace"
+    )
+    realtime_turn_queue: str = Field("voice-turns", validation_alias="TIMBRE_REALTIME_TURN_QUEUE")
+    realtime_url_minutes: int = Field(
+        10, ge=1, le=60, validation_alias="TIMBRE_REALTIME_URL_MINUTES"
+    )
+    realtime_max_utterance_s: float = Field(
+        30.0, ge=1, le=120, validation_alias="TIMBRE_REALTIME_MAX_UTTERANCE_SECONDS"
+    )
+    realtime_max_frame_bytes: int = Field(
+        32_768, ge=960, le=262_144, validation_alias="TIMBRE_REALTIME_MAX_FRAME_BYTES"
+    )
+    realtime_events_per_second: int = Field(
+        100, ge=5, le=1000, validation_alias="TIMBRE_REALTIME_EVENTS_PER_SECOND"
+    )
+    realtime_timeout_s: float = Field(
+        5.0, gt=0, le=30, validation_alias="TIMBRE_REALTIME_TIMEOUT_SECONDS"
+    )
+    realtime_chunk_ms: int = Field(100, ge=20, le=1000, validation_alias="TIMBRE_REALTIME_CHUNK_MS")
+
+    @field_validator("auth_tenants", "auth_audiences", "webpubsub_access_keys", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         return _csv(value)
@@ -557,6 +585,37 @@ class Settings(BaseSettings):
         }
 
     @property
+    def webpubsub_keys(self) -> list[str]:
+        """The keys that sign upstream events: the configured ones, else the connection
+        string's AccessKey (never logged)."""
+        keys = [key.get_secret_value() for key in self.webpubsub_access_keys]
+        if keys or not self.webpubsub_connection_string:
+            return keys
+        for part in self.webpubsub_connection_string.split(";"):
+            name, _, value = part.partition("=")
+            if name.strip().lower() == "accesskey" and value.strip():
+                return [value.strip()]
+        return []
+
+    @property
+    def webpubsub_service_endpoint(self) -> str | None:
+        """The Web PubSub endpoint: WebPubSub__endpoint, else the connection string's."""
+        if self.webpubsub_endpoint:
+            return self.webpubsub_endpoint
+        for part in (self.webpubsub_connection_string or "").split(";"):
+            name, _, value = part.partition("=")
+            if name.strip().lower() == "endpoint" and value.strip():
+                return value.strip()
+        return None
+
+    @property
+    def webpubsub_hosts(self) -> list[str]:
+        """The origins whose abuse-protection handshake the upstream accepts."""
+        endpoint = self.webpubsub_service_endpoint
+        host = urlsplit(endpoint).netloc if endpoint else ""
+        return [host] if host else []
+
+    @property
     def chat_model_endpoint(self) -> str | None:
         """Where the chat model answers: AZURE_AI_ENDPOINT, else AZURE_OPENAI_ENDPOINT."""
         return self.chat_endpoint or self.openai_endpoint
@@ -628,6 +687,7 @@ _CONNECTION_STRINGS = {
     "CosmosDb": "CosmosDb__accountEndpoint",
     "AzureWebJobsStorage": "AzureWebJobsStorage__blobServiceUri",
     "WebPubSubConnectionString": "WebPubSub__endpoint",
+    "ServiceBusConnection": "ServiceBusConnection__fullyQualifiedNamespace",
 }
 _SERVICE_ENDPOINTS = (
     "AZURE_AI_ENDPOINT",

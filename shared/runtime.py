@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from shared.enrollment.voices import VoiceService
     from shared.ingestion.recordings import RecordingStore
     from shared.ingestion.service import IngestionService
+    from shared.realtime.engines import SpeechToText, TextToSpeech
+    from shared.realtime.service import Gateway, RealtimeService
+    from shared.realtime.turn_queue import TurnQueue
+    from shared.realtime.utterances import UtteranceBuffer
     from shared.storage.blobs import AzureBlobStore
     from shared.storage.ledger import Ledger
     from shared.storage.rollups import RollupStore
@@ -65,6 +69,11 @@ class Runtime:
         chat_model: LanguageModel | None = None,
         chat_memory: ChatMemory | None = None,
         rollups: RollupStore | None = None,
+        webpubsub: Gateway | None = None,
+        turn_queue: TurnQueue | None = None,
+        utterances: UtteranceBuffer | None = None,
+        speech_to_text: SpeechToText | None = None,
+        text_to_speech: TextToSpeech | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         """Build nothing yet; the keyword arguments replace what settings would build."""
@@ -77,6 +86,11 @@ class Runtime:
         self._chat_model = chat_model
         self._chat_memory = chat_memory
         self._rollups = rollups
+        self._webpubsub = webpubsub
+        self._turn_queue = turn_queue
+        self._utterances = utterances
+        self._speech_to_text = speech_to_text
+        self._text_to_speech = text_to_speech
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
 
     @cached_property
@@ -455,6 +469,125 @@ class Runtime:
                 max_message_chars=settings.chat_max_message_chars,
                 facts_timeout_s=settings.chat_facts_timeout_s,
             ),
+            region=settings.data_region,
+            clock=self.clock,
+        )
+
+    def webpubsub(self) -> Gateway:
+        """The Web PubSub service client (send, close, client URLs); 503 when not configured."""
+        return self._webpubsub or self._configured_webpubsub
+
+    @cached_property
+    def _configured_webpubsub(self) -> Gateway:
+        from shared.realtime.webpubsub import WebPubSubGateway
+
+        settings = self.settings
+        if settings.webpubsub_connection_string:
+            return WebPubSubGateway(
+                settings.webpubsub_hub,
+                connection_string=settings.webpubsub_connection_string,
+                timeout_s=settings.realtime_timeout_s,
+            )
+        if settings.webpubsub_endpoint:
+            from shared.storage.clients import credential
+
+            return WebPubSubGateway(
+                settings.webpubsub_hub,
+                endpoint=settings.webpubsub_endpoint,
+                credential=credential(),
+                timeout_s=settings.realtime_timeout_s,
+            )
+        raise DependencyUnavailable(
+            "Realtime voice is not configured: set WebPubSub__endpoint or "
+            "WebPubSubConnectionString",
+            reason="realtime_not_configured",
+            retry_after_s=60,
+        )
+
+    def turn_queue(self) -> TurnQueue:
+        """The Service Bus queue of voice turns; 503 when not configured."""
+        return self._turn_queue or self._configured_turn_queue
+
+    @cached_property
+    def _configured_turn_queue(self) -> TurnQueue:
+        from shared.realtime.turn_queue import ServiceBusTurnQueue
+
+        settings = self.settings
+        if settings.servicebus_connection_string:
+            return ServiceBusTurnQueue(
+                settings.realtime_turn_queue,
+                connection_string=settings.servicebus_connection_string,
+                timeout_s=settings.realtime_timeout_s,
+            )
+        if settings.servicebus_namespace:
+            from shared.storage.clients import credential
+
+            return ServiceBusTurnQueue(
+                settings.realtime_turn_queue,
+                namespace=settings.servicebus_namespace,
+                credential=credential(),
+                timeout_s=settings.realtime_timeout_s,
+            )
+        raise DependencyUnavailable(
+            "The voice turn queue is not configured: set "
+            "ServiceBusConnection__fullyQualifiedNamespace or ServiceBusConnection",
+            reason="realtime_not_configured",
+            retry_after_s=60,
+        )
+
+    def speech_to_text(self) -> SpeechToText:
+        """Speech to text of voice turns."""
+        if self._speech_to_text is not None:
+            return self._speech_to_text
+        from shared.realtime.engines import EngineFailed
+
+        raise EngineFailed(
+            "speech_to_text_unavailable", "Speech to text is not available in this build yet"
+        )
+
+    def text_to_speech(self) -> TextToSpeech:
+        """The agents' voices for voice turns (Azure neural voices)."""
+        if self._text_to_speech is not None:
+            return self._text_to_speech
+        from shared.realtime.speech import NeuralVoiceSpeech
+
+        return NeuralVoiceSpeech(self.speech_providers)
+
+    @cached_property
+    def realtime(self) -> RealtimeService:
+        """Realtime voice: negotiate, the upstream's events, the turn worker."""
+        from shared.realtime.connections import ConnectionStore
+        from shared.realtime.protocol import AudioLimits
+        from shared.realtime.service import BYTES_PER_SECOND, RealtimeLimits, RealtimeService
+        from shared.realtime.utterances import BlobUtteranceBuffer
+
+        settings = self.settings
+        max_bytes = int(settings.realtime_max_utterance_s * BYTES_PER_SECOND)
+        # Chunks of whole samples; 10 ms frames at the finest bound the number of chunks.
+        chunk = int(BYTES_PER_SECOND * settings.realtime_chunk_ms / 1000) // 2 * 2
+        return RealtimeService(
+            chat=self.chat,
+            agents=self.agents,
+            connections=ConnectionStore(lambda tenant: self.tenant_scope("realtime", tenant)),
+            buffer=self._utterances
+            or BlobUtteranceBuffer(self.blob_service, timeout_s=settings.storage_timeout_s),
+            queue=self.turn_queue,
+            access=self.webpubsub,
+            sender=self.webpubsub,
+            speech_to_text=self.speech_to_text,
+            text_to_speech=self.text_to_speech,
+            rollups=self.rollups,
+            limits=RealtimeLimits(
+                audio=AudioLimits(
+                    max_frame_bytes=settings.realtime_max_frame_bytes,
+                    max_seq=max_bytes // (BYTES_PER_SECOND // 100),
+                ),
+                max_utterance_bytes=max_bytes,
+                url_minutes=settings.realtime_url_minutes,
+                events_per_second=settings.realtime_events_per_second,
+                chunk_bytes=chunk,
+            ),
+            hub=settings.webpubsub_hub,
             region=settings.data_region,
             clock=self.clock,
         )

@@ -249,8 +249,21 @@ def test_function_app_sets_every_setting_the_app_needs_in_azure() -> None:
         "TIMBRE_AUTH_ALLOWED_TENANTS",
         "TIMBRE_AUTH_AUDIENCES",
     } <= required
-    missing = (required | set(HOST_SETTINGS)) - set(app_settings())
+    missing = (required | set(HOST_SETTINGS)) - set(app_settings()) - later_services()
     assert not missing, f"main.bicep does not set {sorted(missing)}"
+
+
+def later_services() -> set[str]:
+    """Settings of services main.bicep's "Later issues add their services" comment names:
+    the app reads them, their deployment is still to come (and listed there)."""
+    lines = MAIN.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "Later issues add their services" in line)
+    block: list[str] = []
+    for line in lines[start:]:
+        if not line.startswith("//"):
+            break
+        block.append(line)
+    return set(re.findall(r"\b[A-Za-z]+__[A-Za-z]+\b|\bAZURE_[A-Z_]+\b", "\n".join(block)))
 
 
 @pytest.mark.parametrize("environment", [env.value for env in Environment])
@@ -576,14 +589,7 @@ def test_openai_and_translator_settings_come_from_their_modules() -> None:
 
 
 def test_the_later_services_comment_lists_only_what_is_still_to_come() -> None:
-    lines = MAIN.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if "Later issues add their services" in line)
-    block: list[str] = []
-    for line in lines[start:]:
-        if not line.startswith("//"):
-            break
-        block.append(line)
-    listed = set(re.findall(r"\b[A-Za-z]+__[A-Za-z]+\b|\bAZURE_[A-Z_]+\b", "\n".join(block)))
+    listed = later_services()
     assert "WebPubSub__endpoint" in listed
     assert not listed & set(app_settings()), "already deployed: drop it from the comment"
 

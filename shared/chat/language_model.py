@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from shared.core.errors import DEFAULT_RETRY_AFTER_S, DependencyUnavailable, InvalidRequest
 
 MessageRole = Literal["user", "assistant", "developer"]
-Finish = Literal["complete", "length"]
+Finish = Literal["complete", "length", "cancelled"]
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -33,7 +33,7 @@ class ModelReply:
     """A whole answer: its text, what it cost, and how long the model took.
 
     `model_ms` covers every attempt and every wait between them. `finish` is `length` when
-    the answer stopped at its token limit.
+    the answer stopped at its token limit, `cancelled` when the listener stopped it.
     """
 
     text: str

@@ -88,7 +88,7 @@ class TurnRecord(_Record):
     at: str
     tokens_in: int = Field(0, alias="tokensIn")
     tokens_out: int = Field(0, alias="tokensOut")
-    finish: Literal["complete", "length"] = "complete"
+    finish: Literal["complete", "length", "cancelled"] = "complete"
     latency: TurnLatency | None = None
     data_class: str = Field(DATA_CLASS, alias="dataClass")
     data_region: str = Field(UNKNOWN_REGION, alias="dataRegion")

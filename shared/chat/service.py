@@ -17,7 +17,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -208,7 +208,7 @@ class ChatService:
 
     def stream(
         self, caller: Principal, request: ChatRequest, enqueue: Enqueue
-    ) -> Iterator[TextDelta | ChatReply]:
+    ) -> Generator[TextDelta | ChatReply, None, None]:
         """Answer one message as it is written: deltas, then the stored turn's `ChatReply`.
 
         Closing the iterator early (barge-in) stores nothing and closes the model's stream.
@@ -232,16 +232,26 @@ class ChatService:
                     raise ModelUnavailable("The model's stream ended without a reply") from None
                 break
             final: ModelReply | None = None
+            written: list[str] = []
             try:
                 for event in itertools.chain([first], events):
                     if isinstance(event, TextDelta):
+                        written.append(event.text)
                         yield event
                     else:
                         final = event
+            except GeneratorExit:
+                # The listener stopped the reply (barge-in): the turn keeps what was said
+                # so far, so the conversation remembers it.
+                _close(events)
+                cut = ModelReply("".join(written), 0, 0, model_ms=0.0, finish="cancelled")
+                try:
+                    self._finish(turn, cut, enqueue)
+                except Exception:  # closing must not fail: the listener has moved on
+                    log.warning("interrupted turn not stored", extra={"event": "chat_cut_lost"})
+                raise
             finally:
-                close = getattr(events, "close", None)
-                if close is not None:
-                    close()
+                _close(events)
             if final is None:
                 raise ModelUnavailable("The model's stream ended without a reply")
             turn.model_ms += final.model_ms
@@ -846,6 +856,26 @@ class ChatService:
             next_after=page[-1].number if len(turns) > limit else None,
         )
 
+    def open_session(self, caller: Principal, agent_id: str | None) -> SessionView:
+        """Start an empty session (a realtime connection needs its id before any turn)."""
+        persona = self._persona(agent_id) if agent_id else self._agents.persona(DEFAULT_AGENT)
+        now = self._now()
+        session = SessionRecord(
+            id=uuid.uuid4().hex,
+            user_id=caller.subject,
+            agent_id=persona.id,
+            created_at=now,
+            updated_at=now,
+            data_region=self._region(caller.tenant_id),
+        )
+        self._memory.create_session(caller.tenant_id, session)
+        self._audit_event(caller, "chat.session_started", session.id, agent=persona.id)
+        return _session_view(session)
+
+    def session_of(self, caller: Principal, session_id: str) -> SessionView:
+        """One of the caller's sessions (404 for anyone else's)."""
+        return _session_view(self._own_session(caller, session_id).record)
+
     def delete_session(self, caller: Principal, session_id: str) -> None:
         """Delete one of the caller's sessions with its turns, summary and facts."""
         self._own_session(caller, session_id)
@@ -945,6 +975,12 @@ def _with_gaps(session: SessionRecord) -> str:
     gaps = ", ".join(session.unsummarised)
     note = f"(Turns {gaps} are not summarised: the content filter refused them.)"
     return f"{session.summary}\n{note}".strip()
+
+
+def _close(events: object) -> None:
+    close = getattr(events, "close", None)
+    if close is not None:
+        close()
 
 
 def _busy() -> Conflict:

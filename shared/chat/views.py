@@ -69,8 +69,9 @@ class ChatReply(LazyModel):
     turn: int
     agent: AgentRef
     reply: str
-    finish: Literal["complete", "length"] = Field(
-        description="`length` when the reply stopped at TIMBRE_CHAT_REPLY_TOKENS"
+    finish: Literal["complete", "length", "cancelled"] = Field(
+        description="`length` when the reply stopped at TIMBRE_CHAT_REPLY_TOKENS; "
+        "`cancelled` when a voice turn was interrupted (barge-in)"
     )
     switched_from: str | None = Field(None, description="The agent before this turn, if it changed")
     usage: Usage
@@ -113,7 +114,7 @@ class TurnView(LazyModel):
     message: str
     reply: str
     at: str
-    finish: Literal["complete", "length"]
+    finish: Literal["complete", "length", "cancelled"]
 
 
 class SessionDetail(SessionView):

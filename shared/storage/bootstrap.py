@@ -38,10 +38,17 @@ COSMOS_CONTAINERS: tuple[CosmosContainerSpec, ...] = (
     CosmosContainerSpec("outbox"),  # events waiting to be published (voice.deployed, ...)
     CosmosContainerSpec("chat"),  # chat sessions, turns and facts, per user
     CosmosContainerSpec("metrics"),  # per-minute rollups of latency and counts
+    CosmosContainerSpec("realtime"),  # realtime voice connections and their turns
 )
 
 # The blob containers the app needs; the audit container name comes from settings.
-BLOB_CONTAINERS: tuple[str, ...] = ("uploads", "processed", "synthesis-cache", "synthesis-jobs")
+BLOB_CONTAINERS: tuple[str, ...] = (
+    "uploads",
+    "processed",
+    "synthesis-cache",
+    "synthesis-jobs",
+    "realtime-audio",  # realtime voice: utterances being spoken and each turn's audio
+)
 
 
 def bootstrap(settings: Settings, cosmos: CosmosClient, blobs: BlobServiceClient) -> list[str]:

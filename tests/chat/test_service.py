@@ -591,3 +591,17 @@ def test_deleting_twice_is_a_404_the_second_time() -> None:
     chat.service.delete_session(ALICE, first.session_id)
     with pytest.raises(NotFound):
         chat.service.delete_session(ALICE, first.session_id)
+
+
+def test_a_stream_stopped_by_the_listener_keeps_what_was_said() -> None:
+    chat = Harness()
+    events = chat.service.stream(
+        ALICE, ChatRequest(message="Tell me a long story"), chat.queue.append
+    )
+    heard = [next(events), next(events)]  # two deltas, then the listener barges in
+    events.close()
+    [stored] = chat.memory.sessions("tenant-a", "alice", page_size=5, continuation=None)[0]
+    [turn] = chat.memory.turns("tenant-a", "alice", stored.id)
+    assert turn.finish == "cancelled"
+    assert turn.reply == "".join(e.text for e in heard if isinstance(e, TextDelta))
+    assert len(chat.queue) == 1  # its follow-up too

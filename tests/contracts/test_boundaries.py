@@ -17,7 +17,8 @@ The rules:
 3. `shared/audio` imports nothing from `shared` outside `shared/audio`;
 4. flows import each other only downstream: enrollment may import ingestion; training
    enrollment and ingestion; synthesis enrollment (consent checks) and translation; chat
-   agents (the personas); ingestion, translation, agents and audit import no flow; no flow
+   agents (the personas); realtime chat, agents and synthesis (a voice turn is a chat turn
+   spoken); ingestion, translation, agents and audit import no flow; no flow
    (nor audit) imports `shared.runtime`.
    Every flow may use the foundation, `shared.config`, `shared.audio` and `shared.audit`;
 5. in `functions/`, helper modules start with `_` (and define no blueprint); every other module
@@ -54,6 +55,7 @@ FLOW_MAY_IMPORT: dict[str, frozenset[str]] = {
     "translation": frozenset(),
     "agents": frozenset(),
     "chat": frozenset({"agents"}),  # the personas answer
+    "realtime": frozenset({"chat", "agents", "synthesis"}),  # voice turns: the agent, the voices
     "audit": frozenset(),  # a service of every flow: it imports none of them
 }
 FLOWS = frozenset(FLOW_MAY_IMPORT) - {"audit"}

@@ -51,6 +51,7 @@ NEED_AZURE = {
     "POST /api/v1/translate",
     "POST /api/v1/detect",
     "POST /api/v1/chat",
+    "POST /api/v1/voice/negotiate",
 }
 
 
