@@ -96,7 +96,10 @@ def _timeouts(settings: Settings) -> dict[str, Any]:
         "connection_timeout": _attempt_timeout(budget),
         "read_timeout": _attempt_timeout(budget),
         "retry_policy": _bounded_retry(budget),
-        "per_retry_policies": [_attempt_deadline()],
+        # azure-storage-blob builds its own policy list and ignores `per_retry_policies`;
+        # its only hook is this one, appended after the retry policy (so: per attempt).
+        # tests/storage checks that the policy is in the pipeline the SDK builds.
+        "_additional_pipeline_policies": [_attempt_deadline()],
     }
 
 

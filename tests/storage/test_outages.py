@@ -344,3 +344,15 @@ def test_stopping_and_hanging_storage_mid_run_loses_nothing(
     finally:
         cosmos.stop()
         azurite.stop()
+
+
+def test_the_blob_pipeline_holds_the_per_attempt_deadline() -> None:
+    # The SDK assembles its own policy list: a policy handed over in a way it ignores
+    # would leave the last attempt free to outlast the call's budget.
+    from shared.storage.clients import make_blob_service
+
+    service = make_blob_service(make_settings())
+    policies = service._pipeline._impl_policies  # what the SDK really built
+    names = [type(getattr(policy, "_policy", policy)).__name__ for policy in policies]
+    assert "AttemptDeadline" in names
+    assert names.index("AttemptDeadline") > names.index("BoundedRetry")  # per attempt
