@@ -199,7 +199,8 @@ class VoiceStatus(LazyModel):
 def voice_status(settings: Settings) -> VoiceStatus:
     """What realtime voice needs and which of it is configured (no secrets, no values)."""
     configured = settings.configured_services
-    speech = configured["speech"]
+    offline = settings.voice_engines == "offline"  # development and test only
+    speech = configured["speech"] or offline
     checks = [
         (
             "web_pubsub",
@@ -224,23 +225,16 @@ def voice_status(settings: Settings) -> VoiceStatus:
             "ServiceBusConnection, with a session-enabled queue TIMBRE_REALTIME_TURN_QUEUE",
         ),
         (
-            "speech_to_text_engine",
-            False,
-            [],
-            "Hears each utterance: the engine is not built yet (Azure Speech and an offline "
-            "development engine come next)",
-            "Not available in this version",
-        ),
-        (
             "speech",
             speech,
-            ["AZURE_SPEECH_REGION", "AZURE_SPEECH_ENDPOINT"],
-            "Speech to text of each utterance and the agents' neural voices",
+            ["AZURE_SPEECH_REGION", "AZURE_SPEECH_ENDPOINT", "TIMBRE_VOICE_ENGINES"],
+            "Speech to text of each utterance and the agents' neural voices (in development "
+            "TIMBRE_VOICE_ENGINES=offline uses the offline engines instead)",
             "Set AZURE_SPEECH_REGION or AZURE_SPEECH_ENDPOINT",
         ),
         (
             "speech_identity",
-            speech and bool(settings.speech_resource_id),
+            offline or (speech and bool(settings.speech_resource_id)),
             ["AZURE_SPEECH_RESOURCE_ID"],
             "Entra ID (managed identity) authentication to the Speech resource",
             "Set AZURE_SPEECH_RESOURCE_ID; grant the identity "

@@ -380,6 +380,16 @@ class Settings(BaseSettings):
         5.0, gt=0, le=30, validation_alias="TIMBRE_REALTIME_TIMEOUT_SECONDS"
     )
     realtime_chunk_ms: int = Field(100, ge=20, le=1000, validation_alias="TIMBRE_REALTIME_CHUNK_MS")
+    # Speech engines of voice turns: Azure Speech, or the offline development engines
+    # (requirements-dev.txt; development and test only).
+    voice_engines: Literal["azure", "offline"] = Field(
+        "azure", validation_alias="TIMBRE_VOICE_ENGINES"
+    )
+    # The offline recogniser's grammar: the phrases a scripted demo or test speaks (empty:
+    # its general model, which misses many words).
+    offline_phrases: list[str] = Field(
+        default_factory=list, validation_alias="TIMBRE_OFFLINE_STT_PHRASES"
+    )
 
     @field_validator("auth_tenants", "auth_audiences", "webpubsub_access_keys", mode="before")
     @classmethod
@@ -454,6 +464,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"{tenant[:40]!r}: region must be one of {list(DATA_REGIONS)}")
             regions[tenant] = region.strip().upper()
         return regions
+
+    @model_validator(mode="after")
+    def _offline_engines(self) -> Settings:
+        from shared.realtime.offline import offline_engines_allowed
+
+        if self.voice_engines == "offline" and not offline_engines_allowed(self.environment.value):
+            raise ValueError(
+                "TIMBRE_VOICE_ENGINES: the offline engines are for development and test only"
+            )
+        return self
 
     @model_validator(mode="after")
     def _chat_model_endpoint(self) -> Settings:

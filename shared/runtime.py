@@ -536,19 +536,59 @@ class Runtime:
         )
 
     def speech_to_text(self) -> SpeechToText:
-        """Speech to text of voice turns."""
+        """Speech to text of voice turns: offline in development when chosen, else Azure."""
         if self._speech_to_text is not None:
             return self._speech_to_text
+        return self._configured_speech_to_text
+
+    @cached_property
+    def _configured_speech_to_text(self) -> SpeechToText:
+        if self.settings.voice_engines == "offline":  # development and test only (settings)
+            from shared.realtime.offline import OfflineSpeechToText
+
+            return OfflineSpeechToText(grammar=self.settings.offline_phrases or None)
         from shared.realtime.engines import EngineFailed
 
-        raise EngineFailed(
-            "speech_to_text_unavailable", "Speech to text is not available in this build yet"
+        settings = self.settings
+        if not (settings.speech_region or settings.speech_endpoint) or not (
+            settings.speech_key or settings.speech_resource_id
+        ):
+            raise EngineFailed(
+                "speech_to_text_unavailable",
+                "Speech is not configured: set AZURE_SPEECH_REGION or AZURE_SPEECH_ENDPOINT "
+                "with AZURE_SPEECH_RESOURCE_ID (or a key locally)",
+            )
+        from shared.realtime.azure_stt import AzureSpeechToText
+
+        token_provider = None
+        if not settings.speech_key:
+            from shared.storage.clients import credential
+
+            scope = "https://cognitiveservices.azure.com/.default"
+            token_provider = lambda: credential().get_token(scope).token  # noqa: E731
+        return AzureSpeechToText(
+            # The custom-domain endpoint where there is one (Entra ID requires it).
+            region=None if settings.speech_endpoint else settings.speech_region,
+            endpoint=settings.speech_endpoint,
+            key=settings.speech_key,
+            token_provider=token_provider,
+            resource_id=None if settings.speech_key else settings.speech_resource_id,
+            timeout_s=settings.synthesis_timeout_s,
         )
 
     def text_to_speech(self) -> TextToSpeech:
-        """The agents' voices for voice turns (Azure neural voices)."""
+        """The agents' voices for voice turns: offline in development when chosen, else
+        Azure neural voices."""
         if self._text_to_speech is not None:
             return self._text_to_speech
+        return self._configured_text_to_speech
+
+    @cached_property
+    def _configured_text_to_speech(self) -> TextToSpeech:
+        if self.settings.voice_engines == "offline":  # development and test only (settings)
+            from shared.realtime.offline import OfflineTextToSpeech
+
+            return OfflineTextToSpeech()
         from shared.realtime.speech import NeuralVoiceSpeech
 
         return NeuralVoiceSpeech(self.speech_providers)

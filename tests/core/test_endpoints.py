@@ -109,7 +109,6 @@ class TestVoiceStatus:
             "speech",
             "speech_identity",
             "chat_model",
-            "speech_to_text_engine",
         }
         assert "AZURE_SPEECH_REGION" in missing["speech"]
 
@@ -128,9 +127,6 @@ class TestVoiceStatus:
             )
         )
         body = json_body(request("GET", "/api/v1/voice/status"))
-        # Every setting is there; the speech-to-text engine of voice turns is not built yet,
-        # and the status says so rather than claiming realtime voice works.
-        missing = [r["name"] for r in body["requirements"] if not r["configured"]]
-        assert missing == ["speech_to_text_engine"]
-        assert body["voice_configured"] is False
+        assert body["voice_configured"] is True
+        assert all(r["resolution"] is None for r in body["requirements"])
         assert "primary-key" not in json.dumps(body)

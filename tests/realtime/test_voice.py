@@ -308,3 +308,34 @@ def test_speech_to_text_failures_are_error_messages(voice: Voice) -> None:
             "turn": 1,
         }
     ]
+
+
+def test_the_whole_loop_with_the_offline_engines(local_services: dict[str, str]) -> None:
+    """Spoken audio in, the exact transcript, the agent's answer spoken back: no Azure."""
+    from shared.realtime.engines import Voice as Speaker
+    from shared.realtime.offline import OfflineTextToSpeech
+
+    phrase = "The birch canoe slid on the smooth planks."
+    settings = local_settings(
+        local_services,
+        "realtime-offline",
+        WebPubSubConnectionString=f"Endpoint=http://127.0.0.1:9;AccessKey={KEY};Version=1.0;",
+        TIMBRE_VOICE_ENGINES="offline",
+        TIMBRE_OFFLINE_STT_PHRASES=[phrase, "Hello Marcus."],
+    )
+    hub, queue, model = MemoryConnections(), MemoryTurnQueue(), ScriptedModel()
+    runtime = start_runtime(settings, chat_model=model, webpubsub=hub, turn_queue=queue)
+    voice = Voice(runtime, hub, queue, ScriptedEar([]), ToneVoice(), model)
+    client = voice.connect(voice.negotiate(agent_id="marcus"))
+    spoken = OfflineTextToSpeech().speak(phrase, Speaker("en-US-AndrewNeural", "en-US"))
+    frame = 4800  # 100 ms chunks, as a client streams them
+    for seq, start in enumerate(range(0, len(spoken), frame)):
+        assert client.audio(seq, spoken[start : start + frame]).status_code == 200
+    assert body_of(client.send({"type": "commit"}))["status"] == "processing"
+    sent = voice.run_turns(client)
+    assert sent[0] == {"type": "transcription", "status": "complete", "text": phrase}
+    chunks = [m for m in sent if m["type"] == "audio"]
+    assert chunks and [c["seq"] for c in chunks] == list(range(len(chunks)))
+    audio = b"".join(base64.b64decode(c["data"]) for c in chunks)
+    assert len(audio) > 24_000  # more than half a second of the answer, spoken offline
+    assert model.of("chat")[-1].messages[-1].text == phrase
