@@ -27,7 +27,7 @@ from shared.realtime.webpubsub import (
     MemoryConnections,
     WebPubSubGateway,
 )
-from tests.kit.fakes.webpubsub_service import GROUP_CLAIM, ROLE_CLAIM, WebPubSubService
+from tools.local_services.webpubsub_rest import GROUP_CLAIM, ROLE_CLAIM, WebPubSubService
 
 HUB = "voice"
 API_VERSION = "2024-12-01"

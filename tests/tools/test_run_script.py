@@ -12,7 +12,7 @@ import pytest
 from tools.local_services import port_open
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-LOCAL_PORTS = (10000, 10001, 10002, 8081)  # the fixed ports scripts/run starts services on
+LOCAL_PORTS = (10000, 10001, 10002, 8081, 7080)  # the fixed ports scripts/run starts services on
 
 FAILING_NPM = """#!/usr/bin/env bash
 # npm as it behaves where Core Tools' install script cannot reach Microsoft's CDN.

@@ -7,11 +7,14 @@ and fixes what the Python SDK trips on in the stock server.
 
 Modules: install (npm ci of the pinned packages), ports, processes (start / wait / stop a
 service's process group), azurite, cosmos (certificate and launcher), services (both at once,
-and their app settings), state (services.json), cli (up / env / down).
+and their app settings), state (services.json), cli (up / env / down), webpubsub (the Web
+PubSub stand-in: Python, aiohttp; recorded in webpubsub.json; not imported here, so that
+`python -m tools.local_services.webpubsub` runs it without a second import).
 
 CLI (from the repository root):
 
     python -m tools.local_services up --state-dir DIR [--azurite-ports B,Q,T] [--cosmos-port P]
+        [--webpubsub-port P [--webpubsub-upstream [HUB=]URL ...]]
     python -m tools.local_services env --state-dir DIR
     python -m tools.local_services down --state-dir DIR
 """

@@ -142,6 +142,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     up_parser.add_argument("--state-dir", type=Path, required=True)
     up_parser.add_argument("--azurite-ports", type=_parse_ports, metavar="BLOB,QUEUE,TABLE")
     up_parser.add_argument("--cosmos-port", type=int, metavar="PORT")
+    up_parser.add_argument(
+        "--webpubsub-port", type=int, metavar="PORT", help="also start the Web PubSub stand-in"
+    )
+    up_parser.add_argument(
+        "--webpubsub-upstream",
+        action="append",
+        default=[],
+        metavar="[HUB=]URL",
+        help="the stand-in's event handler (default voice=http://localhost:7071/api/v1/voice/events)",
+    )
     down_parser = commands.add_parser("down", help="stop the services in services.json")
     down_parser.add_argument("--state-dir", type=Path, required=True)
     env_parser = commands.add_parser("env", help="print KEY=VALUE app settings")
@@ -153,11 +163,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             azurite, cosmos = up(args.state_dir, args.azurite_ports, args.cosmos_port)
             print(azurite.instance.connection_string)
             print(cosmos.instance.connection_string)
+            if args.webpubsub_port is not None:
+                # Imported here: aiohttp and the stand-in load only when it is asked for.
+                from tools.local_services.webpubsub import up_webpubsub
+
+                standin = up_webpubsub(args.state_dir, args.webpubsub_port, args.webpubsub_upstream)
+                print(standin.instance.connection_string)
         elif args.command == "down":
-            if not down(args.state_dir):
+            from tools.local_services.webpubsub import down_webpubsub
+
+            # Both run: `or` would skip the stand-in when the others were running.
+            stopped = [down(args.state_dir), down_webpubsub(args.state_dir)]
+            if not any(stopped):
                 print("no local services were running", file=sys.stderr)
         else:
-            for key, value in environment(args.state_dir).items():
+            from tools.local_services.webpubsub import webpubsub_environment
+
+            settings = {**environment(args.state_dir), **webpubsub_environment(args.state_dir)}
+            for key, value in settings.items():
                 print(f"{key}={value}")
     except LocalServicesError as exc:
         print(f"error: {exc}", file=sys.stderr)
