@@ -243,16 +243,11 @@ class AzureSpeechToText:
         return f"aad#{self._resource_id}#{token}"
 
     def _config(self, locale: str, token: str | None) -> Any:
-        sdk = self._sdk
-        if self._region is not None:
-            if self._key is not None:
-                config = sdk.SpeechConfig(subscription=self._key, region=self._region)
-            else:
-                config = sdk.SpeechConfig(auth_token=token, region=self._region)
-        elif self._endpoint is not None and self._endpoint.startswith("https://"):
-            config = sdk.SpeechConfig(endpoint=self._endpoint, subscription=self._key)
-        else:
-            config = sdk.SpeechConfig(host=self._endpoint, subscription=self._key)
+        from shared.synthesis.providers.azure_speech import speech_config
+
+        config = speech_config(
+            self._sdk, region=self._region, endpoint=self._endpoint, key=self._key, token=token
+        )
         config.speech_recognition_language = locale
         # A stop then ends the session at once instead of waiting (10 s by default) for a
         # service that may never answer.

@@ -320,15 +320,9 @@ class AzureSpeechProvider:
 
     def _new_session(self, audio_format: AudioFormat, token: str | None) -> _Session:
         sdk = self._sdk
-        if self._region is not None:
-            if self._key is not None:
-                config = sdk.SpeechConfig(subscription=self._key, region=self._region)
-            else:
-                config = sdk.SpeechConfig(auth_token=token, region=self._region)
-        elif self._endpoint is not None and self._endpoint.startswith("https://"):
-            config = sdk.SpeechConfig(endpoint=self._endpoint, subscription=self._key)
-        else:
-            config = sdk.SpeechConfig(host=self._endpoint, subscription=self._key)
+        config = speech_config(
+            sdk, region=self._region, endpoint=self._endpoint, key=self._key, token=token
+        )
         if self._deployment_id is not None:
             config.endpoint_id = self._deployment_id
         config.set_speech_synthesis_output_format(
@@ -414,3 +408,17 @@ def cancellation_failure(error_code: str, error_details: str) -> ProviderFailure
     elif close is not None:
         detail += f" (close {close.group(1)})"
     return ProviderFailure(kind, detail)
+
+
+def speech_config(
+    sdk: Any, *, region: str | None, endpoint: str | None, key: str | None, token: str | None
+) -> Any:
+    """A Speech SDK config for a region (key or Entra token), a custom-domain https
+    endpoint, or a ws:// host (loopback tests); shared by synthesis and recognition."""
+    if region is not None:
+        if key is not None:
+            return sdk.SpeechConfig(subscription=key, region=region)
+        return sdk.SpeechConfig(auth_token=token, region=region)
+    if endpoint is not None and endpoint.startswith("https://"):
+        return sdk.SpeechConfig(endpoint=endpoint, subscription=key)
+    return sdk.SpeechConfig(host=endpoint, subscription=key)
