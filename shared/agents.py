@@ -218,9 +218,15 @@ def voice_status(settings: Settings) -> VoiceStatus:
         ),
         (
             "turn_queue",
-            bool(settings.servicebus_namespace or settings.servicebus_connection_string),
-            ["ServiceBusConnection__fullyQualifiedNamespace", "ServiceBusConnection"],
-            "Hands each voice turn to the turn worker, in order per connection",
+            settings.realtime_turns == "inprocess"
+            or bool(settings.servicebus_namespace or settings.servicebus_connection_string),
+            [
+                "ServiceBusConnection__fullyQualifiedNamespace",
+                "ServiceBusConnection",
+                "TIMBRE_REALTIME_TURNS",
+            ],
+            "Hands each voice turn to the turn worker, in order per connection (in "
+            "development TIMBRE_REALTIME_TURNS=inprocess runs turns in the app's process)",
             "Set ServiceBusConnection__fullyQualifiedNamespace (managed identity) or "
             "ServiceBusConnection, with a session-enabled queue TIMBRE_REALTIME_TURN_QUEUE",
         ),
@@ -242,14 +248,16 @@ def voice_status(settings: Settings) -> VoiceStatus:
         ),
         (
             "chat_model",
-            configured["openai_chat"],
+            configured["openai_chat"] or settings.chat_agent == "scripted",
             [
                 "AZURE_OPENAI_ENDPOINT",
                 "AZURE_AI_ENDPOINT",
                 "AZURE_OPENAI_CHAT_DEPLOYMENT",
                 "AZURE_AI_DEPLOYMENT",
+                "TIMBRE_CHAT_AGENT",
             ],
-            "The agents' answers (chat and voice turns)",
+            "The agents' answers (chat and voice turns; in development "
+            "TIMBRE_CHAT_AGENT=scripted answers from a script)",
             "Set AZURE_OPENAI_ENDPOINT (or AZURE_AI_ENDPOINT) and AZURE_OPENAI_CHAT_DEPLOYMENT "
             "(or AZURE_AI_DEPLOYMENT)",
         ),

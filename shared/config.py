@@ -390,6 +390,14 @@ class Settings(BaseSettings):
     offline_phrases: list[str] = Field(
         default_factory=list, validation_alias="TIMBRE_OFFLINE_STT_PHRASES"
     )
+    # Where voice turns run: the Service Bus turn worker, or (development and test only,
+    # for a laptop without the Service Bus emulator) threads of the upstream's own process.
+    realtime_turns: Literal["servicebus", "inprocess"] = Field(
+        "servicebus", validation_alias="TIMBRE_REALTIME_TURNS"
+    )
+    # Who answers chat and voice turns: the Azure OpenAI deployment, or (development and
+    # test only) the scripted development agent.
+    chat_agent: Literal["azure", "scripted"] = Field("azure", validation_alias="TIMBRE_CHAT_AGENT")
 
     @field_validator("auth_tenants", "auth_audiences", "webpubsub_access_keys", mode="before")
     @classmethod
@@ -466,13 +474,18 @@ class Settings(BaseSettings):
         return regions
 
     @model_validator(mode="after")
-    def _offline_engines(self) -> Settings:
+    def _development_only_engines(self) -> Settings:
         from shared.realtime.offline import offline_engines_allowed
 
-        if self.voice_engines == "offline" and not offline_engines_allowed(self.environment.value):
-            raise ValueError(
-                "TIMBRE_VOICE_ENGINES: the offline engines are for development and test only"
-            )
+        if offline_engines_allowed(self.environment.value):
+            return self
+        for name, value, refused in (
+            ("TIMBRE_VOICE_ENGINES", self.voice_engines, "offline"),
+            ("TIMBRE_REALTIME_TURNS", self.realtime_turns, "inprocess"),
+            ("TIMBRE_CHAT_AGENT", self.chat_agent, "scripted"),
+        ):
+            if value == refused:
+                raise ValueError(f"{name}={refused} is for development and test only")
         return self
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@ first used.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from shared.ingestion.service import IngestionService
     from shared.realtime.engines import SpeechToText, TextToSpeech
     from shared.realtime.service import Gateway, RealtimeService
-    from shared.realtime.turn_queue import TurnQueue
+    from shared.realtime.turn_queue import TurnQueue, TurnTicket
     from shared.realtime.utterances import UtteranceBuffer
     from shared.storage.blobs import AzureBlobStore
     from shared.storage.ledger import Ledger
@@ -53,6 +54,9 @@ if TYPE_CHECKING:
     from shared.translation import Translator
 
 # Services are imported where first used: this module is on every function's cold path.
+
+
+log = logging.getLogger(__name__)
 
 
 class Runtime:
@@ -411,6 +415,10 @@ class Runtime:
         from shared.chat.language_model import ModelUnavailable
 
         settings = self.settings
+        if settings.chat_agent == "scripted":  # development and test only (settings)
+            from shared.chat.scripted import ScriptedAgent
+
+            return ScriptedAgent()
         endpoint, deployment = settings.chat_model_endpoint, settings.openai_chat_deployment
         if not (endpoint and deployment):
             raise ModelUnavailable(
@@ -513,6 +521,10 @@ class Runtime:
         from shared.realtime.turn_queue import ServiceBusTurnQueue
 
         settings = self.settings
+        if settings.realtime_turns == "inprocess":  # development and test only (settings)
+            from shared.realtime.local_turns import InProcessTurns
+
+            return InProcessTurns(self._turn_here)
         if settings.servicebus_connection_string:
             return ServiceBusTurnQueue(
                 settings.realtime_turn_queue,
@@ -534,6 +546,19 @@ class Runtime:
             reason="realtime_not_configured",
             retry_after_s=60,
         )
+
+    def _turn_here(self, ticket: TurnTicket) -> None:
+        """One voice turn on this process, as the Service Bus worker runs it, its chat
+        follow-ups done after it (they are queued to the follow-up queue by the worker)."""
+        from shared.chat.views import FollowUp
+
+        followups: list[str] = []
+        self.realtime.run_turn(ticket, followups.append)
+        for message in followups:
+            try:
+                self.chat.follow_up(FollowUp.model_validate_json(message))
+            except Exception:  # the turn was answered; what it taught is best effort here
+                log.warning("chat follow-up failed", extra={"event": "chat_followup_failed"})
 
     def speech_to_text(self) -> SpeechToText:
         """Speech to text of voice turns: offline in development when chosen, else Azure."""

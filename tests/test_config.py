@@ -435,3 +435,31 @@ def test_a_chat_endpoint_the_model_cannot_call_is_a_configuration_problem() -> N
         )
     with pytest.raises(ConfigurationError, match="AZURE_AI_ENDPOINT: not a chat endpoint"):
         make_settings(AZURE_AI_ENDPOINT="https://gw.example.com/v2", AZURE_AI_DEPLOYMENT="d")
+
+
+def test_the_example_settings_run_the_voice_loop_without_azure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What `scripts/run` copies to local.settings.json loads, and a newcomer's first voice
+    turn needs nothing from Azure: offline speech, the scripted agent, turns in process,
+    with the Service Bus-triggered worker disabled (it would have no queue to listen to)."""
+    import json
+    from pathlib import Path
+
+    from tests.kit.host import indexed
+
+    example = json.loads((Path(__file__).parent.parent / "local.settings.example.json").read_text())
+    values = {k: v for k, v in example["Values"].items() if v != ""}
+    for name, value in values.items():  # as the host hands them over: environment variables
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+
+    assert settings.environment is Environment.DEVELOPMENT
+    assert (settings.voice_engines, settings.chat_agent, settings.realtime_turns) == (
+        "offline",
+        "scripted",
+        "inprocess",
+    )
+    disabled = [k for k, v in values.items() if k.startswith("AzureWebJobs.") and v == "true"]
+    assert disabled == ["AzureWebJobs.voice_turn.Disabled"]
+    assert "voice_turn" in indexed()

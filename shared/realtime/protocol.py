@@ -288,6 +288,11 @@ def audio(pcm: bytes, turn: int, seq: int) -> dict[str, Any]:
     }
 
 
+def reply(turn: int, text: str) -> dict[str, Any]:
+    """One sentence of the agent's answer, sent before its audio (for a visible transcript)."""
+    return {"type": "reply", "turn": turn, "text": text}
+
+
 def agent_switched(agent_id: str) -> dict[str, Any]:
     """The session continues with this agent."""
     return {"type": "agent_switched", "agent_id": agent_id}

@@ -527,6 +527,10 @@ class RealtimeService:
 
         try:
             for sentence in sentences(deltas()):
+                if self._connections.cancelled(ticket.tenant_id, ticket.connection_id, ticket.turn):
+                    send(protocol.turn_cancelled(ticket.turn))
+                    return TurnOutcome("cancelled", seq)
+                send(protocol.reply(ticket.turn, sentence))
                 audio = tts.speak(sentence, voice)
                 mark("first_audio_ms")
                 for start in range(0, len(audio), chunk):

@@ -1,5 +1,6 @@
-"""One contract for every LanguageModel: the scripted fake the chat tests use, and the real
-adapter (the `openai` client on the Responses API wire format).
+"""One contract for every LanguageModel: the scripted fake the chat tests use, the scripted
+development agent (`TIMBRE_CHAT_AGENT=scripted`), and the real adapter (the `openai` client
+on the Responses API wire format).
 
 What the chat service relies on is pinned here, so a service test on the fake means what it
 says on Azure OpenAI: a reply carries the text and the token counts; a stream yields
@@ -25,6 +26,7 @@ from shared.chat.language_model import (
     ModelReply,
     TextDelta,
 )
+from shared.chat.scripted import ScriptedAgent, development_answer
 from tests.kit.fakes.language_model import ModelCall, ScriptedModel
 from tests.kit.fakes.responses_api import ResponsesService
 
@@ -42,6 +44,14 @@ def _fake() -> LanguageModel:
 
     return ScriptedModel(
         answer=answer, facts=lambda _: ExtractedFacts(facts=[FACT]), window_tokens=WINDOW
+    )
+
+
+def _development() -> LanguageModel:
+    return ScriptedAgent(
+        answer=lambda _, messages: _echo(messages[-1].text),
+        facts=lambda _, __: ExtractedFacts(facts=[FACT]),
+        window_tokens=WINDOW,
     )
 
 
@@ -63,7 +73,11 @@ def _azure() -> LanguageModel:
     )
 
 
-IMPLEMENTATIONS: dict[str, Callable[[], LanguageModel]] = {"fake": _fake, "azure": _azure}
+IMPLEMENTATIONS: dict[str, Callable[[], LanguageModel]] = {
+    "fake": _fake,
+    "development": _development,
+    "azure": _azure,
+}
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
@@ -102,3 +116,19 @@ def test_a_context_over_the_window_is_too_long(model: LanguageModel) -> None:
     long = [Message("user", "word " * 1000)]
     with pytest.raises(ContextTooLong):
         model.reply("You are Elena.", long, max_output_tokens=50)
+
+
+def test_the_development_agent_answers_as_its_persona_in_sentences() -> None:
+    agent = ScriptedAgent()
+    instructions = "You are Marcus, a project manager."
+    events = list(agent.stream(instructions, MESSAGES, max_output_tokens=200))
+    final = events[-1]
+    assert isinstance(final, ModelReply)
+    assert final.text == development_answer(instructions, MESSAGES)
+    assert final.text.startswith("This is Marcus") and final.text.endswith("You said: Oslo.")
+    short = agent.reply(instructions, MESSAGES, max_output_tokens=5)
+    assert len(short.text.encode()) <= 20  # never past its token limit
+    facts = agent.structured(
+        "Extract.", MESSAGES, ExtractedFacts, max_output_tokens=50, timeout_s=1
+    )
+    assert facts.value.facts == []  # it learns nothing about the user

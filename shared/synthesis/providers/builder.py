@@ -59,8 +59,19 @@ class ConfiguredProviders:
         return True
 
     def stock(self) -> SpeechProvider | None:
-        """Azure neural voices, or None without Speech settings."""
-        return self._stock if self._speech_configured else None
+        """Azure neural voices, or None without Speech settings (in development with
+        TIMBRE_VOICE_ENGINES=offline and no Speech: the offline development voice)."""
+        if self._speech_configured:
+            return self._stock
+        if self._settings.voice_engines == "offline":  # development and test only (settings)
+            return self._offline
+        return None
+
+    @cached_property
+    def _offline(self) -> SpeechProvider:
+        from shared.synthesis.providers.offline import OfflineSpeechProvider
+
+        return OfflineSpeechProvider()
 
     @cached_property
     def _stock(self) -> SpeechProvider:

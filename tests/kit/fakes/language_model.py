@@ -9,7 +9,6 @@ service does (`ContextTooLong`), so a test can catch a request sent over budget.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,16 +25,12 @@ from shared.chat.language_model import (
     Structured,
     TextDelta,
 )
+from shared.chat.scripted import tokens
 from shared.chat.service import SUMMARY_INSTRUCTIONS
 
 M = TypeVar("M", bound=BaseModel)
 _PERSONA = re.compile(r"You are (\w+)")
 _TURNS = re.compile(r"Turn (\d+)\. User:")
-
-
-def tokens(text: str) -> int:
-    """Roughly what the GPT-4o tokenizer counts for English text."""
-    return math.ceil(len(text.encode()) / 4) + 3
 
 
 @dataclass
