@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
@@ -31,6 +31,22 @@ class BlobInfo:
     size: int
     etag: str
     metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class TaggedBlob:
+    """A blob found by its index tags (or listed with them)."""
+
+    name: str
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class BlobPage:
+    """One page of blobs and where the next one starts (None: this was the last)."""
+
+    blobs: list[TaggedBlob]
+    marker: str | None
 
 
 class BlobChanged(Exception):
@@ -72,13 +88,51 @@ class BlobStore(Protocol):
         *,
         content_type: str,
         metadata: dict[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
         """Create or replace a block blob from bytes, or from a file read to its end.
 
         Every write is a new version (a new ETag), even of the same content; metadata is
-        replaced, not merged, and its values lose leading and trailing blanks.
-        ContainerNotFound if the container does not exist.
+        replaced, not merged, and its values lose leading and trailing blanks; `tags` are
+        the blob's index tags (replaced too). ContainerNotFound if the container does not
+        exist.
         """
+        ...
+
+    def tags(self, container: str, name: str) -> dict[str, str] | None:
+        """The blob's index tags; None if it does not exist."""
+        ...
+
+    def set_tags(self, container: str, name: str, tags: Mapping[str, str]) -> bool:
+        """Replace the blob's index tags; False if it does not exist."""
+        ...
+
+    def find_tagged(
+        self,
+        container: str,
+        equals: Mapping[str, str],
+        *,
+        below: tuple[str, str] | None = None,
+        limit: int = 500,
+    ) -> list[TaggedBlob]:
+        """Up to `limit` of the container's blobs whose tags equal `equals` and, with
+        `below` (tag, value), whose tag is lower than value (string order).
+
+        One page, no marker: Azurite loses the marker of a page that ends on a blob that
+        does not match, so callers that need more delete what they found and ask again.
+        Azure's index is eventually consistent: a blob tagged a moment ago may not be found
+        yet, and one deleted a moment ago may still be.
+        """
+        ...
+
+    def list_page(
+        self, container: str, *, marker: str | None = None, page_size: int = 500
+    ) -> BlobPage:
+        """One page of every blob of the container, in name order, with its tags."""
+        ...
+
+    def delete_many(self, container: str, names: Sequence[str]) -> int:
+        """Delete these blobs (up to 256, one batch request); how many existed."""
         ...
 
     def delete(self, container: str, name: str) -> bool:
@@ -108,6 +162,39 @@ _CONTAINER = re.compile(r"(?=.{3,63}\Z)[a-z0-9]+(?:-[a-z0-9]+)*\Z|\$(?:root|web|
 _MAX_NAME = 1024
 _METADATA_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _METADATA_VALUE = re.compile(r"[\t\x20-\x7e]*\Z")
+
+
+# Blob index tags: at most 10, keys of 1-128 and values of 0-256 of these characters.
+_TAG_TEXT = re.compile(r"[A-Za-z0-9 +\-./:=_]*\Z")
+MAX_TAGS = 10
+MAX_BATCH = 256
+
+
+def _check_tags(tags: Mapping[str, str]) -> None:
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"a blob has at most {MAX_TAGS} index tags, not {len(tags)}")
+    for key, value in tags.items():
+        if not (1 <= len(key) <= 128 and _TAG_TEXT.match(key)):
+            raise ValueError(f"index tag name {key!r} is not valid")
+        if not (isinstance(value, str) and len(value) <= 256 and _TAG_TEXT.match(value)):
+            raise ValueError(f"index tag {key!r} has a value Azure refuses")
+
+
+def _tag_filter(equals: Mapping[str, str], below: tuple[str, str] | None) -> str:
+    """Azure's tag filter expression; names and values are checked, so quoting is safe."""
+    if not equals and below is None:
+        raise ValueError("a tag query needs at least one condition")
+    _check_tags(dict(equals))
+    terms = [f"\"{key}\" = '{value}'" for key, value in equals.items()]
+    if below is not None:
+        _check_tags({below[0]: below[1]})
+        terms.append(f"\"{below[0]}\" < '{below[1]}'")
+    return " AND ".join(terms)
+
+
+def _check_page_size(page_size: int) -> None:
+    if not 1 <= page_size <= 5000:
+        raise ValueError(f"page_size is 1 to 5000, not {page_size}")
 
 
 def _check_container(container: str) -> None:
@@ -187,6 +274,7 @@ class AzureBlobStore:
         *,
         content_type: str,
         metadata: dict[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
         """Create or replace a block blob; a file is uploaded in blocks, never read whole."""
         from azure.core.exceptions import ResourceNotFoundError
@@ -194,16 +282,98 @@ class AzureBlobStore:
 
         _check_blob(container, name)
         _check_metadata(metadata or {})
+        _check_tags(tags or {})
         try:
             self._service.get_blob_client(container, name).upload_blob(
                 data,
                 overwrite=True,
                 content_settings=ContentSettings(content_type=content_type),
                 metadata=metadata,
+                tags=dict(tags) if tags else None,
                 max_concurrency=2,
             )
         except ResourceNotFoundError as missing:  # the only 404 of a Put Blob
             raise ContainerNotFound(container) from missing
+
+    def tags(self, container: str, name: str) -> dict[str, str] | None:
+        """The blob's index tags; None if it does not exist."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        _check_blob(container, name)
+        try:
+            return dict(self._service.get_blob_client(container, name).get_blob_tags())
+        except ResourceNotFoundError:
+            return None
+
+    def set_tags(self, container: str, name: str, tags: Mapping[str, str]) -> bool:
+        """Replace the blob's index tags; False if it does not exist."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        _check_blob(container, name)
+        _check_tags(tags)
+        try:
+            self._service.get_blob_client(container, name).set_blob_tags(dict(tags))
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    def find_tagged(
+        self,
+        container: str,
+        equals: Mapping[str, str],
+        *,
+        below: tuple[str, str] | None = None,
+        limit: int = 500,
+    ) -> list[TaggedBlob]:
+        """Up to `limit` blobs of the container whose tags match (Find Blobs by Tags)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        _check_container(container)
+        _check_page_size(limit)
+        expression = _tag_filter(equals, below)
+        client = self._service.get_container_client(container)
+        try:
+            page = next(client.find_blobs_by_tags(expression, results_per_page=limit).by_page())
+            return [TaggedBlob(b.name, dict(b.tags or {})) for b in page][:limit]
+        except (ResourceNotFoundError, StopIteration):
+            return []
+
+    def list_page(
+        self, container: str, *, marker: str | None = None, page_size: int = 500
+    ) -> BlobPage:
+        """One page of every blob of the container, in name order, with its tags."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        _check_container(container)
+        _check_page_size(page_size)
+        client = self._service.get_container_client(container)
+        try:
+            pages = client.list_blobs(include=["tags"], results_per_page=page_size).by_page(
+                continuation_token=marker
+            )
+            page = next(pages, None)
+            found = [TaggedBlob(b.name, dict(b.tags or {})) for b in page or ()]
+        except ResourceNotFoundError:
+            return BlobPage([], None)
+        return BlobPage(found, pages.continuation_token or None)  # type: ignore[attr-defined]
+
+    def delete_many(self, container: str, names: Sequence[str]) -> int:
+        """Delete these blobs in one batch request; how many existed."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        _check_container(container)
+        if len(names) > MAX_BATCH:
+            raise ValueError(f"a batch deletes at most {MAX_BATCH} blobs, not {len(names)}")
+        for name in names:
+            _check_blob(container, name)
+        if not names:
+            return 0
+        client = self._service.get_container_client(container)
+        try:
+            answers = client.delete_blobs(*names, raise_on_any_failure=False)
+            return sum(1 for answer in answers if answer.status_code == 202)
+        except ResourceNotFoundError:
+            return 0
 
     def delete(self, container: str, name: str) -> bool:
         """Delete a blob; False if there was none (or no container)."""
@@ -259,6 +429,7 @@ class _MemoryBlob:
     etag: str
     content_type: str
     metadata: dict[str, str]
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def _bootstrapped_containers() -> set[str]:
@@ -317,10 +488,12 @@ class MemoryBlobStore:
         *,
         content_type: str,
         metadata: dict[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
         """Create or replace a block blob."""
         _check_blob(container, name)
         _check_metadata(metadata or {})
+        _check_tags(tags or {})
         if not isinstance(data, bytes):
             data = data.read()
         # Azure stores header values without their leading and trailing blanks.
@@ -331,7 +504,83 @@ class MemoryBlobStore:
             self._version += 1
             digest = hashlib.sha256(data).hexdigest()[:8]
             etag = f'"0x{self._version:04X}{digest}"'
-            self.blobs[(container, name)] = _MemoryBlob(data, etag, content_type, stored)
+            self.blobs[(container, name)] = _MemoryBlob(
+                data, etag, content_type, stored, dict(tags or {})
+            )
+
+    def tags(self, container: str, name: str) -> dict[str, str] | None:
+        """The blob's index tags; None if it does not exist."""
+        _check_blob(container, name)
+        blob = self.blobs.get((container, name))
+        return None if blob is None else dict(blob.tags)
+
+    def set_tags(self, container: str, name: str, tags: Mapping[str, str]) -> bool:
+        """Replace the blob's index tags; False if it does not exist."""
+        _check_blob(container, name)
+        _check_tags(tags)
+        with self._lock:
+            blob = self.blobs.get((container, name))
+            if blob is None:
+                return False
+            blob.tags = dict(tags)  # as in Azure, the ETag does not change
+        return True
+
+    def find_tagged(
+        self,
+        container: str,
+        equals: Mapping[str, str],
+        *,
+        below: tuple[str, str] | None = None,
+        limit: int = 500,
+    ) -> list[TaggedBlob]:
+        """Up to `limit` blobs of the container whose tags match, in name order."""
+        _check_container(container)
+        _check_page_size(limit)
+        _tag_filter(equals, below)  # the same checks as Azure's expression
+
+        def matches(tags: dict[str, str]) -> bool:
+            if any(tags.get(key) != value for key, value in equals.items()):
+                return False
+            return below is None or (below[0] in tags and tags[below[0]] < below[1])
+
+        return self._page(container, None, limit, matches).blobs
+
+    def list_page(
+        self, container: str, *, marker: str | None = None, page_size: int = 500
+    ) -> BlobPage:
+        """One page of every blob of the container, in name order, with its tags."""
+        _check_container(container)
+        _check_page_size(page_size)
+        return self._page(container, marker, page_size, lambda _: True)
+
+    def delete_many(self, container: str, names: Sequence[str]) -> int:
+        """Delete these blobs; how many existed."""
+        _check_container(container)
+        if len(names) > MAX_BATCH:
+            raise ValueError(f"a batch deletes at most {MAX_BATCH} blobs, not {len(names)}")
+        for name in names:
+            _check_blob(container, name)
+        with self._lock:
+            return sum(self.blobs.pop((container, name), None) is not None for name in names)
+
+    def _page(
+        self,
+        container: str,
+        marker: str | None,
+        page_size: int,
+        matches: Callable[[dict[str, str]], bool],
+    ) -> BlobPage:
+        with self._lock:
+            names = sorted(
+                name
+                for (held, name), blob in self.blobs.items()
+                if held == container and (marker is None or name >= marker) and matches(blob.tags)
+            )
+            found = [
+                TaggedBlob(name, dict(self.blobs[(container, name)].tags))
+                for name in names[:page_size]
+            ]
+        return BlobPage(found, names[page_size] if len(names) > page_size else None)
 
     def delete(self, container: str, name: str) -> bool:
         """Delete a blob; False if there was none (or no container)."""

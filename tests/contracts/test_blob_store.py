@@ -480,3 +480,98 @@ def test_a_new_twin_is_an_account_as_bootstrap_leaves_it() -> None:
         store.write(container, "a", b"x", content_type="text/plain")
     with pytest.raises(ContainerNotFound):
         store.write("trn-" + "0" * 32, "a", b"x", content_type="text/plain")
+
+
+# ---- index tags, pages and batches (retention) ------------------------------------------------
+
+
+def tagged(subject: Subject, name: str, **tags: str) -> None:
+    subject.store.write(
+        subject.container, name, b"x", content_type="application/octet-stream", tags=tags
+    )
+
+
+def test_tags_are_written_read_and_replaced_without_a_new_version(subject: Subject) -> None:
+    tagged(subject, "a.wav", dataClass="raw_recording", dataRegion="EU")
+    before = subject.store.properties(subject.container, "a.wav")
+    assert subject.store.tags(subject.container, "a.wav") == {
+        "dataClass": "raw_recording",
+        "dataRegion": "EU",
+    }
+    assert subject.store.set_tags(subject.container, "a.wav", {"dataClass": "transcript"})
+    assert subject.store.tags(subject.container, "a.wav") == {"dataClass": "transcript"}
+    assert subject.store.properties(subject.container, "a.wav") == before  # same ETag
+    assert subject.store.tags(subject.container, "gone.wav") is None
+    assert not subject.store.set_tags(subject.container, "gone.wav", {"a": "b"})
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {f"k{n}": "v" for n in range(11)},  # more than ten
+        {"quote'd": "v"},
+        {"k": "it's"},
+        {"k": "v" * 257},
+        {"": "v"},
+    ],
+)
+def test_tags_azure_refuses_are_refused_before_any_request(
+    subject: Subject, tags: dict[str, str]
+) -> None:
+    with pytest.raises(ValueError, match="tag"):
+        subject.store.write(subject.container, "a", b"x", content_type="text/plain", tags=tags)
+    with pytest.raises(ValueError, match="tag"):
+        subject.store.set_tags(subject.container, "a", tags)
+
+
+def test_blobs_are_found_by_equal_tags_and_a_tag_below_a_value(subject: Subject) -> None:
+    tagged(subject, "eu-old", dataClass="raw_recording", dataRegion="EU", createdAt="2026-01-01")
+    tagged(subject, "eu-new", dataClass="raw_recording", dataRegion="EU", createdAt="2026-12-01")
+    tagged(subject, "us-old", dataClass="raw_recording", dataRegion="US", createdAt="2026-01-01")
+    tagged(subject, "other", dataClass="transcript", dataRegion="EU", createdAt="2026-01-01")
+    tagged(subject, "untagged")
+
+    def found(**kwargs: object) -> list[str]:
+        page = subject.store.find_tagged(subject.container, **kwargs)  # type: ignore[arg-type]
+        return sorted(b.name for b in page)
+
+    old = found(
+        equals={"dataClass": "raw_recording", "dataRegion": "EU"},
+        below=("createdAt", "2026-06-01"),
+    )
+    assert old == ["eu-old"]
+    assert found(equals={"dataClass": "raw_recording"}) == ["eu-new", "eu-old", "us-old"]
+    assert len(found(equals={"dataClass": "raw_recording"}, limit=2)) == 2
+    assert (
+        subject.store.find_tagged(subject.container, {"dataRegion": "EU"})[0].tags["dataRegion"]
+        == "EU"
+    )
+    assert subject.store.find_tagged("contract-" + "0" * 16, {"dataClass": "x"}) == []
+
+
+def test_a_container_lists_page_by_page_with_tags(subject: Subject) -> None:
+    for n in range(5):
+        tagged(subject, f"b{n}", dataClass="transcript")
+    put(subject, "untagged")
+    seen: list[tuple[str, dict[str, str]]] = []
+    marker = None
+    while True:
+        page = subject.store.list_page(subject.container, marker=marker, page_size=2)
+        assert len(page.blobs) <= 2
+        seen += [(b.name, b.tags) for b in page.blobs]
+        if page.marker is None:
+            break
+        marker = page.marker
+    assert [name for name, _ in seen] == ["b0", "b1", "b2", "b3", "b4", "untagged"]
+    assert seen[0][1] == {"dataClass": "transcript"} and seen[-1][1] == {}
+
+
+def test_a_batch_deletes_what_exists_and_counts_it(subject: Subject) -> None:
+    for n in range(5):
+        put(subject, f"d{n}")
+    assert subject.store.delete_many(subject.container, ["d0", "d1", "d2", "nope"]) == 3
+    assert subject.store.properties(subject.container, "d0") is None
+    assert subject.store.properties(subject.container, "d3") is not None
+    assert subject.store.delete_many(subject.container, []) == 0
+    with pytest.raises(ValueError, match="256"):
+        subject.store.delete_many(subject.container, [f"n{i}" for i in range(257)])
