@@ -49,10 +49,16 @@ def test_every_documented_route_exists(document: dict[str, object]) -> None:
             assert (path, method.upper()) in registered, f"{method} {path} is not a function"
 
 
-def test_only_the_catch_all_and_the_web_pubsub_upstream_are_undocumented() -> None:
-    # The upstream's contract is Web PubSub's CloudEvents (signed by the hub), not this API's.
+def test_only_the_catch_all_the_upstream_and_the_demo_page_are_undocumented() -> None:
+    # The upstream's contract is Web PubSub's CloudEvents (signed by the hub), not this API's;
+    # the demo page and its assets are a page for people, not an API.
     hidden = [op.name for op in ROUTES.operations if not op.documented]
-    assert sorted(hidden) == ["route_not_found", "voice_events"]
+    assert sorted(hidden) == [
+        "route_not_found",
+        "voice_demo_asset",
+        "voice_demo_page",
+        "voice_events",
+    ]
 
 
 def test_document_shape(document: dict[str, object]) -> None:
