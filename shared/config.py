@@ -399,6 +399,32 @@ class Settings(BaseSettings):
     # test only) the scripted development agent.
     chat_agent: Literal["azure", "scripted"] = Field("azure", validation_alias="TIMBRE_CHAT_AGENT")
 
+    # ---- Retention (issue 13) ----------------------------------------------------------------
+    # The retention policy in place of shared/retention/policy.json: one JSON object of the
+    # same shape (version, and horizons for every region and class), checked in full.
+    retention_policy: Annotated[dict[str, Any] | None, NoDecode] = Field(
+        None, validation_alias="TIMBRE_RETENTION_POLICY"
+    )
+
+    @field_validator("retention_policy", mode="before")
+    @classmethod
+    def _retention_policy(cls, value: Any) -> dict[str, Any] | None:
+        from shared.retention.policy import checked_setting
+
+        return checked_setting(value)
+
+    @model_validator(mode="after")
+    def _retention_keeps_consent(self) -> Settings:
+        # The policy in force keeps consent recordings as long as a consent lasts.
+        from shared.retention.policy import consent_problem
+
+        problem = consent_problem(self.retention_policy, self.consent_lifetime_days)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    # ---- end of Retention (issue 13) ---------------------------------------------------------
+
     @field_validator("auth_tenants", "auth_audiences", "webpubsub_access_keys", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:

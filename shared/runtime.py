@@ -40,13 +40,15 @@ if TYPE_CHECKING:
     from shared.realtime.service import Gateway, RealtimeService
     from shared.realtime.turn_queue import TurnQueue, TurnTicket
     from shared.realtime.utterances import UtteranceBuffer
+    from shared.retention.policy import RetentionPolicy
+    from shared.retention.tagging import RetentionTagger
     from shared.storage.blobs import AzureBlobStore
     from shared.storage.ledger import Ledger
     from shared.storage.rollups import RollupStore
     from shared.storage.sas import SasIssuer
     from shared.storage.scope import TenantScope
     from shared.synthesis.cache import SynthesisCache
-    from shared.synthesis.chain import FallbackChain
+    from shared.synthesis.chain import FallbackChain, SpeechProvider
     from shared.synthesis.jobs import SynthesisJobs
     from shared.synthesis.service import SpeechProviders, SynthesisService
     from shared.training.custom_voice import CustomVoiceClient
@@ -153,7 +155,30 @@ class Runtime:
         """Blob Storage behind the small BlobStore interface."""
         from shared.storage.blobs import AzureBlobStore
 
-        return AzureBlobStore(self.blob_service)
+        return AzureBlobStore(self.blob_service, tags_for=self.retention_tagger.tags)
+
+    @cached_property
+    def retention_policy(self) -> RetentionPolicy:
+        """The retention policy in force (the repository's, or TIMBRE_RETENTION_POLICY)."""
+        from shared.retention.policy import load_policy
+
+        return load_policy(self.settings)
+
+    @cached_property
+    def retention_tagger(self) -> RetentionTagger:
+        """The retention tags of every blob Timbre writes (class, region, policy, expiry)."""
+        from shared.retention.tagging import RetentionTagger
+
+        def voice_region(tenant_id: str, voice_id: str) -> str | None:
+            found = self.voice_records.read(tenant_id, voice_id)
+            return found.data_region if found is not None else None
+
+        return RetentionTagger(
+            lambda: self.retention_policy,
+            voice_region=voice_region,
+            tenant_region=self.settings.data_region,
+            clock=self.clock,
+        )
 
     def recordings(self, tenant_id: str) -> RecordingStore:
         """A tenant's recording reports and transcripts."""
@@ -173,6 +198,7 @@ class Runtime:
             self.audit,
             max_bytes=self.settings.upload_max_bytes,
             thresholds=self.settings.audio_thresholds,
+            tags_for=self.retention_tagger.tags,
         )
 
     @cached_property
@@ -277,7 +303,12 @@ class Runtime:
             return self._speech_providers
         from shared.synthesis.providers.builder import ConfiguredProviders
 
-        return ConfiguredProviders(self.settings)
+        def offline() -> SpeechProvider:  # in development, while Speech is not configured
+            from shared.realtime.offline_synthesis import OfflineSpeechProvider
+
+            return OfflineSpeechProvider()
+
+        return ConfiguredProviders(self.settings, offline=offline)
 
     @cached_property
     def synthesis_chain(self) -> FallbackChain:
@@ -655,6 +686,7 @@ class Runtime:
             hub=settings.webpubsub_hub,
             region=settings.data_region,
             clock=self.clock,
+            tags=self.retention_tagger.tags,
         )
 
     def bootstrap(self) -> list[str]:

@@ -27,7 +27,7 @@ from shared.ingestion.uploads import (
     UploadKind,
     UploadPath,
 )
-from shared.storage.blobs import BlobChanged, BlobInfo, BlobStore
+from shared.storage.blobs import BlobChanged, BlobInfo, BlobStore, TagsFor
 from shared.storage.ledger import ClaimState, Ledger
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,10 @@ class IngestionService:
         max_bytes: int,
         thresholds: AudioThresholds,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        tags_for: TagsFor | None = None,
     ) -> None:
         self._blobs = blobs
+        self._tags_for = tags_for  # retention tags of the upload (the client wrote none)
         self._ledger = ledger
         self._recordings = recordings
         self._audit = audit
@@ -123,7 +125,19 @@ class IngestionService:
             self._ledger.release(path.tenant_id, key, claim)  # let the host retry this version
             raise
         self._ledger.complete(path.tenant_id, key, claim, {"verdict": result.verdict})
+        self._tag_upload(path)
         return result
+
+    def _tag_upload(self, path: UploadPath) -> None:
+        """Give the upload its retention tags (the client's PUT carried none). Best effort:
+        a sweep classifies an upload that is still untagged."""
+        tags = self._tags_for(UPLOADS_CONTAINER, path.blob_name) if self._tags_for else None
+        if not tags:
+            return
+        try:
+            self._blobs.set_tags(UPLOADS_CONTAINER, path.blob_name, tags)
+        except Exception:
+            log.warning("upload not tagged", extra={"event": "retention_tag_failed"})
 
     def record_poison(self, blob_name: str, etag: str | None) -> IngestResult:
         """After the host gave up on a blob: record it as rejected so it does not vanish."""
@@ -152,6 +166,7 @@ class IngestionService:
         )
         result = self._store(path, version, "rejected", [reason])
         self._ledger.settle(path.tenant_id, key, {"verdict": "rejected"})
+        self._tag_upload(path)
         return result
 
     def _process(self, path: UploadPath, info: BlobInfo) -> IngestResult:

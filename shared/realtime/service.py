@@ -51,6 +51,7 @@ from shared.realtime.protocol import (
 )
 from shared.realtime.sentences import sentences
 from shared.realtime.turn_queue import QueueUnavailable, TurnQueue, TurnTicket
+from shared.realtime.utterances import CONTAINER as UTTERANCE_CONTAINER
 from shared.realtime.utterances import UtteranceBuffer, UtteranceKey
 from shared.realtime.views import JSON_SUBPROTOCOL, Negotiated, NegotiateRequest
 from shared.realtime.webpubsub import (
@@ -59,6 +60,7 @@ from shared.realtime.webpubsub import (
     ConnectionSender,
     DeliveryFailed,
 )
+from shared.storage.blobs import TagsFor
 from shared.storage.rollups import RollupStore, Sample
 
 log = logging.getLogger(__name__)
@@ -193,6 +195,7 @@ class RealtimeService:
         hub: str,
         region: Callable[[str], str],
         clock: Callable[[], datetime],
+        tags: TagsFor = lambda _container, _name: None,
     ) -> None:
         self._chat = chat
         self._agents = agents
@@ -208,6 +211,7 @@ class RealtimeService:
         self._hub = hub
         self._region = region
         self._clock = clock
+        self._tags = tags  # retention tags of each turn's audio
         self._rate = _RateGate(limits.events_per_second)
 
     # -- negotiate --------------------------------------------------------------------------
@@ -375,7 +379,7 @@ class RealtimeService:
             key,
             turn,
             max_bytes=self._limits.max_utterance_bytes,
-            tags={"dataClass": "realtime_audio", "dataRegion": record.data_region},
+            tags=self._tags(UTTERANCE_CONTAINER, key.turn_blob(turn)) or {},
         )
         if sealed is None or sealed.bytes == 0:
             return _reply(protocol.error("empty_utterance", "Nothing was said", turn=turn))

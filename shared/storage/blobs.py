@@ -220,11 +220,16 @@ def _check_metadata(metadata: Mapping[str, str]) -> None:
             raise ValueError(f"metadata {key!r} is not printable ASCII text")
 
 
-class AzureBlobStore:
-    """BlobStore over azure-storage-blob."""
+#: Tags a store gives a blob written without any (retention's classification), or None.
+TagsFor = Callable[[str, str], Mapping[str, str] | None]
 
-    def __init__(self, service: BlobServiceClient) -> None:
+
+class AzureBlobStore:
+    """BlobStore over azure-storage-blob; `tags_for` tags what is written without tags."""
+
+    def __init__(self, service: BlobServiceClient, *, tags_for: TagsFor | None = None) -> None:
         self._service = service
+        self._tags_for = tags_for
 
     def properties(self, container: str, name: str) -> BlobInfo | None:
         """The blob's size, ETag and metadata; None if it (or its container) does not exist."""
@@ -282,6 +287,8 @@ class AzureBlobStore:
 
         _check_blob(container, name)
         _check_metadata(metadata or {})
+        if tags is None and self._tags_for is not None:
+            tags = self._tags_for(container, name)
         _check_tags(tags or {})
         try:
             self._service.get_blob_client(container, name).upload_blob(
@@ -453,6 +460,7 @@ class MemoryBlobStore:
 
     blobs: dict[tuple[str, str], _MemoryBlob] = field(default_factory=dict)
     containers: set[str] = field(default_factory=_bootstrapped_containers)
+    tags_for: TagsFor | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _version: int = 0
 
@@ -493,6 +501,8 @@ class MemoryBlobStore:
         """Create or replace a block blob."""
         _check_blob(container, name)
         _check_metadata(metadata or {})
+        if tags is None and self.tags_for is not None:
+            tags = self.tags_for(container, name)
         _check_tags(tags or {})
         if not isinstance(data, bytes):
             data = data.read()

@@ -57,6 +57,7 @@ FLOW_MAY_IMPORT: dict[str, frozenset[str]] = {
     "chat": frozenset({"agents"}),  # the personas answer
     "realtime": frozenset({"chat", "agents", "synthesis"}),  # voice turns: the agent, the voices
     "audit": frozenset(),  # a service of every flow: it imports none of them
+    "retention": frozenset(),  # classifies every flow's data by layout: imports none of them
 }
 FLOWS = frozenset(FLOW_MAY_IMPORT) - {"audit"}
 COMPOSITION_ROOT = "runtime"

@@ -38,8 +38,11 @@ def _entra_token() -> Callable[[], str]:
 class ConfiguredProviders:
     """Providers from settings; each built on first use, custom ones kept per deployment."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, offline: Callable[[], SpeechProvider] | None = None
+    ) -> None:
         self._settings = settings
+        self._offline_voice = offline  # the development voice (realtime's offline engines)
         self._custom: OrderedDict[str, SpeechProvider] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -63,15 +66,14 @@ class ConfiguredProviders:
         TIMBRE_VOICE_ENGINES=offline and no Speech: the offline development voice)."""
         if self._speech_configured:
             return self._stock
-        if self._settings.voice_engines == "offline":  # development and test only (settings)
-            return self._offline
+        if self._settings.voice_engines == "offline" and self._offline_voice is not None:
+            return self._offline  # development and test only (settings)
         return None
 
     @cached_property
     def _offline(self) -> SpeechProvider:
-        from shared.synthesis.providers.offline import OfflineSpeechProvider
-
-        return OfflineSpeechProvider()
+        assert self._offline_voice is not None  # checked by the caller
+        return self._offline_voice()
 
     @cached_property
     def _stock(self) -> SpeechProvider:

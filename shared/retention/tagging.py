@@ -1,0 +1,100 @@
+"""Retention tags for the blobs Timbre writes: class, region, policy version, expiry.
+
+`RetentionTagger.tags(container, name)` is what the blob store asks before each write to a
+retained container, and what the sweep asks for a blob written before tags existed (or
+under an older policy version): one code path, so a blob is classified the same way
+whenever it is. The region is the voice's for a voice's data (set at enrollment, never
+changed; read once per voice and kept), else the tenant's from configuration. When the
+region cannot be read now (Cosmos down), the blob is written without tags rather than at
+the strictest horizon: the next sweep classifies it, so a hiccup never shortens anyone's
+data to the strictest horizon by mistake, and never keeps it untracked.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime
+
+from shared.retention.classify import UNKNOWN_REGION, BlobClass, classify_blob, retention_tags
+from shared.retention.policy import RetentionPolicy, canonical_region
+
+log = logging.getLogger(__name__)
+
+#: Voices whose region is kept in memory (a region never changes once enrolled).
+MAX_REMEMBERED_VOICES = 4096
+
+
+class RegionUnknownNow(Exception):
+    """The owner's region could not be read now (a dependency failed): tag later."""
+
+
+class RetentionTagger:
+    """The retention tags of a blob, from its container, name and owner's region."""
+
+    def __init__(
+        self,
+        policy: Callable[[], RetentionPolicy],
+        *,
+        voice_region: Callable[[str, str], str | None],
+        tenant_region: Callable[[str], str],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._policy = policy
+        self._voice_region = voice_region
+        self._tenant_region = tenant_region
+        self._clock = clock
+        self._voices: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def tags(
+        self, container: str, name: str, *, created: datetime | None = None
+    ) -> dict[str, str] | None:
+        """The tags of a blob written now (or at `created`); None when it is not retained,
+        or its region cannot be read now (the sweep classifies it later)."""
+        found = classify_blob(container, name)
+        if found is None:
+            return None
+        try:
+            region = self.region(found)
+        except RegionUnknownNow:
+            return None
+        return self.tags_of(found, region, created or self._clock())
+
+    def tags_of(self, found: BlobClass, region: str, created: datetime) -> dict[str, str]:
+        """The tags of a classified blob of a known (or unknown) region."""
+        policy = self._policy()
+        return retention_tags(
+            tenant_id=found.tenant_id,
+            data_class=found.data_class,
+            region=region,
+            owner=found.owner,
+            created=created,
+            expires=policy.expires_at(created, region, found.data_class),
+            policy_version=policy.version,
+        )
+
+    def region(self, found: BlobClass) -> str:
+        """The data region of a blob's owner; `unknown` for a voice that is gone;
+        RegionUnknownNow when it cannot be read now."""
+        if found.owner.kind != "voice":
+            return canonical_region(self._tenant_region(found.tenant_id))
+        key = (found.tenant_id, found.owner.id)
+        with self._lock:
+            if key in self._voices:
+                self._voices.move_to_end(key)
+                return self._voices[key]
+        try:
+            stored = self._voice_region(*key)
+        except Exception as failure:
+            log.warning("voice region not read", extra={"event": "retention_region_unread"})
+            raise RegionUnknownNow() from failure
+        region = canonical_region(stored) if stored else UNKNOWN_REGION
+        if stored:  # a voice that is gone may yet be created: remember only what exists
+            with self._lock:
+                self._voices[key] = region
+                while len(self._voices) > MAX_REMEMBERED_VOICES:
+                    self._voices.popitem(last=False)
+        return region

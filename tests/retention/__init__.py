@@ -1,0 +1,1 @@
+"""Tests of retention: the policy, the lifecycle rules, classification and the sweep."""
