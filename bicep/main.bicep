@@ -325,6 +325,9 @@ var appSettings = {
   TIMBRE_AUTH_AUDIENCES: authAudiences
   // Flex Consumption runs blob triggers from Event Grid only (see uploadEvents below).
   TIMBRE_BLOB_TRIGGER_SOURCE: 'EventGrid'
+  // Trigger settings the host resolves when it indexes the app (%NAME% in the bindings).
+  TIMBRE_REALTIME_TURN_QUEUE: 'voice-turns'
+  TIMBRE_RETENTION_SCHEDULE: '0 15 * * * *'
   // Telemetry authenticated with the identity (Application Insights has local auth off).
   APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.connectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD;ClientId=${identity.outputs.clientId}'

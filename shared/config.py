@@ -405,6 +405,15 @@ class Settings(BaseSettings):
     retention_policy: Annotated[dict[str, Any] | None, NoDecode] = Field(
         None, validation_alias="TIMBRE_RETENTION_POLICY"
     )
+    # The sweep: when it runs (NCRONTAB, read by the timer trigger) and how long one run
+    # may work before it saves its place and stops.
+    retention_schedule: str = Field("0 15 * * * *", validation_alias="TIMBRE_RETENTION_SCHEDULE")
+    retention_budget_s: float = Field(
+        240.0, ge=5, le=540, validation_alias="TIMBRE_RETENTION_BUDGET_SECONDS"
+    )
+    retention_preview_budget_s: float = Field(
+        20.0, ge=1, le=200, validation_alias="TIMBRE_RETENTION_PREVIEW_SECONDS"
+    )
 
     @field_validator("retention_policy", mode="before")
     @classmethod

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from shared.realtime.turn_queue import TurnQueue, TurnTicket
     from shared.realtime.utterances import UtteranceBuffer
     from shared.retention.policy import RetentionPolicy
+    from shared.retention.sweep import RetentionSweep
     from shared.retention.tagging import RetentionTagger
     from shared.storage.blobs import AzureBlobStore
     from shared.storage.ledger import Ledger
@@ -59,6 +60,10 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
+
+#: The partition of Timbre's own bookkeeping in the ledger container (no tenant's data).
+SYSTEM_TENANT = "timbre-system"
+SWEEP_CHECKPOINT = "retention-sweep-checkpoint"
 
 
 class Runtime:
@@ -163,6 +168,29 @@ class Runtime:
         from shared.retention.policy import load_policy
 
         return load_policy(self.settings)
+
+    @cached_property
+    def retention_sweep(self) -> RetentionSweep:
+        """The retention sweep and its preview; its checkpoint in the ledger container."""
+        from shared.retention.sweep import CheckpointStore, RetentionSweep
+
+        system = self.tenant_scope("ledger", SYSTEM_TENANT)
+
+        def load() -> dict[str, Any] | None:
+            found = system.read(SWEEP_CHECKPOINT)
+            return found.get("checkpoint") if found else None
+
+        def save(checkpoint: dict[str, Any]) -> None:
+            system.upsert({"id": SWEEP_CHECKPOINT, "checkpoint": checkpoint})
+
+        return RetentionSweep(
+            self.blob_store,
+            self.retention_tagger,
+            lambda: self.retention_policy,
+            self.audit,
+            CheckpointStore(load, save),
+            clock=self.clock,
+        )
 
     @cached_property
     def retention_tagger(self) -> RetentionTagger:

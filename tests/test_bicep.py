@@ -1011,3 +1011,20 @@ def test_blob_trigger_runs_from_event_grid_with_its_system_topic() -> None:
     assert len(topics) == 1
     properties = body(next(iter(topics.values())))["properties"]
     assert properties["topicType"] == "Microsoft.Storage.StorageAccounts"
+
+
+def test_every_setting_a_binding_names_is_set_by_the_bicep() -> None:
+    """The host resolves %NAME% in trigger bindings when it indexes the app: a name the
+    Function App lacks stops that function from starting."""
+    from tests.kit.host import indexed
+
+    named = {
+        match
+        for function in indexed().values()
+        for binding in function.bindings
+        for value in binding.values()
+        if isinstance(value, str)
+        for match in re.findall(r"%([A-Za-z0-9_]+)%", value)
+    }
+    assert named  # the app has such bindings (the turn queue, the sweep's schedule)
+    assert named <= set(app_settings()), named - set(app_settings())

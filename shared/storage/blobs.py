@@ -17,6 +17,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class TaggedBlob:
 
     name: str
     tags: dict[str, str]
+    created: datetime | None = None  # when the blob was first written (listings only)
 
 
 @dataclass(frozen=True)
@@ -359,7 +361,7 @@ class AzureBlobStore:
                 continuation_token=marker
             )
             page = next(pages, None)
-            found = [TaggedBlob(b.name, dict(b.tags or {})) for b in page or ()]
+            found = [TaggedBlob(b.name, dict(b.tags or {}), b.creation_time) for b in page or ()]
         except ResourceNotFoundError:
             return BlobPage([], None)
         return BlobPage(found, pages.continuation_token or None)  # type: ignore[attr-defined]
@@ -437,6 +439,7 @@ class _MemoryBlob:
     content_type: str
     metadata: dict[str, str]
     tags: dict[str, str] = field(default_factory=dict)
+    created: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 def _bootstrapped_containers() -> set[str]:
@@ -587,7 +590,11 @@ class MemoryBlobStore:
                 if held == container and (marker is None or name >= marker) and matches(blob.tags)
             )
             found = [
-                TaggedBlob(name, dict(self.blobs[(container, name)].tags))
+                TaggedBlob(
+                    name,
+                    dict(self.blobs[(container, name)].tags),
+                    self.blobs[(container, name)].created,
+                )
                 for name in names[:page_size]
             ]
         return BlobPage(found, names[page_size] if len(names) > page_size else None)

@@ -1,0 +1,258 @@
+"""The retention sweep with an injected clock: it deletes exactly what the policy says and
+nothing else, keeps what is held or unclassifiable, resumes where it stopped, and its
+preview agrees with the run exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from shared.audit import AuditEvent
+from shared.retention.classify import Owner, classify_blob, retention_tags
+from shared.retention.policy import RetentionPolicy, repository_policy
+from shared.retention.sweep import CheckpointStore, RetentionSweep, SweepReport
+from shared.retention.tagging import RetentionTagger
+from shared.runtime import Runtime
+from shared.storage.blobs import BlobStore, MemoryBlobStore
+
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+T = "dev-tenant"
+POLICY = repository_policy()
+REGIONS = {"v-eu": "EU", "v-us": "US", "v-ca": "CA"}
+
+
+def tags_for(
+    container: str, name: str, region: str, age_days: float, policy: RetentionPolicy = POLICY
+) -> dict[str, str]:
+    found = classify_blob(container, name)
+    assert found is not None
+    created = NOW - timedelta(days=age_days)
+    return retention_tags(
+        tenant_id=found.tenant_id,
+        data_class=found.data_class,
+        region=region,
+        owner=found.owner,
+        created=created,
+        expires=policy.expires_at(created, region, found.data_class),
+        policy_version=policy.version,
+    )
+
+
+class Recorded:
+    """The audit of the in-memory runs: the events, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, AuditEvent]] = []
+
+    def record(
+        self, tenant_id: str, actor: str, event: AuditEvent, *, request_id: str | None = None
+    ) -> None:
+        self.events.append((tenant_id, actor, event))
+
+
+class World:
+    """A store with blobs of every kind, and what the policy says must go."""
+
+    def __init__(self, store: BlobStore, audit: Any = None) -> None:
+        self.store = store
+        self.audit = audit or Recorded()
+        self.expected_gone: set[tuple[str, str]] = set()
+        self.expected_kept: set[tuple[str, str]] = set()
+        self.checkpoint: dict[str, Any] | None = None
+
+    def put(self, container: str, name: str, tags: dict[str, str] | None, *, gone: bool) -> None:
+        self.store.write(container, name, b"x", content_type="application/octet-stream", tags=tags)
+        (self.expected_gone if gone else self.expected_kept).add((container, name))
+
+    def sweep(self, *, timer: Any = None, page_size: int = 1000) -> RetentionSweep:
+        tagger = RetentionTagger(
+            lambda: POLICY,
+            voice_region=lambda _t, voice: REGIONS.get(voice),
+            tenant_region=lambda _t: "unknown",
+            clock=lambda: NOW,
+        )
+
+        def save(value: dict[str, Any]) -> None:
+            self.checkpoint = value
+
+        extra: dict[str, Any] = {"timer": timer} if timer else {}
+        return RetentionSweep(
+            self.store,
+            tagger,
+            lambda: POLICY,
+            self.audit,
+            CheckpointStore(lambda: self.checkpoint, save),
+            clock=lambda: NOW,
+            page_size=page_size,
+            **extra,
+        )
+
+    def remaining(self) -> set[tuple[str, str]]:
+        left: set[tuple[str, str]] = set()
+        for container in {c for c, _ in self.expected_gone | self.expected_kept}:
+            page = self.store.list_page(container, page_size=5000)
+            left |= {(container, blob.name) for blob in page.blobs}
+        return left
+
+
+def populate(world: World) -> None:
+    eu_horizon = POLICY.horizon("EU", "raw_recording").days
+    us_horizon = POLICY.horizon("US", "raw_recording").days
+    strictest = POLICY.strictest("realtime_audio")
+    for n in range(30):  # EU recordings either side of the horizon
+        name = f"{T}/v-eu/samples/old-{n:03d}.wav"
+        world.put("uploads", name, tags_for("uploads", name, "EU", eu_horizon + 1), gone=True)
+        name = f"{T}/v-eu/samples/new-{n:03d}.wav"
+        world.put("uploads", name, tags_for("uploads", name, "EU", eu_horizon - 1), gone=False)
+    name = f"{T}/v-us/samples/mid.wav"  # past the EU horizon, well within the US one
+    world.put("uploads", name, tags_for("uploads", name, "US", eu_horizon + 1), gone=False)
+    name = f"{T}/v-us/samples/old.wav"
+    world.put("uploads", name, tags_for("uploads", name, "US", us_horizon + 1), gone=True)
+    name = f"{T}/s1/c1/turn-000001.pcm"  # an unknown region: the strictest horizon
+    world.put(
+        "realtime-audio", name, tags_for("realtime-audio", name, "unknown", strictest), gone=True
+    )
+    held = tags_for("uploads", f"{T}/v-eu/samples/held.wav", "EU", eu_horizon + 5)
+    held["hold"] = "hold-1"
+    world.put("uploads", f"{T}/v-eu/samples/held.wav", held, gone=False)
+    world.put("uploads", f"{T}/stray-file.wav", None, gone=False)  # outside every layout
+    # Written before tags existed: classified on the sweep from its createdAt tag.
+    old_created = NOW - timedelta(days=eu_horizon + 3)
+    world.put(
+        "processed",
+        f"{T}/v-eu/untagged.wav",
+        {"createdAt": old_created.strftime("%Y-%m-%dT%H:%M:%SZ")},
+        gone=True,
+    )
+    # An older policy version with a longer horizon: re-classified under this one.
+    stale = tags_for("processed", f"{T}/v-ca/stale.wav", "CA", 365)
+    stale["policyVersion"] = "2025-01-01"
+    stale["expiresAt"] = "2099-01-01T00:00:00Z"
+    world.put("processed", f"{T}/v-ca/stale.wav", stale, gone=True)
+    # Held under an older version: re-classified, and still held.
+    held_stale = tags_for("processed", f"{T}/v-ca/held-stale.wav", "CA", 400)
+    held_stale.update(policyVersion="2025-01-01", hold="hold-2")
+    world.put("processed", f"{T}/v-ca/held-stale.wav", held_stale, gone=False)
+
+
+@pytest.fixture(params=["memory", pytest.param("azure", marks=pytest.mark.integration)])
+def world(request: pytest.FixtureRequest) -> Iterator[World]:
+    if request.param == "memory":
+        store: BlobStore = MemoryBlobStore()
+    else:
+        runtime: Runtime = request.getfixturevalue("live_runtime")
+        store = runtime.blob_store
+    made = World(store, None if request.param == "memory" else runtime.audit)
+    populate(made)
+    yield made
+    for container, name in made.remaining():
+        store.delete(container, name)
+
+
+def test_a_sweep_deletes_exactly_what_the_policy_says(world: World) -> None:
+    report = world.sweep().run(budget_s=60)
+
+    assert report.complete
+    assert world.remaining() == world.expected_kept
+    assert report.deleted_total == len(world.expected_gone)
+    assert report.held == 2 and report.unclassified == 1
+    by_key = {(r.container, r.data_class, r.region): r.count for r in report.deleted}
+    assert by_key[("uploads", "raw_recording", "EU")] == 30
+    assert by_key[("uploads", "raw_recording", "US")] == 1
+    assert by_key[("realtime-audio", "realtime_audio", "unknown")] == 1
+    assert by_key[("processed", "processed_audio", "EU")] == 1
+    assert by_key[("processed", "processed_audio", "CA")] == 1
+    # What stays is now tagged under this policy version (classified on the way).
+    kept = world.store.tags("uploads", f"{T}/v-us/samples/mid.wav") or {}
+    assert kept["policyVersion"] == POLICY.version
+
+
+def test_a_second_sweep_finds_nothing_more(world: World) -> None:
+    world.sweep().run(budget_s=60)
+    again = world.sweep().run(budget_s=60)
+    assert again.complete and again.deleted_total == 0 and again.classified == 0
+
+
+def test_the_preview_equals_the_run_and_writes_nothing(world: World) -> None:
+    before = world.remaining()
+    preview = world.sweep().preview(budget_s=60)
+    assert world.remaining() == before
+    assert world.store.tags("processed", f"{T}/v-eu/untagged.wav") == {
+        "createdAt": (
+            NOW - timedelta(days=POLICY.horizon("EU", "raw_recording").days + 3)
+        ).strftime("%Y-%m-%dT%H:%M:%SZ")
+    }
+    run = world.sweep().run(budget_s=60)
+    assert _rows(preview) == _rows(run)
+    assert preview.deleted_total == run.deleted_total == len(world.expected_gone)
+
+
+def test_an_interrupted_sweep_resumes_where_it_stopped(world: World) -> None:
+    ticks = iter(range(1000))  # each check of the budget is one "second"
+    first = world.sweep(timer=lambda: float(next(ticks)), page_size=7).run(budget_s=7)
+    assert not first.complete and first.resume_at is not None
+    assert world.checkpoint == first.resume_at.model_dump()
+    assert 0 < first.deleted_total < len(world.expected_gone)
+
+    rest = world.sweep(page_size=7).run(budget_s=60)
+    assert rest.complete
+    assert first.deleted_total + rest.deleted_total == len(world.expected_gone)
+    assert world.remaining() == world.expected_kept
+    assert world.checkpoint == {"container": 0, "marker": None}  # the next pass starts over
+
+
+@pytest.mark.integration
+def test_every_batch_is_audited_in_its_tenants_log(live_runtime: Runtime) -> None:
+    world = World(live_runtime.blob_store, live_runtime.audit)
+    populate(world)
+    report = world.sweep().run(budget_s=60)
+    records = live_runtime.audit.read(T, datetime.now(UTC).date())
+    deletes = [r for r in records if r["action"] == "retention.delete"]
+    assert sum(r["details"]["blobs"] for r in deletes) == report.deleted_total > 0
+    assert {r["actor"] for r in deletes} == {"timbre-retention"}
+    assert live_runtime.audit.verify(T, datetime.now(UTC).date()).intact
+
+
+def _rows(report: SweepReport) -> list[tuple[str, str, str, int]]:
+    return [(r.container, r.data_class, r.region, r.count) for r in report.deleted]
+
+
+def test_owner_tags_name_the_voice() -> None:
+    assert Owner("voice", "v-eu").tag == "voice:v-eu"
+
+
+class _Timer:
+    past_due = False
+
+
+class _Context:
+    invocation_id = "inv-retention"
+
+
+@pytest.mark.integration
+def test_the_preview_endpoint_and_the_timer_agree_through_the_registered_functions(
+    live_settings: Any,
+) -> None:
+    from tests.kit.host import indexed, json_body, request
+    from tests.kit.settings import start_runtime
+
+    runtime = start_runtime(live_settings, clock=lambda: NOW)
+    world = World(runtime.blob_store, runtime.audit)
+    populate(world)
+    other = "other-tenant/v-eu/samples/old.wav"  # another tenant's: not in this preview
+    world.put("uploads", other, tags_for("uploads", other, "EU", 400), gone=True)
+
+    assert request("GET", "/api/v1/retention/preview", token="dev_uma_user").status_code == 403
+    answer = request("GET", "/api/v1/retention/preview", token="dev_ada_admin")
+    assert answer.status_code == 200, answer.get_body()
+    preview = json_body(answer)
+    assert preview["preview"] and preview["complete"]
+    assert preview["deleted_total"] == len(world.expected_gone) - 1  # its own tenant only
+    assert world.remaining() == world.expected_gone | world.expected_kept  # nothing written
+
+    indexed()["retention_sweep"].call(timer=_Timer(), context=_Context())
+
+    assert world.remaining() == world.expected_kept
