@@ -172,6 +172,7 @@ class Runtime:
     @cached_property
     def retention_sweep(self) -> RetentionSweep:
         """The retention sweep and its preview; its checkpoint in the ledger container."""
+        from shared.retention.items import CosmosItems
         from shared.retention.sweep import CheckpointStore, RetentionSweep
 
         system = self.tenant_scope("ledger", SYSTEM_TENANT)
@@ -189,6 +190,7 @@ class Runtime:
             lambda: self.retention_policy,
             self.audit,
             CheckpointStore(load, save),
+            items=CosmosItems(self.container),
             clock=self.clock,
         )
 

@@ -99,6 +99,26 @@ class AuditRecorder(Protocol):
         ...
 
 
+#: The Cosmos containers whose items carry `dataClass` and `dataRegion`, in sweep order.
+ITEM_CONTAINERS = ("chat", "realtime")
+_ANCHORS = ("updatedAt", "at", "createdAt")  # the item's last write, as the item records it
+
+
+class ItemStore(Protocol):
+    """The retained Cosmos items, as the sweep reads and deletes them."""
+
+    def page(
+        self, container: str, *, tenant_id: str | None, continuation: str | None, size: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of items with a `dataClass` (of one tenant, when given), and the token
+        of the next page (None at the end)."""
+        ...
+
+    def delete(self, container: str, tenant_id: str, item_id: str) -> bool:
+        """Delete one item; False if it was already gone."""
+        ...
+
+
 class CheckpointStore:
     """The sweep's checkpoint: a callable pair (load, save), kept by the caller."""
 
@@ -141,6 +161,7 @@ class RetentionSweep:
         audit: AuditRecorder,
         checkpoints: CheckpointStore,
         *,
+        items: ItemStore | None = None,
         clock: Callable[[], datetime],
         timer: Callable[[], float] = time.monotonic,
         page_size: int = PAGE_SIZE,
@@ -150,6 +171,7 @@ class RetentionSweep:
         self._policy = policy
         self._audit = audit
         self._checkpoints = checkpoints
+        self._items = items
         self._clock = clock
         self._timer = timer
         self._page_size = page_size
@@ -168,9 +190,15 @@ class RetentionSweep:
     ) -> SweepReport:
         run = _Run(preview, self._clock(), self._policy(), self._timer() + budget_s)
         position = start
-        while position.container < len(RETAINED_CONTAINERS):
+        stores = len(RETAINED_CONTAINERS) + (len(ITEM_CONTAINERS) if self._items else 0)
+        while position.container < stores:
             if self._timer() >= run.deadline:
                 return self._report(run, complete=False, resume=position)
+            if position.container >= len(RETAINED_CONTAINERS):
+                position = self._item_page(run, position, tenant)
+                if not preview:
+                    self._checkpoints.save(position)
+                continue
             container = RETAINED_CONTAINERS[position.container]
             page = self._blobs.list_page(
                 container, marker=position.marker, page_size=self._page_size
@@ -189,6 +217,62 @@ class RetentionSweep:
         if not preview:
             self._checkpoints.save(Checkpoint())  # a whole pass done: the next starts over
         return self._report(run, complete=True, resume=None)
+
+    def _item_page(self, run: _Run, position: Checkpoint, tenant: str | None) -> Checkpoint:
+        """One page of a Cosmos container: delete the items past their horizon."""
+        assert self._items is not None
+        container = ITEM_CONTAINERS[position.container - len(RETAINED_CONTAINERS)]
+        items, token = self._items.page(
+            container, tenant_id=tenant, continuation=position.marker, size=self._page_size
+        )
+        deleted: Counter[str] = Counter()
+        for item in items:
+            run.examined += 1
+            found = self._item_verdict(run, item)
+            if found is None:
+                continue
+            data_class, region = found
+            owner = str(item.get("tenantId", ""))
+            if run.preview or self._items.delete(container, owner, str(item["id"])):
+                run.deleted[(f"cosmos:{container}", data_class, region)] += 1
+                deleted[owner] += 1
+        if not run.preview:
+            for owner, count in deleted.items():
+                self._audit.record(
+                    owner,
+                    SYSTEM_ACTOR,
+                    AuditEvent(
+                        "retention.delete",
+                        "item_batch",
+                        uuid.uuid4().hex,
+                        details={
+                            "container": container,
+                            "items": count,
+                            "policy_version": run.policy.version,
+                        },
+                    ),
+                )
+        if token is None:
+            return Checkpoint(container=position.container + 1)
+        return Checkpoint(container=position.container, marker=token)
+
+    def _item_verdict(self, run: _Run, item: dict[str, Any]) -> tuple[str, str] | None:
+        """(class, region) of an item past its horizon and not held; else None."""
+        data_class = str(item.get("dataClass", ""))
+        if data_class not in run.policy.classes:
+            run.unclassified += 1
+            return None
+        anchor = next((_parse_any(item.get(k)) for k in _ANCHORS if item.get(k)), None)
+        if anchor is None:
+            run.unclassified += 1
+            return None
+        horizon = run.policy.horizon(str(item.get("dataRegion") or ""), data_class)
+        if run.now < run.policy.expires_at(anchor, horizon.region, data_class):
+            return None
+        if item.get("legalHold"):
+            run.held += 1
+            return None
+        return data_class, horizon.region
 
     def _decide(self, run: _Run, container: str, blob: TaggedBlob) -> dict[str, str] | None:
         """The blob's current tags when it goes now, else None; classifies it first when
@@ -297,3 +381,10 @@ def _parse(text: str | None) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else None
+
+
+def _parse_any(value: object) -> datetime | None:
+    """An ISO 8601 time with a zone, as items record them; None otherwise."""
+    if not isinstance(value, str):
+        return None
+    return _parse(value)

@@ -256,3 +256,47 @@ def test_the_preview_endpoint_and_the_timer_agree_through_the_registered_functio
     indexed()["retention_sweep"].call(timer=_Timer(), context=_Context())
 
     assert world.remaining() == world.expected_kept
+
+
+@pytest.mark.integration
+def test_chat_history_in_cosmos_goes_at_its_horizon_and_nothing_sooner(
+    local_services: dict[str, str],
+) -> None:
+    """Sessions and turns written through the chat service at two ages; the sweep on the
+    local Cosmos server deletes the old conversation and keeps the recent one."""
+    from shared.chat.scripted import ScriptedAgent
+    from shared.chat.views import ChatRequest
+    from shared.core.identity import Principal, Role
+    from tests.kit.settings import local_settings, start_runtime
+
+    settings = local_settings(local_services, "retention-cosmos", TIMBRE_TENANT_REGIONS={T: "EU"})
+    horizon = POLICY.horizon("EU", "chat_history").days
+    alice = Principal(T, "alice", frozenset({Role.USER}), "dev")
+    for age in (horizon + 5, horizon - 5):
+        then = NOW - timedelta(days=age)
+        writer = start_runtime(settings, clock=lambda then=then: then, chat_model=ScriptedAgent())
+        writer.chat.send(alice, ChatRequest(message=f"{age} days ago"), lambda _: None)
+    runtime = start_runtime(settings, clock=lambda: NOW)
+
+    def stored() -> list[tuple[str, str]]:
+        items = runtime.container("chat").query_items(
+            "SELECT c.id, c.kind FROM c WHERE c.tenantId = @t",
+            parameters=[{"name": "@t", "value": T}],
+            enable_cross_partition_query=True,
+        )
+        return sorted((str(i["kind"]), str(i["id"])) for i in items)
+
+    before = stored()
+    preview = runtime.retention_sweep.preview(budget_s=60, tenant_id=T)
+    report = runtime.retention_sweep.run(budget_s=60)
+    after = stored()
+
+    chat_rows = [r for r in report.deleted if r.container == "cosmos:chat"]
+    assert [(r.data_class, r.region, r.count) for r in chat_rows] == [
+        ("chat_history", "EU", 2)  # the old session and its turn
+    ]
+    assert [r for r in preview.deleted if r.container == "cosmos:chat"] == chat_rows
+    assert len(after) == len(before) - 2
+    assert [kind for kind, _ in after] == ["session", "turn"]  # the recent conversation
+    kept = runtime.tenant_scope("chat", T).read(next(i for k, i in after if k == "turn"))
+    assert kept is not None and kept["message"] == f"{horizon - 5} days ago"
