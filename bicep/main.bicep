@@ -184,6 +184,10 @@ var cosmosContainers = [
     name: 'realtime'
     partitionKey: '/tenantId'
   }
+  {
+    name: 'retention'
+    partitionKey: '/tenantId'
+  }
 ]
 
 // Production keeps an audit retention policy even if the parameter says 0.

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from shared.realtime.service import Gateway, RealtimeService
     from shared.realtime.turn_queue import TurnQueue, TurnTicket
     from shared.realtime.utterances import UtteranceBuffer
+    from shared.retention.holds import HoldIndex, HoldStore
     from shared.retention.policy import RetentionPolicy
     from shared.retention.sweep import RetentionSweep
     from shared.retention.tagging import RetentionTagger
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The partition of Timbre's own bookkeeping in the ledger container (no tenant's data).
+#: The partition of Timbre's own bookkeeping in the retention container (no tenant's data).
 SYSTEM_TENANT = "timbre-system"
 SWEEP_CHECKPOINT = "retention-sweep-checkpoint"
 
@@ -175,7 +176,7 @@ class Runtime:
         from shared.retention.items import CosmosItems
         from shared.retention.sweep import CheckpointStore, RetentionSweep
 
-        system = self.tenant_scope("ledger", SYSTEM_TENANT)
+        system = self.tenant_scope("retention", SYSTEM_TENANT)
 
         def load() -> dict[str, Any] | None:
             found = system.read(SWEEP_CHECKPOINT)
@@ -191,8 +192,34 @@ class Runtime:
             self.audit,
             CheckpointStore(load, save),
             items=CosmosItems(self.container),
+            holds=self._hold_index,
             clock=self.clock,
         )
+
+    @cached_property
+    def legal_holds(self) -> HoldStore:
+        """Legal holds per tenant."""
+        from shared.retention.holds import HoldStore
+
+        return HoldStore(lambda tenant: self.tenant_scope("retention", tenant), self.clock)
+
+    def _hold_index(self) -> HoldIndex:
+        """Every active legal hold of every tenant, for one sweep."""
+        from shared.retention.holds import Hold, hold_index
+
+        active = self.container("retention").query_items(
+            "SELECT * FROM c WHERE c.docType = 'legal_hold' AND c.state = 'active'",
+            enable_cross_partition_query=True,
+        )
+        holds = [(str(item["tenantId"]), Hold.model_validate(item)) for item in active]
+
+        def sessions_of(tenant_id: str, user_id: str) -> list[str]:
+            found = self.tenant_scope("chat", tenant_id).query(
+                "c.kind = 'session' AND c.userId = @user", {"@user": user_id}
+            )
+            return [str(item["id"]) for item in found]
+
+        return hold_index(holds, sessions_of)
 
     @cached_property
     def retention_tagger(self) -> RetentionTagger:

@@ -84,6 +84,9 @@ PATH_PARAMETERS: dict[str, PathParameter] = {
         PathParameter(
             "fact_id", r"f[0-9a-f]{32}", "A fact's id: f and 32 lowercase hex characters"
         ),
+        PathParameter(
+            "hold_id", r"hold-[0-9a-f]{32}", "A legal hold's id: hold- and 32 lowercase hex"
+        ),
     )
 }
 

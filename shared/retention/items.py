@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from azure.cosmos import ContainerProxy
 
-_FIELDS = "c.id, c.tenantId, c.dataClass, c.dataRegion, c.createdAt, c.updatedAt, c.at, c.legalHold"
+_FIELDS = (
+    "c.id, c.tenantId, c.userId, c.dataClass, c.dataRegion, c.createdAt, c.updatedAt, c.at, "
+    "c.legalHold"
+)
 
 
 class CosmosItems:

@@ -69,6 +69,8 @@ __all__ = [
 BACKSTOP_MARGIN_DAYS: Final = 1
 CLASS_TAG: Final = "dataClass"
 REGION_TAG: Final = "dataRegion"
+HOLD_TAG: Final = "hold"
+NO_HOLD: Final = "none"  # shared.retention.classify.NO_HOLD
 MAX_RULES: Final = 100
 MAX_TAG_CONDITIONS: Final = 10
 RULE_NAME: Final = re.compile(r"[A-Za-z0-9]{1,256}\Z")
@@ -88,7 +90,10 @@ def _rule(name: str, tags: Sequence[tuple[str, str]], days: int) -> dict[str, An
         "definition": {
             "filters": {
                 "blobTypes": ["blockBlob"],
-                "blobIndexMatch": [{"name": k, "op": "==", "value": v} for k, v in tags],
+                # Never a blob under a legal hold: the hold tag must say none.
+                "blobIndexMatch": [
+                    {"name": k, "op": "==", "value": v} for k, v in [*tags, (HOLD_TAG, NO_HOLD)]
+                ],
             },
             "actions": {
                 "baseBlob": {"delete": {"daysAfterCreationGreaterThan": days}},

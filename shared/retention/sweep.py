@@ -37,6 +37,7 @@ from pydantic import Field
 from shared.audit import AuditEvent
 from shared.core.models import LazyModel
 from shared.retention.classify import NO_HOLD, RETAINED_CONTAINERS, classify_blob
+from shared.retention.holds import HoldIndex
 from shared.retention.policy import RetentionPolicy
 from shared.retention.tagging import RegionUnknownNow, RetentionTagger
 from shared.storage.blobs import MAX_BATCH, BlobStore, TaggedBlob
@@ -142,6 +143,7 @@ class _Run:
     now: datetime
     policy: RetentionPolicy
     deadline: float
+    holds: HoldIndex
     deleted: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     classified: int = 0
     held: int = 0
@@ -162,6 +164,7 @@ class RetentionSweep:
         checkpoints: CheckpointStore,
         *,
         items: ItemStore | None = None,
+        holds: Callable[[], HoldIndex] = HoldIndex,
         clock: Callable[[], datetime],
         timer: Callable[[], float] = time.monotonic,
         page_size: int = PAGE_SIZE,
@@ -172,12 +175,18 @@ class RetentionSweep:
         self._audit = audit
         self._checkpoints = checkpoints
         self._items = items
+        self._holds = holds
         self._clock = clock
         self._timer = timer
         self._page_size = page_size
 
-    def run(self, *, budget_s: float) -> SweepReport:
-        """Sweep from the saved checkpoint until done or out of time; save where it stops."""
+    def run(self, *, budget_s: float, tenant_id: str | None = None) -> SweepReport:
+        """Sweep from the saved checkpoint until done or out of time; save where it stops.
+        A run of one tenant's data starts from the top and saves nothing."""
+        if tenant_id is not None:
+            return self._walk(
+                preview=False, budget_s=budget_s, start=Checkpoint(), tenant=tenant_id, scoped=True
+            )
         return self._walk(preview=False, budget_s=budget_s, start=self._checkpoints.load())
 
     def preview(self, *, budget_s: float, tenant_id: str | None = None) -> SweepReport:
@@ -186,9 +195,15 @@ class RetentionSweep:
         return self._walk(preview=True, budget_s=budget_s, start=Checkpoint(), tenant=tenant_id)
 
     def _walk(
-        self, *, preview: bool, budget_s: float, start: Checkpoint, tenant: str | None = None
+        self,
+        *,
+        preview: bool,
+        budget_s: float,
+        start: Checkpoint,
+        tenant: str | None = None,
+        scoped: bool = False,
     ) -> SweepReport:
-        run = _Run(preview, self._clock(), self._policy(), self._timer() + budget_s)
+        run = _Run(preview, self._clock(), self._policy(), self._timer() + budget_s, self._holds())
         position = start
         stores = len(RETAINED_CONTAINERS) + (len(ITEM_CONTAINERS) if self._items else 0)
         while position.container < stores:
@@ -196,7 +211,7 @@ class RetentionSweep:
                 return self._report(run, complete=False, resume=position)
             if position.container >= len(RETAINED_CONTAINERS):
                 position = self._item_page(run, position, tenant)
-                if not preview:
+                if not (preview or scoped):
                     self._checkpoints.save(position)
                 continue
             container = RETAINED_CONTAINERS[position.container]
@@ -212,9 +227,9 @@ class RetentionSweep:
                 position = Checkpoint(container=position.container + 1)
             else:
                 position = Checkpoint(container=position.container, marker=page.marker)
-            if not preview:
+            if not (preview or scoped):
                 self._checkpoints.save(position)
-        if not preview:
+        if not (preview or scoped):
             self._checkpoints.save(Checkpoint())  # a whole pass done: the next starts over
         return self._report(run, complete=True, resume=None)
 
@@ -269,24 +284,33 @@ class RetentionSweep:
         horizon = run.policy.horizon(str(item.get("dataRegion") or ""), data_class)
         if run.now < run.policy.expires_at(anchor, horizon.region, data_class):
             return None
-        if item.get("legalHold"):
+        user = item.get("userId")
+        held = isinstance(user, str) and run.holds.of_user(str(item.get("tenantId")), user)
+        if item.get("legalHold") or held:
             run.held += 1
             return None
         return data_class, horizon.region
 
     def _decide(self, run: _Run, container: str, blob: TaggedBlob) -> dict[str, str] | None:
-        """The blob's current tags when it goes now, else None; classifies it first when
-        its tags are not of this policy version."""
+        """The blob's current tags when it goes now, else None. Tags not of this policy
+        version are classified first, and the `hold` tag is brought in line with the
+        active holds; what changed is written (never by a preview)."""
         run.examined += 1
-        tags = blob.tags
-        if tags.get("policyVersion") != run.policy.version or not all(k in tags for k in _TAGS):
-            classified = self._classify(run, container, blob)
-            if classified is None:
+        tags: dict[str, str] | None = blob.tags
+        current = blob.tags.get("policyVersion") == run.policy.version
+        if not current or not all(k in blob.tags for k in _TAGS):
+            tags = self._classify(run, container, blob)
+            if tags is None:
                 return None
-            tags = classified
+        assert tags is not None
+        hold = run.holds.of_owner(tags["tenant"], tags["owner"]) or NO_HOLD
+        if tags["hold"] != hold:
+            tags = {**tags, "hold": hold}
+        if tags != blob.tags and not run.preview:
+            self._blobs.set_tags(container, blob.name, tags)
         if not self._expired(tags, run.now):
             return None
-        if tags["hold"] != NO_HOLD:
+        if hold != NO_HOLD:
             run.held += 1
             return None
         return tags
@@ -302,12 +326,8 @@ class RetentionSweep:
             run.deferred += 1
             return None
         created = _parse(blob.tags.get("createdAt")) or blob.created or run.now
-        tags = self._tagger.tags_of(found, region, created)
-        tags["hold"] = blob.tags.get("hold", NO_HOLD)  # a hold survives a re-classification
-        if not run.preview:
-            self._blobs.set_tags(container, blob.name, tags)
         run.classified += 1
-        return tags
+        return self._tagger.tags_of(found, region, created)
 
     @staticmethod
     def _expired(tags: dict[str, str], now: datetime) -> bool:

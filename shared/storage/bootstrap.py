@@ -39,6 +39,7 @@ COSMOS_CONTAINERS: tuple[CosmosContainerSpec, ...] = (
     CosmosContainerSpec("chat"),  # chat sessions, turns and facts, per user
     CosmosContainerSpec("metrics"),  # per-minute rollups of latency and counts
     CosmosContainerSpec("realtime"),  # realtime voice connections and their turns
+    CosmosContainerSpec("retention"),  # legal holds, and the sweep's checkpoint
 )
 
 # The blob containers the app needs; the audit container name comes from settings.

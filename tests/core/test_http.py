@@ -383,6 +383,7 @@ WALK_PARAMETERS: dict[str, list[str]] = {
     "job_id": ["0" * 32, "not-a-job"],
     "session_id": ["0" * 32, "not-a-session"],
     "fact_id": ["f" + "0" * 32, "not-a-fact"],
+    "hold_id": ["hold-" + "0" * 32, "not-a-hold"],
 }
 WALK_BODIES: dict[str, list[dict[str, Any]]] = {
     "create_voice": [

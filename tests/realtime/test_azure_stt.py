@@ -105,11 +105,14 @@ def test_short_utterances_are_heard_without_sdk_stalls(
     service: SpeechRecognitionService, make_engine: Factory
 ) -> None:
     # An SDK start that races the end of the stream waits out a 500 ms timer.
+    # Without the fix every call stalls, so the median tells, whatever one noisy call takes.
     engine = make_engine()
-    for _ in range(6):
+    took: list[float] = []
+    for _ in range(7):
         started = time.monotonic()
         assert engine.transcribe(utterance(1.0), "de-DE").text
-        assert time.monotonic() - started < 0.4
+        took.append(time.monotonic() - started)
+    assert sorted(took)[3] < 0.4, took
 
 
 @pytest.mark.timeout(30)

@@ -42,7 +42,7 @@ def varied_policy() -> RetentionPolicy:
 def enforced(rules: dict[str, Any], policy: RetentionPolicy) -> dict[tuple[str, str], int | None]:
     """What the rules delete after, per class and region tag (`unknown` included)."""
     return {
-        (c, r): backstop_days(rules, {"dataClass": c, "dataRegion": r})
+        (c, r): backstop_days(rules, {"dataClass": c, "dataRegion": r, "hold": "none"})
         for c in policy.classes
         for r in (*policy.regions, "unknown")
     }
@@ -73,11 +73,18 @@ def test_a_blob_with_a_missing_or_misspelt_region_still_goes(policy: RetentionPo
     for data_class in policy.classes:
         by_region = [policy.horizons[r][data_class] for r in policy.regions]
         for tags in ({}, {"dataRegion": "eu"}, {"dataRegion": "Mars"}):
-            days = backstop_days(rules, {"dataClass": data_class, **tags})
+            days = backstop_days(rules, {"dataClass": data_class, "hold": "none", **tags})
             if len(set(by_region)) == 1:  # one horizon everywhere: it is also the strictest
                 assert days == by_region[0] + BACKSTOP_MARGIN_DAYS
             else:  # "any region but these" cannot be written: the longest horizon
                 assert days == max(by_region) + BACKSTOP_MARGIN_DAYS
+
+
+def test_blobs_under_a_legal_hold_or_without_a_hold_tag_are_never_deleted() -> None:
+    rules = lifecycle_rules(repository_policy())
+    for hold in ({"hold": "hold-1"}, {}):
+        tags = {"dataClass": "raw_recording", "dataRegion": "EU", **hold}
+        assert backstop_days(rules, tags) is None
 
 
 def test_blobs_outside_the_retention_classes_are_never_deleted() -> None:
@@ -101,7 +108,7 @@ def test_every_rule_is_one_azure_accepts(policy: RetentionPolicy) -> None:
         definition = rule["definition"]
         assert definition["filters"]["blobTypes"] == ["blockBlob"]
         assert set(definition["filters"]) == {"blobTypes", "blobIndexMatch"}  # no prefix
-        assert 1 <= len(definition["filters"]["blobIndexMatch"]) <= 2
+        assert 2 <= len(definition["filters"]["blobIndexMatch"]) <= 3
         assert {c["op"] for c in definition["filters"]["blobIndexMatch"]} == {"=="}
         delete = definition["actions"]["baseBlob"]["delete"]
         assert definition["actions"] == {"baseBlob": {"delete": delete}}
@@ -194,7 +201,8 @@ def test_the_json_and_the_command_print_the_rules_of_the_policy_in_force(
     assert main(["--policy", str(path)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == lifecycle_rules(override)
-    assert backstop_days(printed, {"dataClass": "transcript", "dataRegion": "EU"}) == 46
+    held_not = {"dataClass": "transcript", "dataRegion": "EU", "hold": "none"}
+    assert backstop_days(printed, held_not) == 46
 
     monkeypatch.setenv("TIMBRE_RETENTION_POLICY", json.dumps(document))
     assert main([]) == 0
