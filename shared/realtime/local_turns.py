@@ -65,12 +65,16 @@ class InProcessTurns:
                 start = False
                 if len(waiting) >= self._max_waiting:
                     raise QueueUnavailable()
+            if start:
+                try:
+                    self._pool.submit(self._drain, ticket.connection_id)
+                except RuntimeError:  # closed: nothing would run it
+                    del self._waiting[ticket.connection_id]
+                    raise QueueUnavailable() from None
             waiting.append(ticket)
             self._seen[ticket.message_id] = None
             if len(self._seen) > SEEN_IDS:
                 self._seen.popitem(last=False)
-        if start:
-            self._pool.submit(self._drain, ticket.connection_id)
 
     def idle(self, timeout_s: float) -> bool:
         """Wait until no turn is waiting or running (tests, shutdown); whether none is."""

@@ -23,11 +23,12 @@ delete by class and region.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -36,9 +37,14 @@ from pydantic import Field
 
 from shared.audit import AuditEvent
 from shared.core.models import LazyModel
-from shared.retention.classify import NO_HOLD, RETAINED_CONTAINERS, classify_blob
+from shared.retention.classify import (
+    NO_HOLD,
+    RETAINED_CONTAINERS,
+    UNKNOWN_REGION,
+    classify_blob,
+)
 from shared.retention.holds import HoldIndex
-from shared.retention.policy import RetentionPolicy
+from shared.retention.policy import RetentionPolicy, canonical_region
 from shared.retention.tagging import RegionUnknownNow, RetentionTagger
 from shared.storage.blobs import MAX_BATCH, BlobStore, TaggedBlob
 
@@ -210,14 +216,16 @@ class RetentionSweep:
             if self._timer() >= run.deadline:
                 return self._report(run, complete=False, resume=position)
             if position.container >= len(RETAINED_CONTAINERS):
-                position = self._item_page(run, position, tenant)
+                with self._marker_guard(position, preview or scoped):
+                    position = self._item_page(run, position, tenant)
                 if not (preview or scoped):
                     self._checkpoints.save(position)
                 continue
             container = RETAINED_CONTAINERS[position.container]
-            page = self._blobs.list_page(
-                container, marker=position.marker, page_size=self._page_size
-            )
+            with self._marker_guard(position, preview or scoped):
+                page = self._blobs.list_page(
+                    container, marker=position.marker, page_size=self._page_size
+                )
             mine = [b for b in page.blobs if tenant is None or b.name.startswith(tenant + "/")]
             decided = [(blob, self._decide(run, container, blob)) for blob in mine]
             doomed = [(blob, tags) for blob, tags in decided if tags is not None]
@@ -233,6 +241,19 @@ class RetentionSweep:
             self._checkpoints.save(Checkpoint())  # a whole pass done: the next starts over
         return self._report(run, complete=True, resume=None)
 
+    @contextlib.contextmanager
+    def _marker_guard(self, position: Checkpoint, transient: bool) -> Iterator[None]:
+        """A page that fails from a saved marker (one a new SDK or query no longer takes,
+        or an outage) restarts its container next run, so one bad marker can never fail
+        every run; the failure itself still ends this run."""
+        try:
+            yield
+        except Exception:
+            if position.marker is not None and not transient:
+                log.warning("retention page failed", extra={"event": "retention_marker_reset"})
+                self._checkpoints.save(Checkpoint(container=position.container))
+            raise
+
     def _item_page(self, run: _Run, position: Checkpoint, tenant: str | None) -> Checkpoint:
         """One page of a Cosmos container: delete the items past their horizon."""
         assert self._items is not None
@@ -240,26 +261,24 @@ class RetentionSweep:
         items, token = self._items.page(
             container, tenant_id=tenant, continuation=position.marker, size=self._page_size
         )
-        deleted: Counter[str] = Counter()
+        doomed: list[tuple[dict[str, Any], str, str]] = []
         for item in items:
             run.examined += 1
             found = self._item_verdict(run, item)
-            if found is None:
-                continue
-            data_class, region = found
-            owner = str(item.get("tenantId", ""))
-            if run.preview or self._items.delete(container, owner, str(item["id"])):
-                run.deleted[(f"cosmos:{container}", data_class, region)] += 1
-                deleted[owner] += 1
+            if found is not None:
+                doomed.append((item, *found))
         if not run.preview:
-            for owner, count in deleted.items():
+            # Recorded before the deletes: a deletion is never left unaudited.
+            by_tenant = Counter(str(item.get("tenantId", "")) for item, _, _ in doomed)
+            batch_id = uuid.uuid4().hex
+            for owner, count in by_tenant.items():
                 self._audit.record(
                     owner,
                     SYSTEM_ACTOR,
                     AuditEvent(
                         "retention.delete",
                         "item_batch",
-                        uuid.uuid4().hex,
+                        batch_id,
                         details={
                             "container": container,
                             "items": count,
@@ -267,6 +286,10 @@ class RetentionSweep:
                         },
                     ),
                 )
+        for item, data_class, region in doomed:
+            owner = str(item.get("tenantId", ""))
+            if run.preview or self._items.delete(container, owner, str(item["id"])):
+                run.deleted[(f"cosmos:{container}", data_class, region)] += 1
         if token is None:
             return Checkpoint(container=position.container + 1)
         return Checkpoint(container=position.container, marker=token)
@@ -281,7 +304,10 @@ class RetentionSweep:
         if anchor is None:
             run.unclassified += 1
             return None
-        horizon = run.policy.horizon(str(item.get("dataRegion") or ""), data_class)
+        stored = canonical_region(str(item.get("dataRegion") or ""))
+        if stored == UNKNOWN_REGION:  # written before the tenant's region was configured
+            stored = canonical_region(self._tagger.tenant_region(str(item.get("tenantId"))))
+        horizon = run.policy.horizon(stored, data_class)
         if run.now < run.policy.expires_at(anchor, horizon.region, data_class):
             return None
         user = item.get("userId")
@@ -298,7 +324,8 @@ class RetentionSweep:
         run.examined += 1
         tags: dict[str, str] | None = blob.tags
         current = blob.tags.get("policyVersion") == run.policy.version
-        if not current or not all(k in blob.tags for k in _TAGS):
+        unknown = blob.tags.get("dataRegion") == UNKNOWN_REGION  # the region may be known now
+        if not current or unknown or not all(k in blob.tags for k in _TAGS):
             tags = self._classify(run, container, blob)
             if tags is None:
                 return None
@@ -343,7 +370,7 @@ class RetentionSweep:
             tally[(container, tags["dataClass"], tags["dataRegion"])] += 1
             by_tenant[tags.get("tenant", "unknown")] += 1
         if not run.preview:
-            gone = self._blobs.delete_many(container, [blob.name for blob, _ in batch])
+            # Recorded before the delete: a deletion is never left unaudited.
             batch_id = uuid.uuid4().hex
             for tenant, count in by_tenant.items():
                 self._audit.record(
@@ -356,11 +383,11 @@ class RetentionSweep:
                         details={
                             "container": container,
                             "blobs": count,
-                            "batch_existed": gone,
                             "policy_version": run.policy.version,
                         },
                     ),
                 )
+            self._blobs.delete_many(container, [blob.name for blob, _ in batch])
         run.deleted.update(tally)
 
     def _report(self, run: _Run, *, complete: bool, resume: Checkpoint | None) -> SweepReport:

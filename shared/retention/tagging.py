@@ -76,6 +76,10 @@ class RetentionTagger:
             policy_version=policy.version,
         )
 
+    def tenant_region(self, tenant_id: str) -> str:
+        """The tenant's data region from configuration (`unknown` when it has none)."""
+        return canonical_region(self._tenant_region(tenant_id))
+
     def region(self, found: BlobClass) -> str:
         """The data region of a blob's owner; `unknown` for a voice that is gone;
         RegionUnknownNow when it cannot be read now."""
@@ -88,6 +92,9 @@ class RetentionTagger:
                 return self._voices[key]
         try:
             stored = self._voice_region(*key)
+        except ValueError:  # a voice document that does not validate: fail closed, now
+            log.warning("voice region unreadable", extra={"event": "retention_region_invalid"})
+            return UNKNOWN_REGION
         except Exception as failure:
             log.warning("voice region not read", extra={"event": "retention_region_unread"})
             raise RegionUnknownNow() from failure

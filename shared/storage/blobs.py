@@ -40,7 +40,7 @@ class TaggedBlob:
 
     name: str
     tags: dict[str, str]
-    created: datetime | None = None  # when the blob was first written (listings only)
+    created: datetime | None = None  # when this version was written (listings only)
 
 
 @dataclass(frozen=True)
@@ -361,7 +361,7 @@ class AzureBlobStore:
                 continuation_token=marker
             )
             page = next(pages, None)
-            found = [TaggedBlob(b.name, dict(b.tags or {}), b.creation_time) for b in page or ()]
+            found = [TaggedBlob(b.name, dict(b.tags or {}), b.last_modified) for b in page or ()]
         except ResourceNotFoundError:
             return BlobPage([], None)
         return BlobPage(found, pages.continuation_token or None)  # type: ignore[attr-defined]

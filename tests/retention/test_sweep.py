@@ -350,3 +350,33 @@ def test_chat_history_in_cosmos_goes_at_its_horizon_and_nothing_sooner(
     assert [kind for kind, _ in after] == ["session", "turn"]  # the recent conversation
     kept = runtime.tenant_scope("chat", T).read(next(i for k, i in after if k == "turn"))
     assert kept is not None and kept["message"] == f"{horizon - 5} days ago"
+
+
+class _FailingAudit:
+    def record(self, *_: Any, **__: Any) -> None:
+        raise ConnectionError("the audit log is unreachable")
+
+
+def test_nothing_is_deleted_that_could_not_be_audited() -> None:
+    world = World(MemoryBlobStore(), _FailingAudit())
+    populate(world)
+    with pytest.raises(ConnectionError):
+        world.sweep().run(budget_s=60)
+    assert world.remaining() == world.expected_gone | world.expected_kept
+
+
+def test_a_marker_that_no_longer_works_restarts_its_container_next_run() -> None:
+    class Refusing(MemoryBlobStore):
+        def list_page(self, container: str, *, marker: str | None = None, page_size: int = 500):  # type: ignore[no-untyped-def]
+            if marker == "stale":
+                raise ValueError("the service refuses this marker")
+            return super().list_page(container, marker=marker, page_size=page_size)
+
+    world = World(Refusing())
+    populate(world)
+    world.checkpoint = {"container": 0, "marker": "stale"}
+    with pytest.raises(ValueError):
+        world.sweep().run(budget_s=60)
+    assert world.checkpoint == {"container": 0, "marker": None}
+    assert world.sweep().run(budget_s=60).complete
+    assert world.remaining() == world.expected_kept
