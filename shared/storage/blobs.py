@@ -194,6 +194,14 @@ def _tag_filter(equals: Mapping[str, str], below: tuple[str, str] | None) -> str
     return " AND ".join(terms)
 
 
+def _check_batch(container: str, names: Sequence[str]) -> None:
+    _check_container(container)
+    if len(names) > MAX_BATCH:
+        raise ValueError(f"a batch deletes at most {MAX_BATCH} blobs, not {len(names)}")
+    for name in names:
+        _check_blob(container, name)
+
+
 def _check_page_size(page_size: int) -> None:
     if not 1 <= page_size <= 5000:
         raise ValueError(f"page_size is 1 to 5000, not {page_size}")
@@ -370,11 +378,7 @@ class AzureBlobStore:
         """Delete these blobs in one batch request; how many existed."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        _check_container(container)
-        if len(names) > MAX_BATCH:
-            raise ValueError(f"a batch deletes at most {MAX_BATCH} blobs, not {len(names)}")
-        for name in names:
-            _check_blob(container, name)
+        _check_batch(container, names)
         if not names:
             return 0
         client = self._service.get_container_client(container)
@@ -568,11 +572,7 @@ class MemoryBlobStore:
 
     def delete_many(self, container: str, names: Sequence[str]) -> int:
         """Delete these blobs; how many existed."""
-        _check_container(container)
-        if len(names) > MAX_BATCH:
-            raise ValueError(f"a batch deletes at most {MAX_BATCH} blobs, not {len(names)}")
-        for name in names:
-            _check_blob(container, name)
+        _check_batch(container, names)
         with self._lock:
             return sum(self.blobs.pop((container, name), None) is not None for name in names)
 
