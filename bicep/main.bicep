@@ -151,6 +151,7 @@ var appContainerNames = [
   'synthesis-cache'
   'synthesis-jobs'
   'realtime-audio'
+  'exports'
 ]
 var auditContainerName = 'audit'
 var deploymentContainerName = 'app-package'
@@ -186,6 +187,10 @@ var cosmosContainers = [
   }
   {
     name: 'retention'
+    partitionKey: '/tenantId'
+  }
+  {
+    name: 'privacy'
     partitionKey: '/tenantId'
   }
 ]
@@ -332,6 +337,9 @@ var appSettings = {
   // Trigger settings the host resolves when it indexes the app (%NAME% in the bindings).
   TIMBRE_REALTIME_TURN_QUEUE: 'voice-turns'
   TIMBRE_RETENTION_SCHEDULE: '0 15 * * * *'
+  // What an erasure receipt says of the copies outside the app's reach (these resources).
+  TIMBRE_BLOB_SOFT_DELETE_DAYS: string(deleteRetentionDays)
+  TIMBRE_LOG_RETENTION_DAYS: string(logRetentionDays)
   // Telemetry authenticated with the identity (Application Insights has local auth off).
   APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.connectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD;ClientId=${identity.outputs.clientId}'

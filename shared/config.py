@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -39,6 +39,12 @@ from shared.translation import TranslationLimits
 __all__ = ["ConfigurationError", "Environment", "Settings", "get_settings", "load_settings"]
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+#: Erasure receipts are signed with at least this much key.
+RECEIPT_KEY_MIN_CHARS: Final = 32
+#: The receipt key of local.settings.example.json: refused outside development and test.
+DEVELOPMENT_RECEIPT_KEY: Final = "timbre-local-development-receipt-key-not-a-secret"
 
 
 class Environment(StrEnum):
@@ -433,6 +439,48 @@ class Settings(BaseSettings):
         return self
 
     # ---- end of Retention (issue 13) ---------------------------------------------------------
+
+    # ---- Privacy requests (issue 13) ---------------------------------------------------------
+    # The key that signs erasure receipts (HMAC-SHA256); without it erasure answers 503.
+    # In Azure it comes from Key Vault; the example settings' development key is refused
+    # outside development and test.
+    receipt_key: SecretStr | None = Field(None, validation_alias="TIMBRE_RECEIPT_KEY")
+    # How long an export's download link lives (at most 24 hours), and the largest package.
+    export_link_minutes: int = Field(
+        60, ge=1, le=1440, validation_alias="TIMBRE_EXPORT_LINK_MINUTES"
+    )
+    export_max_bytes: int = Field(
+        1_073_741_824, ge=1_048_576, le=4_294_967_296, validation_alias="TIMBRE_EXPORT_MAX_BYTES"
+    )
+    # What the receipt says of copies outside Timbre's reach: blob soft delete (Bicep's
+    # deleteRetentionDays), Cosmos DB periodic backups, and the log workspace's retention.
+    blob_soft_delete_days: int = Field(
+        7, ge=0, le=365, validation_alias="TIMBRE_BLOB_SOFT_DELETE_DAYS"
+    )
+    cosmos_backup_hours: int = Field(8, ge=0, le=720, validation_alias="TIMBRE_COSMOS_BACKUP_HOURS")
+    log_retention_days: int = Field(30, ge=0, le=730, validation_alias="TIMBRE_LOG_RETENTION_DAYS")
+
+    @field_validator("receipt_key")
+    @classmethod
+    def _receipt_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # The messages never include the value: it is a secret.
+        if value is not None and len(value.get_secret_value()) < RECEIPT_KEY_MIN_CHARS:
+            raise ValueError(f"must be at least {RECEIPT_KEY_MIN_CHARS} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _receipt_key_not_the_example(self) -> Settings:
+        from shared.realtime.offline import offline_engines_allowed
+
+        key = self.receipt_key.get_secret_value() if self.receipt_key else None
+        if key == DEVELOPMENT_RECEIPT_KEY and not offline_engines_allowed(self.environment.value):
+            raise ValueError(
+                "TIMBRE_RECEIPT_KEY is the example settings' development key: "
+                "set a key of your own (Key Vault) outside development and test"
+            )
+        return self
+
+    # ---- end of Privacy requests (issue 13) --------------------------------------------------
 
     @field_validator("auth_tenants", "auth_audiences", "webpubsub_access_keys", mode="before")
     @classmethod

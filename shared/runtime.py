@@ -36,6 +36,10 @@ if TYPE_CHECKING:
     from shared.enrollment.voices import VoiceService
     from shared.ingestion.recordings import RecordingStore
     from shared.ingestion.service import IngestionService
+    from shared.privacy.erasure import PrivacyErasures
+    from shared.privacy.exports import PrivacyExports
+    from shared.privacy.inventory import InventoryTaker
+    from shared.privacy.requests import PrivacyRequests
     from shared.realtime.engines import SpeechToText, TextToSpeech
     from shared.realtime.service import Gateway, RealtimeService
     from shared.realtime.turn_queue import TurnQueue, TurnTicket
@@ -234,6 +238,88 @@ class Runtime:
             lambda: self.retention_policy,
             voice_region=voice_region,
             tenant_region=self.settings.data_region,
+            clock=self.clock,
+        )
+
+    @cached_property
+    def privacy_requests(self) -> PrivacyRequests:
+        """Privacy exports and erasures as stored (ids, states, receipts)."""
+        from shared.privacy.requests import PrivacyRequests
+
+        return PrivacyRequests(lambda tenant: self.tenant_scope("privacy", tenant), self.clock)
+
+    @cached_property
+    def privacy_inventory(self) -> InventoryTaker:
+        """What Timbre holds about a subject, store by store."""
+        from shared.privacy.inventory import InventoryTaker
+
+        return InventoryTaker(
+            blobs=self.blob_store,
+            scope=self.tenant_scope,
+            voices=self.voice_records,
+            exports_of=self.privacy_requests.exports_of,
+        )
+
+    @cached_property
+    def privacy_exports(self) -> PrivacyExports:
+        """Privacy exports: the package of everything held about a subject."""
+        from datetime import timedelta
+
+        from shared.privacy.exports import PrivacyExports
+
+        return PrivacyExports(
+            requests=self.privacy_requests,
+            inventory=self.privacy_inventory,
+            voices=self.voice_records,
+            blobs=self.blob_store,
+            read_item=lambda container, tenant, item: self.tenant_scope(container, tenant).read(
+                item
+            ),
+            sas=lambda: self.sas,
+            audit=self.audit,
+            max_bytes=self.settings.export_max_bytes,
+            link_lifetime=timedelta(minutes=self.settings.export_link_minutes),
+            clock=self.clock,
+        )
+
+    @cached_property
+    def privacy_erasures(self) -> PrivacyErasures:
+        """Erasure of a subject, with its signed receipt."""
+        from shared.privacy.erasure import PrivacyErasures
+        from shared.privacy.receipts import RemainingCopy, remaining_copies
+        from shared.retention.items import CosmosItems
+
+        settings = self.settings
+
+        def receipt_key() -> bytes | None:
+            key = settings.receipt_key
+            return key.get_secret_value().encode() if key is not None else None
+
+        def remaining(issued: datetime, subject_type: str) -> list[RemainingCopy]:
+            policy = self.retention_policy
+            return remaining_copies(
+                issued,
+                subject_type=subject_type,
+                soft_delete_days=settings.blob_soft_delete_days,
+                backup_hours=settings.cosmos_backup_hours,
+                log_days=settings.log_retention_days,
+                jobs_days=max(
+                    policy.horizon(region, "synthesized_audio").days for region in policy.regions
+                ),
+            )
+
+        return PrivacyErasures(
+            requests=self.privacy_requests,
+            inventory=self.privacy_inventory,
+            voices=self.voice_records,
+            holds=self.legal_holds,
+            cleanup=lambda: self.training.cleanup,
+            blobs=self.blob_store,
+            items=CosmosItems(self.container),
+            gateway=self.webpubsub,
+            audit=self.audit,
+            receipt_key=receipt_key,
+            remaining=remaining,
             clock=self.clock,
         )
 

@@ -217,7 +217,11 @@ def resolve_settings(environment: str) -> dict[str, str]:
     values: dict[str, str] = {}
     for name, expression in app_settings().items():
         value = expression
-        if isinstance(expression, str) and expression in params:
+        converted = expression.get("function", {}) if isinstance(expression, dict) else {}
+        if converted.get("type") == "string":  # string(<parameter>): its value, as text
+            expression = converted["parameters"]["value_to_convert"]
+            value = str(given.get(expression, params[expression]["default"]))
+        elif isinstance(expression, str) and expression in params:
             value = given.get(expression, params[expression]["default"])
         elif isinstance(expression, str) and expression in parse(MAIN)["variables"]:
             value = main_variable(expression)

@@ -87,6 +87,12 @@ PATH_PARAMETERS: dict[str, PathParameter] = {
         PathParameter(
             "hold_id", r"hold-[0-9a-f]{32}", "A legal hold's id: hold- and 32 lowercase hex"
         ),
+        PathParameter(
+            "export_id", r"exp-[0-9a-f]{32}", "A privacy export's id: exp- and 32 lowercase hex"
+        ),
+        PathParameter(
+            "erasure_id", r"era-[0-9a-f]{32}", "An erasure's id: era- and 32 lowercase hex"
+        ),
     )
 }
 

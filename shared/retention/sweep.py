@@ -224,10 +224,12 @@ class RetentionSweep:
             container = RETAINED_CONTAINERS[position.container]
             with self._marker_guard(position, preview or scoped):
                 page = self._blobs.list_page(
-                    container, marker=position.marker, page_size=self._page_size
+                    container,
+                    marker=position.marker,
+                    page_size=self._page_size,
+                    prefix="" if tenant is None else tenant + "/",
                 )
-            mine = [b for b in page.blobs if tenant is None or b.name.startswith(tenant + "/")]
-            decided = [(blob, self._decide(run, container, blob)) for blob in mine]
+            decided = [(blob, self._decide(run, container, blob)) for blob in page.blobs]
             doomed = [(blob, tags) for blob, tags in decided if tags is not None]
             for start_at in range(0, len(doomed), MAX_BATCH):
                 self._delete(run, container, doomed[start_at : start_at + MAX_BATCH])

@@ -128,9 +128,10 @@ class BlobStore(Protocol):
         ...
 
     def list_page(
-        self, container: str, *, marker: str | None = None, page_size: int = 500
+        self, container: str, *, marker: str | None = None, page_size: int = 500, prefix: str = ""
     ) -> BlobPage:
-        """One page of every blob of the container, in name order, with its tags."""
+        """One page of the container's blobs whose names start with `prefix` (all of them
+        when it is empty), in name order, with their tags; none if there is no container."""
         ...
 
     def delete_many(self, container: str, names: Sequence[str]) -> int:
@@ -356,18 +357,18 @@ class AzureBlobStore:
             return []
 
     def list_page(
-        self, container: str, *, marker: str | None = None, page_size: int = 500
+        self, container: str, *, marker: str | None = None, page_size: int = 500, prefix: str = ""
     ) -> BlobPage:
-        """One page of every blob of the container, in name order, with its tags."""
+        """One page of the container's blobs under `prefix`, in name order, with tags."""
         from azure.core.exceptions import ResourceNotFoundError
 
         _check_container(container)
         _check_page_size(page_size)
         client = self._service.get_container_client(container)
         try:
-            pages = client.list_blobs(include=["tags"], results_per_page=page_size).by_page(
-                continuation_token=marker
-            )
+            pages = client.list_blobs(
+                name_starts_with=prefix or None, include=["tags"], results_per_page=page_size
+            ).by_page(continuation_token=marker)
             page = next(pages, None)
             found = [TaggedBlob(b.name, dict(b.tags or {}), b.last_modified) for b in page or ()]
         except ResourceNotFoundError:
@@ -563,12 +564,12 @@ class MemoryBlobStore:
         return self._page(container, None, limit, matches).blobs
 
     def list_page(
-        self, container: str, *, marker: str | None = None, page_size: int = 500
+        self, container: str, *, marker: str | None = None, page_size: int = 500, prefix: str = ""
     ) -> BlobPage:
-        """One page of every blob of the container, in name order, with its tags."""
+        """One page of the container's blobs under `prefix`, in name order, with tags."""
         _check_container(container)
         _check_page_size(page_size)
-        return self._page(container, marker, page_size, lambda _: True)
+        return self._page(container, marker, page_size, lambda _: True, prefix)
 
     def delete_many(self, container: str, names: Sequence[str]) -> int:
         """Delete these blobs; how many existed."""
@@ -582,12 +583,16 @@ class MemoryBlobStore:
         marker: str | None,
         page_size: int,
         matches: Callable[[dict[str, str]], bool],
+        prefix: str = "",
     ) -> BlobPage:
         with self._lock:
             names = sorted(
                 name
                 for (held, name), blob in self.blobs.items()
-                if held == container and (marker is None or name >= marker) and matches(blob.tags)
+                if held == container
+                and name.startswith(prefix)
+                and (marker is None or name >= marker)
+                and matches(blob.tags)
             )
             found = [
                 TaggedBlob(

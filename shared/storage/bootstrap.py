@@ -40,6 +40,7 @@ COSMOS_CONTAINERS: tuple[CosmosContainerSpec, ...] = (
     CosmosContainerSpec("metrics"),  # per-minute rollups of latency and counts
     CosmosContainerSpec("realtime"),  # realtime voice connections and their turns
     CosmosContainerSpec("retention"),  # legal holds, and the sweep's checkpoint
+    CosmosContainerSpec("privacy"),  # privacy requests: exports, erasures and their receipts
 )
 
 # The blob containers the app needs; the audit container name comes from settings.
@@ -49,6 +50,7 @@ BLOB_CONTAINERS: tuple[str, ...] = (
     "synthesis-cache",
     "synthesis-jobs",
     "realtime-audio",  # realtime voice: utterances being spoken and each turn's audio
+    "exports",  # privacy export packages (one zip per export)
 )
 
 

@@ -566,6 +566,24 @@ def test_a_container_lists_page_by_page_with_tags(subject: Subject) -> None:
     assert seen[0][1] == {"dataClass": "transcript"} and seen[-1][1] == {}
 
 
+def test_a_listing_under_a_prefix_holds_only_its_blobs(subject: Subject) -> None:
+    for name in ("t1/v1/a", "t1/v1/b", "t1/v10/c", "t1/v2/d", "t2/v1/e"):
+        put(subject, name)
+    names: list[str] = []
+    marker = None
+    while True:
+        page = subject.store.list_page(
+            subject.container, marker=marker, page_size=1, prefix="t1/v1/"
+        )
+        names += [b.name for b in page.blobs]
+        if page.marker is None:
+            break
+        marker = page.marker
+    assert names == ["t1/v1/a", "t1/v1/b"]
+    assert subject.store.list_page(subject.container, prefix="t3/").blobs == []
+    assert subject.store.list_page("contract-" + "0" * 16, prefix="t1/").blobs == []
+
+
 def test_a_batch_deletes_what_exists_and_counts_it(subject: Subject) -> None:
     for n in range(5):
         put(subject, f"d{n}")

@@ -384,6 +384,8 @@ WALK_PARAMETERS: dict[str, list[str]] = {
     "session_id": ["0" * 32, "not-a-session"],
     "fact_id": ["f" + "0" * 32, "not-a-fact"],
     "hold_id": ["hold-" + "0" * 32, "not-a-hold"],
+    "export_id": ["exp-" + "0" * 32, "not-an-export"],
+    "erasure_id": ["era-" + "0" * 32, "not-an-erasure"],
 }
 WALK_BODIES: dict[str, list[dict[str, Any]]] = {
     "create_voice": [

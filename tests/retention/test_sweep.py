@@ -367,10 +367,12 @@ def test_nothing_is_deleted_that_could_not_be_audited() -> None:
 
 def test_a_marker_that_no_longer_works_restarts_its_container_next_run() -> None:
     class Refusing(MemoryBlobStore):
-        def list_page(self, container: str, *, marker: str | None = None, page_size: int = 500):  # type: ignore[no-untyped-def]
+        def list_page(  # type: ignore[no-untyped-def]
+            self, container: str, *, marker: str | None = None, page_size: int = 500, prefix=""
+        ):
             if marker == "stale":
                 raise ValueError("the service refuses this marker")
-            return super().list_page(container, marker=marker, page_size=page_size)
+            return super().list_page(container, marker=marker, page_size=page_size, prefix=prefix)
 
     world = World(Refusing())
     populate(world)
