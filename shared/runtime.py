@@ -131,10 +131,13 @@ class Runtime:
         return bounded_container(database.get_container_client(name), self.settings)
 
     def tenant_scope(self, container: str, tenant_id: str) -> TenantScope:
-        """A Cosmos container as one tenant sees it."""
+        """A Cosmos container as one tenant sees it; a retained container's items are
+        stamped for retention as they are written."""
+        from shared.retention.sweep import ITEM_CONTAINERS
         from shared.storage.scope import TenantScope
 
-        return TenantScope(self.container(container), tenant_id)
+        stamp = self.retention_tagger.stamp_item if container in ITEM_CONTAINERS else None
+        return TenantScope(self.container(container), tenant_id, stamp=stamp)
 
     @cached_property
     def authenticator(self) -> Authenticator:

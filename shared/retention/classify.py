@@ -38,6 +38,15 @@ NO_HOLD: Final = "none"
 UNKNOWN_REGION: Final = "unknown"
 
 OwnerKind = Literal["voice", "session", "job", "tenant", "export"]
+#: The class of each document of the `recordings` container (its `docType`): a report lives
+#: as long as the recording it describes, a transcript as long as transcripts do.
+RECORDING_CLASSES: Final = {
+    "recording": "raw_recording",
+    "consent_audio": "consent_recording",
+    "transcript_file": "transcript",
+    "transcript": "transcript",
+    "unrouted_upload": "raw_recording",
+}
 _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9 +\-./:=_]")
 
 

@@ -1,4 +1,5 @@
-"""The retained Cosmos items for the sweep: the containers whose items carry `dataClass`.
+"""The retained Cosmos items for the sweep: the containers whose items carry `dataClass`
+(chat, realtime) or are classified by their `docType` (recording reports, transcripts).
 
 Queries read only what the sweep decides by (id, tenant, class, region, the item's own
 times, a legal hold), across partitions, one page at a time with the SDK's continuation
@@ -11,12 +12,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from shared.retention.classify import RECORDING_CLASSES
+
 if TYPE_CHECKING:
     from azure.cosmos import ContainerProxy
 
 _FIELDS = (
-    "c.id, c.tenantId, c.userId, c.dataClass, c.dataRegion, c.createdAt, c.updatedAt, c.at, "
-    "c.legalHold"
+    "c.id, c.tenantId, c.userId, c.voiceId, c.docType, c.dataClass, c.dataRegion, c.createdAt, "
+    "c.updatedAt, c.at, c.processedAt, c.legalHold"
+)
+#: Items classified by their `docType` (recording reports and transcripts written before
+#: they carried `dataClass`).
+_CLASSIFIED = "(IS_DEFINED(c.dataClass) OR c.docType IN ({}))".format(
+    ", ".join(f"'{doc_type}'" for doc_type in RECORDING_CLASSES)
 )
 
 
@@ -29,8 +37,9 @@ class CosmosItems:
     def page(
         self, container: str, *, tenant_id: str | None, continuation: str | None, size: int
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of items with a `dataClass`, and the next page's token."""
-        where = "IS_DEFINED(c.dataClass)"
+        """One page of retained items (with a `dataClass`, or a recording document), and
+        the next page's token."""
+        where = _CLASSIFIED
         parameters: list[dict[str, Any]] = []
         if tenant_id is not None:
             where += " AND c.tenantId = @tenant"

@@ -39,8 +39,11 @@ from shared.audit import AuditEvent
 from shared.core.models import LazyModel
 from shared.retention.classify import (
     NO_HOLD,
+    RECORDING_CLASSES,
     RETAINED_CONTAINERS,
     UNKNOWN_REGION,
+    BlobClass,
+    Owner,
     classify_blob,
 )
 from shared.retention.holds import HoldIndex
@@ -107,8 +110,9 @@ class AuditRecorder(Protocol):
 
 
 #: The Cosmos containers whose items carry `dataClass` and `dataRegion`, in sweep order.
-ITEM_CONTAINERS = ("chat", "realtime")
-_ANCHORS = ("updatedAt", "at", "createdAt")  # the item's last write, as the item records it
+ITEM_CONTAINERS = ("chat", "realtime", "recordings")
+# The item's last write, as the item records it.
+_ANCHORS = ("updatedAt", "at", "createdAt", "processedAt")
 
 
 class ItemStore(Protocol):
@@ -298,7 +302,9 @@ class RetentionSweep:
 
     def _item_verdict(self, run: _Run, item: dict[str, Any]) -> tuple[str, str] | None:
         """(class, region) of an item past its horizon and not held; else None."""
-        data_class = str(item.get("dataClass", ""))
+        data_class = str(
+            item.get("dataClass") or RECORDING_CLASSES.get(str(item.get("docType")), "")
+        )
         if data_class not in run.policy.classes:
             run.unclassified += 1
             return None
@@ -306,14 +312,25 @@ class RetentionSweep:
         if anchor is None:
             run.unclassified += 1
             return None
+        tenant = str(item.get("tenantId"))
+        voice = item.get("voiceId")
         stored = canonical_region(str(item.get("dataRegion") or ""))
-        if stored == UNKNOWN_REGION:  # written before the tenant's region was configured
-            stored = canonical_region(self._tagger.tenant_region(str(item.get("tenantId"))))
+        if stored == UNKNOWN_REGION:  # written before its region was known or recorded
+            if isinstance(voice, str) and voice and not voice.startswith("_"):
+                try:
+                    stored = self._tagger.region(
+                        BlobClass(tenant, data_class, Owner("voice", voice))
+                    )
+                except RegionUnknownNow:
+                    return None  # decided on the next run, when the voice can be read
+            else:
+                stored = canonical_region(self._tagger.tenant_region(tenant))
         horizon = run.policy.horizon(stored, data_class)
         if run.now < run.policy.expires_at(anchor, horizon.region, data_class):
             return None
         user = item.get("userId")
-        held = isinstance(user, str) and run.holds.of_user(str(item.get("tenantId")), user)
+        held = isinstance(user, str) and run.holds.of_user(tenant, user)
+        held = held or (isinstance(voice, str) and run.holds.of_owner(tenant, f"voice:{voice}"))
         if item.get("legalHold") or held:
             run.held += 1
             return None

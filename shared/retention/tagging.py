@@ -8,6 +8,10 @@ changed; read once per voice and kept), else the tenant's from configuration. Wh
 region cannot be read now (Cosmos down), the blob is written without tags rather than at
 the strictest horizon: the next sweep classifies it, so a hiccup never shortens anyone's
 data to the strictest horizon by mistake, and never keeps it untracked.
+
+Retained Cosmos items (chat, realtime connections, recording reports and transcripts) are
+stamped the same way as they are written (`stamp_item`, called by their `TenantScope`):
+class, region, policy version and expiry, counted from that write.
 """
 
 from __future__ import annotations
@@ -17,8 +21,17 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
-from shared.retention.classify import UNKNOWN_REGION, BlobClass, classify_blob, retention_tags
+from shared.retention.classify import (
+    RECORDING_CLASSES,
+    UNKNOWN_REGION,
+    BlobClass,
+    Owner,
+    classify_blob,
+    retention_tags,
+    tag_time,
+)
 from shared.retention.policy import RetentionPolicy, canonical_region
 
 log = logging.getLogger(__name__)
@@ -75,6 +88,36 @@ class RetentionTagger:
             expires=policy.expires_at(created, region, found.data_class),
             policy_version=policy.version,
         )
+
+    def stamp_item(self, tenant_id: str, document: dict[str, Any]) -> dict[str, Any]:
+        """A retained Cosmos item as it is written now: with its class (`dataClass`, or
+        from a recording document's `docType`), its region (its voice's, else its own,
+        else the tenant's), the policy version and its computed expiry (`expiresAt`).
+        Anything else, and an item whose voice's region cannot be read now (the sweep
+        classifies it later), is written as it is."""
+        data_class = document.get("dataClass") or RECORDING_CLASSES.get(
+            str(document.get("docType"))
+        )
+        policy = self._policy()
+        if data_class not in policy.classes:
+            return document
+        voice = document.get("voiceId")
+        try:
+            if isinstance(voice, str) and voice and not voice.startswith("_"):
+                region = self.region(BlobClass(tenant_id, data_class, Owner("voice", voice)))
+            else:
+                stored = canonical_region(str(document.get("dataRegion") or ""))
+                region = self.tenant_region(tenant_id) if stored == UNKNOWN_REGION else stored
+        except RegionUnknownNow:
+            return document
+        now = self._clock()
+        return {
+            **document,
+            "dataClass": data_class,
+            "dataRegion": region,
+            "policyVersion": policy.version,
+            "expiresAt": tag_time(policy.expires_at(now, region, data_class)),
+        }
 
     def tenant_region(self, tenant_id: str) -> str:
         """The tenant's data region from configuration (`unknown` when it has none)."""

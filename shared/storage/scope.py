@@ -42,10 +42,17 @@ def _check_fragment(where: str) -> None:
 class TenantScope:
     """A Cosmos container seen by one tenant: reads, writes and queries stay inside it."""
 
-    def __init__(self, container: ContainerProxy, tenant_id: str) -> None:
+    def __init__(
+        self,
+        container: ContainerProxy,
+        tenant_id: str,
+        *,
+        stamp: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         if not tenant_id:
             raise ValueError("tenant_id is required")
         self._container = container
+        self._stamp = stamp
         self.tenant_id = tenant_id
 
     def query(
@@ -122,7 +129,7 @@ class TenantScope:
             try:
                 result: dict[str, Any] = self._container.replace_item(
                     item_id,
-                    {**document, TENANT_FIELD: self.tenant_id},
+                    self._stored(document),
                     etag=document["_etag"],
                     match_condition=MatchConditions.IfNotModified,
                 )
@@ -138,7 +145,7 @@ class TenantScope:
 
         result: dict[str, Any] = self._container.replace_item(
             item_id,
-            {**document, TENANT_FIELD: self.tenant_id},
+            self._stored(document),
             etag=etag,
             match_condition=MatchConditions.IfNotModified,
         )
@@ -146,17 +153,18 @@ class TenantScope:
 
     def upsert(self, document: dict[str, Any]) -> dict[str, Any]:
         """Write a document of this tenant (its tenantId is set here, not by the caller)."""
-        result: dict[str, Any] = self._container.upsert_item(
-            {**document, TENANT_FIELD: self.tenant_id}
-        )
+        result: dict[str, Any] = self._container.upsert_item(self._stored(document))
         return result
 
     def create(self, document: dict[str, Any]) -> dict[str, Any]:
         """Create a document of this tenant; CosmosResourceExistsError if the id is taken."""
-        result: dict[str, Any] = self._container.create_item(
-            {**document, TENANT_FIELD: self.tenant_id}
-        )
+        result: dict[str, Any] = self._container.create_item(self._stored(document))
         return result
+
+    def _stored(self, document: dict[str, Any]) -> dict[str, Any]:
+        """The document as written: this tenant's, stamped for retention where asked."""
+        stored = {**document, TENANT_FIELD: self.tenant_id}
+        return self._stamp(self.tenant_id, stored) if self._stamp is not None else stored
 
     def delete(self, item_id: str) -> bool:
         """Delete a document of this tenant; False if there was none."""

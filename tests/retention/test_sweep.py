@@ -350,6 +350,9 @@ def test_chat_history_in_cosmos_goes_at_its_horizon_and_nothing_sooner(
     assert [kind for kind, _ in after] == ["session", "turn"]  # the recent conversation
     kept = runtime.tenant_scope("chat", T).read(next(i for k, i in after if k == "turn"))
     assert kept is not None and kept["message"] == f"{horizon - 5} days ago"
+    written = NOW - timedelta(days=horizon - 5)  # stamped as written: its expiry, computed
+    assert (kept["dataRegion"], kept["policyVersion"]) == ("EU", POLICY.version)
+    assert kept["expiresAt"] == (written + timedelta(days=horizon)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _FailingAudit:
@@ -382,3 +385,65 @@ def test_a_marker_that_no_longer_works_restarts_its_container_next_run() -> None
     assert world.checkpoint == {"container": 0, "marker": None}
     assert world.sweep().run(budget_s=60).complete
     assert world.remaining() == world.expected_kept
+
+
+@pytest.mark.integration
+def test_recording_reports_go_with_their_recordings_by_the_voices_region(
+    local_services: dict[str, str],
+) -> None:
+    """Reports written at two ages through the recording store are stamped with the voice's
+    region and expiry; a report written before stamps existed is classified by its
+    `docType` and its voice's region; a hold on the voice keeps them all."""
+    from shared.core.identity import Principal, Role
+    from shared.enrollment.voices import VoiceCreate
+    from shared.retention.holds import HoldRequest
+    from tests.kit.settings import local_settings, start_runtime
+
+    settings = local_settings(local_services, "retention-recordings")
+    ana = Principal(T, "ana", frozenset({Role.ANALYST}), "dev")
+    runtime = start_runtime(settings, clock=lambda: NOW)
+    body = VoiceCreate(talent_name="Lee", company_name="Contoso", locale="en-US", data_region="US")
+    voice_id = runtime.voices.create(ana, body, "r").id
+    horizon = POLICY.horizon("US", "raw_recording").days
+    for age in (horizon + 2, horizon - 2):
+        then = NOW - timedelta(days=age)
+        writer = start_runtime(settings, clock=lambda then=then: then)
+        writer.recordings(T).save_report(
+            voice_id,
+            "recording",
+            f"utt-{age}",
+            {"verdict": "accepted", "processedAt": then.isoformat()},
+        )
+    legacy = (NOW - timedelta(days=horizon + 9)).isoformat()
+    runtime.container("recordings").upsert_item(  # as written before items were stamped
+        {"id": f"{voice_id}:recording:old", "tenantId": T, "docType": "recording",
+         "voiceId": voice_id, "name": "old", "processedAt": legacy}
+    )  # fmt: skip
+    runtime = start_runtime(settings, clock=lambda: NOW)
+    fresh = runtime.recordings(T).previous(voice_id, "recording", f"utt-{horizon - 2}")
+    assert fresh is not None
+    assert (fresh["dataClass"], fresh["dataRegion"], fresh["policyVersion"]) == (
+        "raw_recording",
+        "US",
+        POLICY.version,
+    )
+    assert fresh["expiresAt"] == (NOW + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def names() -> list[str]:
+        found = runtime.tenant_scope("recordings", T).query("c.voiceId = @v", {"@v": voice_id})
+        return sorted(str(item["name"]) for item in found)
+
+    hold = runtime.legal_holds.place(
+        T, "ada", HoldRequest(subject_type="voice", subject_id=voice_id, reason="matter 7")
+    )
+    assert runtime.retention_sweep.run(budget_s=60).held >= 2
+    assert names() == sorted(["old", f"utt-{horizon + 2}", f"utt-{horizon - 2}"])
+    runtime.legal_holds.lift(T, "ada", hold.id)
+    report = runtime.retention_sweep.run(budget_s=60)
+    rows = [
+        (r.data_class, r.region, r.count)
+        for r in report.deleted
+        if r.container == "cosmos:recordings"
+    ]
+    assert rows == [("raw_recording", "US", 2)]
+    assert names() == [f"utt-{horizon - 2}"]
