@@ -98,7 +98,10 @@ def _step(
 
 
 def _remove_remote(
-    context: df.DurableOrchestrationContext, targets: list[Target], lines: list[Line]
+    context: df.DurableOrchestrationContext,
+    data: dict[str, Any],
+    targets: list[Target],
+    lines: list[Line],
 ) -> Generator[Any, Any, list[Target]]:
     """Custom Voice, in dependency order; what is left for the next round."""
     left: list[Target] = []
@@ -108,9 +111,8 @@ def _remove_remote(
             lines.append(Line(store=_store_of(target), failed=1, error=stopped))
             left.append(target)
             continue
-        line = yield from _step(
-            context, "privacy_erasure_remote", target.model_dump(), _store_of(target), 1
-        )
+        payload = {"job": data, "target": target.model_dump()}
+        line = yield from _step(context, "privacy_erasure_remote", payload, _store_of(target), 1)
         lines.append(line)
         if line.failed:
             left.append(target)
@@ -182,7 +184,7 @@ def privacy_erasure_orchestrator(context: df.DurableOrchestrationContext) -> Any
         return {"state": "blocked", "hold": plan.held}
     if plan is not None and plan.inventory is not None:
         context.set_custom_status({"step": "removing", "round": number})
-        remote_left = yield from _remove_remote(context, plan.inventory.remote, lines)
+        remote_left = yield from _remove_remote(context, data, plan.inventory.remote, lines)
         yield from _remove_stored(
             context, data, plan.inventory, lines, keep_voice=bool(remote_left)
         )
@@ -236,10 +238,11 @@ def privacy_erasure_plan(data: dict[str, Any]) -> dict[str, Any]:
     return runtime().privacy_erasures.plan(_job(data), data["round"]).model_dump()
 
 
-@bp.activity_trigger(input_name="target")
-def privacy_erasure_remote(target: dict[str, Any]) -> dict[str, Any]:
+@bp.activity_trigger(input_name="data")
+def privacy_erasure_remote(data: dict[str, Any]) -> dict[str, Any]:
     """Delete one Custom Voice resource or staging container."""
-    return runtime().privacy_erasures.remote(Target.model_validate(target)).model_dump()
+    target = Target.model_validate(data["target"])
+    return runtime().privacy_erasures.remote(_job(data), target).model_dump()
 
 
 @bp.activity_trigger(input_name="data")

@@ -219,8 +219,8 @@ def resolve_settings(environment: str) -> dict[str, str]:
         value = expression
         converted = expression.get("function", {}) if isinstance(expression, dict) else {}
         if converted.get("type") == "string":  # string(<parameter>): its value, as text
-            expression = converted["parameters"]["value_to_convert"]
-            value = str(given.get(expression, params[expression]["default"]))
+            param = converted["parameters"]["value_to_convert"]
+            value = str(given.get(param, params[param]["default"]))
         elif isinstance(expression, str) and expression in params:
             value = given.get(expression, params[expression]["default"])
         elif isinstance(expression, str) and expression in parse(MAIN)["variables"]:

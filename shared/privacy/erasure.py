@@ -41,7 +41,7 @@ from shared.core.orchestrations import Orchestrations
 from shared.privacy.inventory import Inventory, InventoryTaker
 from shared.privacy.receipts import Receipt, RemainingCopy, StoreLine, sign
 from shared.privacy.requests import PrivacyRequest, PrivacyRequests, SubjectRequest
-from shared.retention.holds import HoldStore
+from shared.retention.holds import HoldStore, SubjectType
 from shared.storage.blobs import MAX_BATCH, BlobStore
 from shared.training.cleanup import Target, VoiceCleanup
 
@@ -77,6 +77,8 @@ class ErasureJob(LazyModel):
 
     tenant_id: str
     request_id: str
+    subject_type: SubjectType
+    subject_id: str
     round: int = 0
     failures: int = 0
     tally: dict[str, Tally] = Field(default_factory=dict)
@@ -200,7 +202,11 @@ class PrivacyErasures:
             return self._view(running), False
         record = self._requests.create(caller.tenant_id, "erasure", body, caller.subject)
         job = ErasureJob(
-            tenant_id=caller.tenant_id, request_id=record.id, timing=timing or ErasureTiming()
+            tenant_id=caller.tenant_id,
+            request_id=record.id,
+            subject_type=body.subject_type,
+            subject_id=body.subject_id,
+            timing=timing or ErasureTiming(),
         )
         orchestrations.start(ERASURE_ORCHESTRATOR, record.id, job.model_dump())
         self._audit.record(
@@ -224,8 +230,7 @@ class PrivacyErasures:
 
     def plan(self, job: ErasureJob, round_number: int) -> ErasurePlan:
         """Check holds, revoke consent, take the inventory."""
-        record = self._record_of(job)
-        hold = self._hold_of(job.tenant_id, record.subject_type, record.subject_id)
+        hold = self._hold_of(job.tenant_id, job.subject_type, job.subject_id)
         if hold is not None:
             self._requests.change(
                 job.tenant_id,
@@ -236,9 +241,9 @@ class PrivacyErasures:
             )
             self._event(job, "privacy.erasure_block", {"hold": hold})
             return ErasurePlan(held=hold)
-        if record.subject_type == "voice":
-            self._revoke(job, record.subject_id)
-        inventory = self._inventory.take(job.tenant_id, record.subject_type, record.subject_id)
+        if job.subject_type == "voice":
+            self._revoke(job, job.subject_id)
+        inventory = self._inventory.take(job.tenant_id, job.subject_type, job.subject_id)
         known = {target.label for target in inventory.remote}
         inventory.remote += [t for t in job.remote_left if t.label not in known]
         self._requests.change(
@@ -246,9 +251,11 @@ class PrivacyErasures:
         )
         return ErasurePlan(inventory=inventory)
 
-    def remote(self, target: Target) -> Line:
+    def remote(self, job: ErasureJob, target: Target) -> Line:
         """Delete one Custom Voice resource (404: already gone) or staging container."""
         store = "blob:staging" if target.kind == "staging" else f"custom_voice:{target.kind}"
+        if self._held_now(job):
+            return Line(store=store, failed=1, error="legal_hold")
         outcome = self._cleanup().delete(target)
         if outcome.gone:
             return Line(
@@ -274,20 +281,24 @@ class PrivacyErasures:
         return line
 
     def blobs(self, job: ErasureJob, container: str, names: list[str]) -> Line:
-        """Delete one batch of the subject's blobs (audited with the count)."""
+        """Delete one batch of the subject's blobs, audited before it is deleted."""
         if len(names) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} blobs per batch")
+        store = f"blob:{container}"
+        if self._held_now(job):
+            return Line(store=store, failed=len(names), error="legal_hold")
+        self._deleting(job, store, len(names))
         existed = self._blobs.delete_many(container, names) if names else 0
-        line = Line(store=f"blob:{container}", removed=existed, already_gone=len(names) - existed)
-        self._deleted(job, line)
-        return line
+        return Line(store=store, removed=existed, already_gone=len(names) - existed)
 
     def items(self, job: ErasureJob, container: str, ids: list[str]) -> Line:
-        """Delete the subject's items of one Cosmos container by id (audited with the count)."""
+        """Delete the subject's items of one Cosmos container by id, audited before."""
+        store = f"cosmos:{container}"
+        if self._held_now(job):
+            return Line(store=store, failed=len(ids), error="legal_hold")
+        self._deleting(job, store, len(ids))
         removed = sum(self._items.delete(container, job.tenant_id, item_id) for item_id in ids)
-        line = Line(store=f"cosmos:{container}", removed=removed, already_gone=len(ids) - removed)
-        self._deleted(job, line)
-        return line
+        return Line(store=store, removed=removed, already_gone=len(ids) - removed)
 
     def record(self, job: ErasureJob, done: RoundDone) -> Receipt:
         """Sign the receipt of everything so far and store it (audited with its id)."""
@@ -391,12 +402,17 @@ class PrivacyErasures:
                 ),
             )
 
-    def _deleted(self, job: ErasureJob, line: Line) -> None:
-        if line.removed:
+    def _held_now(self, job: ErasureJob) -> bool:
+        """A hold placed while the round runs stops its deletes (the next round is blocked)."""
+        return self._hold_of(job.tenant_id, job.subject_type, job.subject_id) is not None
+
+    def _deleting(self, job: ErasureJob, store: str, listed: int) -> None:
+        # Recorded before the deletes: a deletion is never left unaudited.
+        if listed:
             self._event(
                 job,
                 "privacy.erasure_delete",
-                {"receipt": job.request_id, "store": line.store, "removed": line.removed},
+                {"receipt": job.request_id, "store": store, "listed": listed},
             )
 
     def _event(self, job: ErasureJob, action: str, details: dict[str, str | int]) -> None:

@@ -64,7 +64,12 @@ def subject(request: pytest.FixtureRequest) -> Subject:
         )
         return document
 
-    return Subject(CosmosChatMemory(lambda tenant: runtime.tenant_scope("chat", tenant)), raw)
+    from shared.storage.scope import TenantScope
+
+    # The store's own behaviour, on a scope without the retention stamp (class, region,
+    # policy version, expiry: the retention tests check what a stamped write stores).
+    chat = runtime.container("chat")
+    return Subject(CosmosChatMemory(lambda tenant: TenantScope(chat, tenant)), raw)
 
 
 def at(second: int) -> str:

@@ -26,6 +26,7 @@ from shared.core.orchestrations import MemoryOrchestrations
 from shared.privacy.inventory import Inventory
 from shared.runtime import Runtime, use_runtime
 from shared.storage.bootstrap import COSMOS_CONTAINERS
+from shared.synthesis.chain import SynthesisResult
 from shared.training.service import TrainingRun
 from tests.kit.durable import OrchestrationDriver, OrchestrationResult, activities_of
 from tests.kit.fakes.custom_voice import FakeCustomVoice
@@ -88,13 +89,15 @@ def deployed_voice(runtime: Runtime) -> tuple[str, TrainingRun]:
 
     result = training_driver(run, approve).run()
     assert result.output["status"] == "deployed", result.output
-    runtime.blob_store.write(
-        "synthesis-cache",
-        f"dev-tenant/{voice_id}/ab/entry.mp3",
-        b"spoken audio",
-        content_type="audio/mpeg",
-    )
+    spoken(runtime, voice_id, b"spoken audio")
     return voice_id, run
+
+
+def spoken(runtime: Runtime, voice_id: str, audio: bytes) -> None:
+    """Audio spoken in the voice, in the synthesis cache as synthesis leaves it."""
+    key = f"{voice_id}/{hashlib.sha256(audio).hexdigest()}.mp3"
+    result = SynthesisResult(audio=audio, content_type="audio/mpeg", provider="p", voice="v")
+    runtime.synthesis_cache.put("dev-tenant", key, result)
 
 
 def post(path: str, body: dict[str, Any], gateway: MemoryOrchestrations | None = None) -> Any:
@@ -277,9 +280,11 @@ def test_a_store_that_is_down_makes_the_receipt_incomplete_until_a_later_round_s
             seen.append(current.receipt or {})
             outage.down = False  # the service comes back before the next round
 
-    result = driver_of(gateway, erasure_id, on_idle=watch).run()
+    driver = driver_of(gateway, erasure_id, on_idle=watch)
+    result = driver.run()
 
     assert result.output == {"state": "completed", "rounds": 2}
+    driver.assert_deterministic()
     (first,) = seen
     assert first["complete"] is False and first["rounds"] == 1
     failed = {line["store"]: line for line in first["stores"] if line["failed"]}
@@ -339,3 +344,80 @@ def test_erasure_without_a_receipt_key_is_refused_before_anything_is_removed(
     assert answer.status_code == 503 and answer.headers["Retry-After"]
     assert json_body(answer)["reason"] == "receipt_key_not_configured"
     assert gateway.started == {}
+
+
+def test_an_export_too_large_fails_with_its_reason_and_an_unknown_voice_is_404(
+    runtime: Runtime,
+) -> None:
+    missing = post(
+        "/api/v1/privacy/exports",
+        {"subject_type": "voice", "subject_id": "v-nobody"},
+        MemoryOrchestrations(),
+    )
+    assert missing.status_code == 404 and json_body(missing)["reason"] == "voice_not_found"
+    voice_id = enrolled_voice(runtime)
+    spoken(runtime, voice_id, b"x" * 1_100_000)  # more than the 1 MiB this deployment allows
+    use_runtime(Runtime(runtime.settings.model_copy(update={"export_max_bytes": 1_048_576})))
+    gateway = MemoryOrchestrations()
+    body = {"subject_type": "voice", "subject_id": voice_id}
+    export_id = json_body(post("/api/v1/privacy/exports", body, gateway))["export_id"]
+    assert driver_of(gateway, export_id).run().output["state"] == "failed"
+    view = get(f"/api/v1/privacy/exports/{export_id}")
+    assert (view["state"], view["reason"], view["download_url"]) == (
+        "failed",
+        "export_too_large",
+        None,
+    )
+    assert runtime.blob_store.list_page("exports", prefix=f"dev-tenant/{export_id}/").blobs == []
+
+
+def test_a_package_gone_at_its_horizon_is_said_so_not_linked(runtime: Runtime) -> None:
+    voice_id = enrolled_voice(runtime)
+    gateway = MemoryOrchestrations()
+    body = {"subject_type": "voice", "subject_id": voice_id}
+    export_id = json_body(post("/api/v1/privacy/exports", body, gateway))["export_id"]
+    driver_of(gateway, export_id).run()
+    assert get(f"/api/v1/privacy/exports/{export_id}")["download_url"]
+    runtime.blob_store.delete("exports", f"dev-tenant/{export_id}/export.zip")  # the sweep
+    view = get(f"/api/v1/privacy/exports/{export_id}")
+    assert view["package_deleted"] is True and view["download_url"] is None
+
+
+def test_a_hold_placed_while_an_erasure_runs_stops_its_deletes_and_then_blocks_it(
+    runtime: Runtime,
+) -> None:
+    voice_id = enrolled_voice(runtime)
+    body = {"subject_type": "voice", "subject_id": voice_id}
+    gateway = MemoryOrchestrations()
+    erasure_id = json_body(post("/api/v1/privacy/erasures", body, gateway))["erasure_id"]
+    activities = activities_of(privacy.bp)
+    plan = activities["privacy_erasure_plan"]
+
+    def plan_then_hold(data: Any) -> Any:
+        found = plan(data)
+        if data["round"] == 1:  # the inventory is taken; an admin places a hold now
+            post("/api/v1/retention/holds", {**body, "reason": "case 44"})
+        return found
+
+    activities["privacy_erasure_plan"] = plan_then_hold
+    before = everything_of(runtime, [voice_id])
+    result = OrchestrationDriver(
+        privacy.privacy_erasure_orchestrator,
+        activities,
+        input=gateway.started[erasure_id],
+        instance_id=erasure_id,
+    ).run()
+
+    assert result.output["state"] == "blocked"
+    view = get(f"/api/v1/privacy/erasures/{erasure_id}")
+    assert view["state"] == "blocked" and view["rounds"] == 2
+    first = view["receipt"]  # the round that met the hold: nothing removed, said so
+    assert first["complete"] is False
+    assert {line["error"] for line in first["stores"]} == {"legal_hold"}
+    assert sum(line["removed"] for line in first["stores"]) == 0
+    records = ("cosmos:privacy", "cosmos:retention", "cosmos:voices")  # requests, the hold
+    after = everything_of(runtime, [voice_id])
+    assert {k: v for k, v in after.items() if k not in records} == {
+        k: v for k, v in before.items() if k not in records
+    }
+    assert after["cosmos:voices"] == [voice_id]  # its consent revoked, the profile kept
