@@ -11,7 +11,7 @@ timer (doubling) and continues as new, until a round fails nothing.
 from __future__ import annotations
 
 from collections.abc import Generator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import azure.durable_functions as df
@@ -30,18 +30,20 @@ from shared.privacy.erasure import (
     merged,
 )
 from shared.privacy.exports import ExportBuilt, ExportView
-from shared.privacy.inventory import USER_ITEM_CONTAINERS, VOICE_ITEM_CONTAINERS, Inventory
+from shared.privacy.inventory import ANCHORS, BlobSource, ItemSource, Sources
 from shared.privacy.receipts import Receipt, VerifyResult, verify
 from shared.privacy.requests import SubjectRequest
 from shared.runtime import runtime
-from shared.storage.blobs import MAX_BATCH
 from shared.training.cleanup import Target
 
 bp = df.Blueprint()
 
 RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, max_number_of_attempts=3)
-#: Cosmos items deleted per activity (one point delete each).
-ITEMS_PER_STEP = 100
+FINISH_RETRY = df.RetryOptions(
+    first_retry_interval_in_milliseconds=30_000, max_number_of_attempts=10
+)
+#: Pages of one source one round deletes at most (256 blobs or 100 items a page).
+MAX_PAGES = 400
 
 
 # ---- export ---------------------------------------------------------------------------------
@@ -56,8 +58,9 @@ def privacy_export_orchestrator(context: df.DurableOrchestrationContext) -> Any:
         result = yield context.call_activity_with_retry("privacy_export_build", RETRY, job)
     except Exception:  # storage kept failing: say so rather than stay "running"
         result = ExportBuilt(state="failed", reason="storage_unavailable").model_dump()
+    # Recording the outcome is what takes the export out of "running": retried longer.
     yield context.call_activity_with_retry(
-        "privacy_export_finish", RETRY, {"job": job, "built": result}
+        "privacy_export_finish", FINISH_RETRY, {"job": job, "built": result}
     )
     context.set_custom_status({"step": result["state"]})
     return result
@@ -120,56 +123,79 @@ def _remove_remote(
     return left
 
 
+def _drain(
+    context: df.DurableOrchestrationContext,
+    activity: str,
+    payload: dict[str, Any],
+    store: str,
+    lines: list[Line],
+) -> Generator[Any, Any, None]:
+    """One source a page at a time until it is empty, a page fails, or the round's share
+    of pages is spent (the next round goes on)."""
+    for _ in range(MAX_PAGES):
+        line = yield from _step(context, activity, payload, store, 1)
+        lines.append(line.model_copy(update={"more": False}))
+        if line.failed or not line.more:
+            return
+    lines.append(Line(store=store, failed=1, error="more_than_one_round"))
+
+
 def _remove_stored(
     context: df.DurableOrchestrationContext,
     data: dict[str, Any],
-    inventory: Inventory,
+    sources: Sources,
     lines: list[Line],
     *,
-    keep_voice: bool,
+    anchors: bool,
 ) -> Generator[Any, Any, None]:
-    """Connections, then blobs in batches, then Cosmos items by id (the voice last)."""
-    if inventory.connections:
-        payload = {"job": data, "connections": inventory.connections}
-        count = len(inventory.connections)
-        store = "webpubsub:connection"
-        lines.append((yield from _step(context, "privacy_erasure_close", payload, store, count)))
-    by_container: dict[str, list[str]] = {}
-    for blob in inventory.blobs:
-        by_container.setdefault(blob.container, []).append(blob.name)
-    for container, names in by_container.items():
-        for first in range(0, len(names), MAX_BATCH):
-            batch = names[first : first + MAX_BATCH]
-            payload = {"job": data, "container": container, "names": batch}
-            store = f"blob:{container}"
+    """Connections, then blobs, then Cosmos items: every source but the anchors, or the
+    anchors alone (`anchors=True`, the confirming round's last step)."""
+    if not anchors:
+        if sources.connections:
+            payload = {"job": data, "connections": sources.connections}
+            count = len(sources.connections)
+            store = "webpubsub:connection"
             lines.append(
-                (yield from _step(context, "privacy_erasure_blobs", payload, store, len(batch)))
+                (yield from _step(context, "privacy_erasure_close", payload, store, count))
             )
-    for container in (*USER_ITEM_CONTAINERS, *VOICE_ITEM_CONTAINERS):
-        ids = [item.id for item in inventory.items if item.container == container]
-        if ids and container == "voices" and keep_voice:
-            # The voice document names what Custom Voice still holds: kept until it is gone.
-            lines.append(
-                Line(store="cosmos:voices", failed=len(ids), error="waits_for_custom_voice")
-            )
+        for place in sources.blobs:
+            payload = {"job": data, "source": place.model_dump()}
+            store = f"blob:{place.container}"
+            yield from _drain(context, "privacy_erasure_blobs", payload, store, lines)
+    for source in sources.items:
+        if (source.container in ANCHORS) != anchors:
             continue
-        for first in range(0, len(ids), ITEMS_PER_STEP):
-            chunk = ids[first : first + ITEMS_PER_STEP]
-            payload = {"job": data, "container": container, "ids": chunk}
-            store = f"cosmos:{container}"
-            lines.append(
-                (yield from _step(context, "privacy_erasure_items", payload, store, len(chunk)))
-            )
+        payload = {"job": data, "source": source.model_dump()}
+        store = f"cosmos:{source.container}"
+        yield from _drain(context, "privacy_erasure_items", payload, store, lines)
+
+
+def _next_round(job: ErasureJob, now: datetime, failures: int, *, final: bool) -> datetime | None:
+    """When the next round runs: after a growing wait while a line fails, at the settling
+    time for the confirming round, never once a final round failed nothing."""
+    if failures:
+        wait = min(job.timing.first_wait_s * 2 ** (failures - 1), job.timing.max_wait_s)
+        return now + timedelta(seconds=wait)
+    if final:
+        return None
+    settle_until = datetime.fromisoformat(str(job.settle_until))
+    return max(now + timedelta(seconds=job.timing.first_wait_s), settle_until)
 
 
 @bp.orchestration_trigger(context_name="context")
 def privacy_erasure_orchestrator(context: df.DurableOrchestrationContext) -> Any:
-    """One round of an erasure; continue as new after a wait while a line fails."""
+    """One round of an erasure; continue as new after a wait until a round after the
+    settling time finds nothing left (then the anchors go and it is complete)."""
     job = ErasureJob.model_validate(context.get_input())
+    started = context.current_utc_datetime
+    if job.settle_until is None:
+        settle = started + timedelta(seconds=job.timing.settle_s)
+        job = job.model_copy(update={"settle_until": settle.isoformat()})
     number = job.round + 1
     data = job.model_dump()
     lines: list[Line] = []
     remote_left: list[Target] = []
+    final = False
     context.set_custom_status({"step": "inventory", "round": number})
     plan: ErasurePlan | None = None
     try:
@@ -182,24 +208,30 @@ def privacy_erasure_orchestrator(context: df.DurableOrchestrationContext) -> Any
     if plan is not None and plan.held is not None:
         context.set_custom_status({"step": "blocked", "round": number, "hold": plan.held})
         return {"state": "blocked", "hold": plan.held}
-    if plan is not None and plan.inventory is not None:
+    if plan is not None and plan.sources is not None:
+        if plan.export_running is not None:  # its package is found by a later round
+            lines.append(Line(store="privacy:export", failed=1, error="export_running"))
         context.set_custom_status({"step": "removing", "round": number})
-        remote_left = yield from _remove_remote(context, data, plan.inventory.remote, lines)
-        yield from _remove_stored(
-            context, data, plan.inventory, lines, keep_voice=bool(remote_left)
-        )
+        remote_left = yield from _remove_remote(context, data, plan.sources.remote, lines)
+        yield from _remove_stored(context, data, plan.sources, lines, anchors=False)
+        found_more = any(line.removed or line.failed for line in lines)
+        settled = started >= datetime.fromisoformat(str(job.settle_until))
+        if not found_more and (settled or not plan.sources.anchored):
+            # Nothing came back since the last round, or the subject had nothing at all
+            # (no profile, no connection): the anchors go, and the erasure is done.
+            context.set_custom_status({"step": "confirming", "round": number})
+            yield from _remove_stored(context, data, plan.sources, lines, anchors=True)
+            final = not any(line.failed for line in lines)
     now = context.current_utc_datetime
     failures = job.failures + 1 if any(line.failed for line in lines) else 0
-    wake = None
-    if failures:
-        wait = min(job.timing.first_wait_s * 2 ** (failures - 1), job.timing.max_wait_s)
-        wake = now + timedelta(seconds=wait)
+    wake = _next_round(job, now, failures, final=final)
     done = RoundDone(
         round=number,
         at=now.isoformat(),
         lines=lines,
         remote_left=remote_left,
         next_attempt_at=wake.isoformat() if wake else None,
+        final=final,
     )
     context.set_custom_status({"step": "receipt", "round": number})
     try:
@@ -208,8 +240,8 @@ def privacy_erasure_orchestrator(context: df.DurableOrchestrationContext) -> Any
         )
     except Exception:  # the receipt could not be stored: the round is repeated
         lines.append(Line(store="receipt", failed=1, error="failed"))
-        wake = wake or now + timedelta(seconds=job.timing.first_wait_s)
-        failures = failures or 1
+        failures = failures or job.failures + 1
+        wake = _next_round(job, now, failures, final=False)
     if wake is None:
         context.set_custom_status({"step": "completed", "round": number})
         return {"state": "completed", "rounds": number}
@@ -253,16 +285,16 @@ def privacy_erasure_close(data: dict[str, Any]) -> dict[str, Any]:
 
 @bp.activity_trigger(input_name="data")
 def privacy_erasure_blobs(data: dict[str, Any]) -> dict[str, Any]:
-    """Delete one batch of blobs."""
-    erasures = runtime().privacy_erasures
-    return erasures.blobs(_job(data), data["container"], data["names"]).model_dump()
+    """Delete one page of the subject's blobs under a prefix."""
+    source = BlobSource.model_validate(data["source"])
+    return runtime().privacy_erasures.blobs(_job(data), source).model_dump()
 
 
 @bp.activity_trigger(input_name="data")
 def privacy_erasure_items(data: dict[str, Any]) -> dict[str, Any]:
-    """Delete Cosmos items by id."""
-    erasures = runtime().privacy_erasures
-    return erasures.items(_job(data), data["container"], data["ids"]).model_dump()
+    """Delete one page of the subject's Cosmos items of a container."""
+    source = ItemSource.model_validate(data["source"])
+    return runtime().privacy_erasures.items(_job(data), source).model_dump()
 
 
 @bp.activity_trigger(input_name="data")
@@ -284,7 +316,7 @@ def privacy_erasure_record(data: dict[str, Any]) -> dict[str, Any]:
     body=SubjectRequest,
     response=ExportView,
     status=202,
-    errors=(400, 404, 503),
+    errors=(400, 404, 409, 503),
     orchestrations=True,
     summary="Export everything held about a voice talent or a user into one zip",
 )

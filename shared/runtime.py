@@ -288,7 +288,7 @@ class Runtime:
     @cached_property
     def privacy_erasures(self) -> PrivacyErasures:
         """Erasure of a subject, with its signed receipt."""
-        from shared.privacy.erasure import PrivacyErasures
+        from shared.privacy.erasure import ErasureTiming, PrivacyErasures
         from shared.privacy.receipts import RemainingCopy, remaining_copies
         from shared.retention.items import CosmosItems
 
@@ -324,6 +324,9 @@ class Runtime:
             receipt_key=receipt_key,
             remaining=remaining,
             clock=self.clock,
+            # The confirming round waits until an upload through a URL issued before the
+            # erasure (its consent revoked) has landed and been ingested.
+            timing=ErasureTiming(settle_s=max(900, settings.upload_url_minutes * 60 + 300)),
         )
 
     def recordings(self, tenant_id: str) -> RecordingStore:

@@ -1,34 +1,37 @@
 """Erasure (GDPR Art. 17): remove everything held about a subject, and prove it.
 
 `POST /api/v1/privacy/erasures` refuses a subject under a legal hold (409), answers the
-subject's erasure that is still going if there is one, and otherwise stores the request and
-starts `privacy_erasure_orchestrator` (functions/privacy.py). Each round of it:
+subject's erasure that is still going if there is one (one lock document per subject), and
+otherwise stores the request and starts `privacy_erasure_orchestrator`
+(functions/privacy.py). Each round of it:
 
 1. `plan`: stops (state `blocked`) if a legal hold was placed meanwhile; revokes the
-   voice's consent (so nothing trains on or speaks with it from now on); takes the
-   inventory (`shared.privacy.inventory`), adding the Custom Voice resources an earlier
-   round could not remove;
+   voice's consent (so nothing trains on or speaks with it from now on); finds where the
+   subject's data is (`shared.privacy.inventory.Sources`: filters and prefixes, never the
+   lists), adding the Custom Voice resources an earlier round could not remove;
 2. deletes on Custom Voice, one resource at a time in dependency order (endpoints, models,
    training sets, consents, the project; 404 counts as done), and the training staging
    containers; a service that is down ends that step for the round;
 3. closes the subject's open realtime connections;
-4. deletes the blobs (batches of up to 256) and the Cosmos items by id, the voice document
-   last and only once nothing is left on Custom Voice (it names what is there);
+4. deletes the blobs and the Cosmos items a page at a time, each page audited before it
+   goes, except the anchors (the voice document, the realtime connections), which name
+   what an earlier failure would leave behind;
 5. `record`: signs a receipt (`shared.privacy.receipts`) over what every store removed so
    far, what failed in this round, and the copies outside Timbre's reach.
 
-A round with a failed line leaves the erasure `incomplete` (the receipt says so) and the
-next round runs after a growing wait, until one round fails nothing: only then is it
-`completed`. Every step is idempotent, so a round repeated, or a second erasure of the same
-subject, removes nothing twice and reports zero. Every deletion is audited in the tenant's
-log with counts and the receipt's id; nothing but ids and counts is recorded.
+A round with a failed line leaves the erasure `incomplete` and the next runs after a
+growing wait. Once a round fails nothing, a confirming round after the settling time
+(writes in flight have landed by then) must find nothing left; it removes the anchors, and
+only then is the erasure `completed`. Every step is idempotent, so a round repeated, or a
+second erasure of the same subject, removes nothing twice. Nothing but ids and counts is
+recorded in the audit log, every record naming the receipt.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from pydantic import Field
@@ -38,9 +41,14 @@ from shared.core.errors import Conflict, DependencyUnavailable, NotFound
 from shared.core.identity import Principal
 from shared.core.models import LazyModel
 from shared.core.orchestrations import Orchestrations
-from shared.privacy.inventory import Inventory, InventoryTaker
+from shared.privacy.inventory import BlobSource, InventoryTaker, ItemSource, Sources
 from shared.privacy.receipts import Receipt, RemainingCopy, StoreLine, sign
-from shared.privacy.requests import PrivacyRequest, PrivacyRequests, SubjectRequest
+from shared.privacy.requests import (
+    PrivacyRequest,
+    PrivacyRequests,
+    SubjectRequest,
+    new_request_id,
+)
 from shared.retention.holds import HoldStore, SubjectType
 from shared.storage.blobs import MAX_BATCH, BlobStore
 from shared.training.cleanup import Target, VoiceCleanup
@@ -54,6 +62,10 @@ log = logging.getLogger(__name__)
 
 ERASURE_ORCHESTRATOR = "privacy_erasure_orchestrator"
 ACTOR = "system:erasure"
+#: Cosmos items deleted per activity (one point delete each).
+ITEMS_PER_STEP = 100
+#: An export still "running" after this long has died (its package is written in minutes).
+EXPORT_STALE = timedelta(hours=1)
 
 
 class ErasureTiming(LazyModel):
@@ -61,6 +73,10 @@ class ErasureTiming(LazyModel):
 
     first_wait_s: int = 60
     max_wait_s: int = 3600
+    # No round confirms "nothing left" before this much time has passed since the first:
+    # writes in flight when consent was revoked (a Custom Voice create, an upload through
+    # a URL issued before, a turn being answered) land before it, and are found.
+    settle_s: int = 900
 
 
 class Tally(LazyModel):
@@ -84,13 +100,15 @@ class ErasureJob(LazyModel):
     tally: dict[str, Tally] = Field(default_factory=dict)
     remote_left: list[Target] = Field(default_factory=list)
     timing: ErasureTiming = Field(default_factory=ErasureTiming)
+    settle_until: str | None = None  # set by the first round
 
 
 class ErasurePlan(LazyModel):
     """What one round removes; `held` names the hold that stops it."""
 
     held: str | None = None
-    inventory: Inventory | None = None
+    export_running: str | None = None  # an export of the subject is being written
+    sources: Sources | None = None
 
 
 class Line(LazyModel):
@@ -102,6 +120,7 @@ class Line(LazyModel):
     failed: int = 0
     error: str | None = None
     stop: bool = False  # the service as a whole failed: the rest of its step would too
+    more: bool = False  # a page was done and there is more of the same source
 
 
 class RoundDone(LazyModel):
@@ -112,6 +131,7 @@ class RoundDone(LazyModel):
     lines: list[Line]
     remote_left: list[Target] = Field(default_factory=list)
     next_attempt_at: str | None = None
+    final: bool = False  # the round that confirmed nothing came back (anchors removed)
 
 
 def merged(tally: dict[str, Tally], lines: list[Line]) -> dict[str, Tally]:
@@ -126,7 +146,12 @@ def merged(tally: dict[str, Tally], lines: list[Line]) -> dict[str, Tally]:
         entry.already_gone += line.already_gone
         entry.failed += line.failed
         entry.error = line.error or entry.error
-    return stores
+    # A store this erasure never touched (nothing listed, nothing failed) is not a line.
+    return {
+        name: entry
+        for name, entry in stores.items()
+        if entry.removed or entry.already_gone or entry.failed
+    }
 
 
 class ErasureView(LazyModel):
@@ -136,7 +161,8 @@ class ErasureView(LazyModel):
     subject_type: str
     subject_id: str
     state: str = Field(
-        description="running, completed, incomplete (a line failed: retried) or blocked (hold)"
+        description="running (also while it waits for its confirming round), completed, "
+        "incomplete (a line failed: retried) or blocked (a legal hold)"
     )
     reason: str | None = None
     requested_by: str
@@ -165,6 +191,7 @@ class PrivacyErasures:
         receipt_key: Callable[[], bytes | None],
         remaining: Callable[[datetime, str], list[RemainingCopy]],
         clock: Callable[[], datetime],
+        timing: ErasureTiming | None = None,
     ) -> None:
         self._requests = requests
         self._inventory = inventory
@@ -178,6 +205,7 @@ class PrivacyErasures:
         self._receipt_key = receipt_key
         self._remaining = remaining
         self._clock = clock
+        self._timing = timing or ErasureTiming()
 
     # ---- the API -------------------------------------------------------------------------
 
@@ -197,16 +225,19 @@ class PrivacyErasures:
                 f"The subject is under legal hold {hold}: lift it before erasing",
                 reason="legal_hold",
             )
-        running = self._requests.running(caller.tenant_id, "erasure", body)
-        if running is not None:
-            return self._view(running), False
-        record = self._requests.create(caller.tenant_id, "erasure", body, caller.subject)
+        erasure_id = new_request_id("erasure")
+        holder = self._requests.claim_erasure(caller.tenant_id, body, erasure_id)
+        if holder != erasure_id:  # the subject's erasure that has not ended
+            return self.status(caller, holder), False
+        record = self._requests.create(
+            caller.tenant_id, "erasure", body, caller.subject, request_id=erasure_id
+        )
         job = ErasureJob(
             tenant_id=caller.tenant_id,
             request_id=record.id,
             subject_type=body.subject_type,
             subject_id=body.subject_id,
-            timing=timing or ErasureTiming(),
+            timing=timing or self._timing,
         )
         orchestrations.start(ERASURE_ORCHESTRATOR, record.id, job.model_dump())
         self._audit.record(
@@ -229,7 +260,7 @@ class PrivacyErasures:
     # ---- the orchestration's activities ---------------------------------------------------
 
     def plan(self, job: ErasureJob, round_number: int) -> ErasurePlan:
-        """Check holds, revoke consent, take the inventory."""
+        """Check holds and exports being written, revoke consent, find the subject's data."""
         hold = self._hold_of(job.tenant_id, job.subject_type, job.subject_id)
         if hold is not None:
             self._requests.change(
@@ -239,17 +270,27 @@ class PrivacyErasures:
                 reason=f"legal hold {hold}",
                 rounds=round_number,
             )
-            self._event(job, "privacy.erasure_block", {"hold": hold})
+            self._requests.release_erasure(job.tenant_id, job.subject_type, job.subject_id)
+            self._event(job, "privacy.erasure_block", {"receipt": job.request_id, "hold": hold})
             return ErasurePlan(held=hold)
         if job.subject_type == "voice":
             self._revoke(job, job.subject_id)
-        inventory = self._inventory.take(job.tenant_id, job.subject_type, job.subject_id)
-        known = {target.label for target in inventory.remote}
-        inventory.remote += [t for t in job.remote_left if t.label not in known]
+        sources = self._inventory.sources(job.tenant_id, job.subject_type, job.subject_id)
+        known = {target.label for target in sources.remote}
+        sources.remote += [t for t in job.remote_left if t.label not in known]
         self._requests.change(
             job.tenant_id, job.request_id, state="running", rounds=round_number, reason=None
         )
-        return ErasurePlan(inventory=inventory)
+        return ErasurePlan(sources=sources, export_running=self._export_running(job))
+
+    def _export_running(self, job: ErasureJob) -> str | None:
+        """An export of the subject still being written (one older than an hour is dead)."""
+        subject = SubjectRequest(subject_type=job.subject_type, subject_id=job.subject_id)
+        found = self._requests.running(job.tenant_id, "export", subject)
+        if found is None:
+            return None
+        started = datetime.fromisoformat(found.requested_at)
+        return found.id if self._clock() - started < EXPORT_STALE else None
 
     def remote(self, job: ErasureJob, target: Target) -> Line:
         """Delete one Custom Voice resource (404: already gone) or staging container."""
@@ -280,31 +321,46 @@ class PrivacyErasures:
                 line.error = "webpubsub_unavailable"
         return line
 
-    def blobs(self, job: ErasureJob, container: str, names: list[str]) -> Line:
-        """Delete one batch of the subject's blobs, audited before it is deleted."""
-        if len(names) > MAX_BATCH:
-            raise ValueError(f"at most {MAX_BATCH} blobs per batch")
-        store = f"blob:{container}"
+    def blobs(self, job: ErasureJob, source: BlobSource) -> Line:
+        """Delete one page (up to 256) of the subject's blobs under a prefix, audited
+        before it is deleted; `more` when the prefix holds more."""
+        store = f"blob:{source.container}"
         if self._held_now(job):
-            return Line(store=store, failed=len(names), error="legal_hold")
+            return Line(store=store, failed=1, error="legal_hold")
+        page = self._blobs.list_page(source.container, page_size=MAX_BATCH, prefix=source.prefix)
+        names = [blob.name for blob in page.blobs]
         self._deleting(job, store, len(names))
-        existed = self._blobs.delete_many(container, names) if names else 0
-        return Line(store=store, removed=existed, already_gone=len(names) - existed)
+        existed = self._blobs.delete_many(source.container, names) if names else 0
+        return Line(
+            store=store,
+            removed=existed,
+            already_gone=len(names) - existed,
+            more=page.marker is not None,
+        )
 
-    def items(self, job: ErasureJob, container: str, ids: list[str]) -> Line:
-        """Delete the subject's items of one Cosmos container by id, audited before."""
-        store = f"cosmos:{container}"
+    def items(self, job: ErasureJob, source: ItemSource) -> Line:
+        """Delete one page (up to 100) of the subject's items of a container by id,
+        audited before; `more` when there may be more."""
+        store = f"cosmos:{source.container}"
         if self._held_now(job):
-            return Line(store=store, failed=len(ids), error="legal_hold")
+            return Line(store=store, failed=1, error="legal_hold")
+        ids = self._inventory.item_ids(job.tenant_id, source, limit=ITEMS_PER_STEP)
         self._deleting(job, store, len(ids))
-        removed = sum(self._items.delete(container, job.tenant_id, item_id) for item_id in ids)
-        return Line(store=store, removed=removed, already_gone=len(ids) - removed)
+        partition = source.tenant or job.tenant_id
+        removed = sum(self._items.delete(source.container, partition, i) for i in ids)
+        return Line(
+            store=store,
+            removed=removed,
+            already_gone=len(ids) - removed,
+            more=len(ids) == ITEMS_PER_STEP,
+        )
 
     def record(self, job: ErasureJob, done: RoundDone) -> Receipt:
         """Sign the receipt of everything so far and store it (audited with its id)."""
         record = self._record_of(job)
         stores = merged(job.tally, done.lines)
-        complete = not any(tally.failed for tally in stores.values())
+        failing = any(tally.failed for tally in stores.values())
+        complete = done.final and not failing
         issued = datetime.fromisoformat(done.at)
         receipt = sign(
             Receipt(
@@ -326,20 +382,28 @@ class PrivacyErasures:
             ),
             self._key(),
         )
+        if complete:
+            state, reason = "completed", None
+        elif failing:
+            state, reason = "incomplete", "a store could not be reached or held: retried"
+        else:
+            state, reason = "running", "confirming: a last round finds nothing came back"
         self._requests.change(
             job.tenant_id,
             job.request_id,
-            state="completed" if complete else "incomplete",
+            state=state,
             rounds=done.round,
             receipt=receipt.model_dump(),
             counts={name: tally.removed for name, tally in stores.items()},
             finished_at=done.at if complete else None,
             next_attempt_at=None if complete else done.next_attempt_at,
-            reason=None if complete else "a store could not be reached: retried",
+            reason=reason,
         )
+        if complete:
+            self._requests.release_erasure(job.tenant_id, job.subject_type, job.subject_id)
         self._event(
             job,
-            "privacy.erasure_complete" if complete else "privacy.erasure_incomplete",
+            "privacy.erasure_complete" if complete else "privacy.erasure_round",
             {
                 "receipt": record.id,
                 "signature": receipt.signature[:16],

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from shared.audit import AuditEvent, AuditLog
-from shared.core.errors import NotFound
+from shared.core.errors import Conflict, NotFound
 from shared.core.identity import Principal
 from shared.core.models import LazyModel
 from shared.core.orchestrations import Orchestrations
@@ -65,7 +65,8 @@ class ExportView(LazyModel):
     )
     download_expires_at: str | None = None
     package_deleted: bool = Field(
-        False, description="The package went at its retention horizon: export again"
+        False,
+        description="The package is gone (its retention horizon, or an erasure): export again",
     )
 
 
@@ -110,6 +111,12 @@ class PrivacyExports:
             and self._voices.read(caller.tenant_id, body.subject_id) is None
         ):
             raise NotFound(f"No voice {body.subject_id}", reason="voice_not_found")
+        erasing = self._requests.running(caller.tenant_id, "erasure", body)
+        if erasing is not None:
+            raise Conflict(
+                f"The subject is being erased ({erasing.id}): nothing is left to export",
+                reason="erasure_running",
+            )
         record = self._requests.create(caller.tenant_id, "export", body, caller.subject)
         orchestrations.start(
             EXPORT_ORCHESTRATOR, record.id, {"tenant_id": caller.tenant_id, "request_id": record.id}

@@ -6,8 +6,9 @@
     blobs/{container}/{name}            each blob's bytes as stored
 
 The zip is spooled to a temporary file (in memory up to 16 MiB) and its size is bounded:
-past `max_bytes` of content the package is refused (`PackageTooLarge`) before more is
-read. JSON is deflated; audio is stored as it is (it does not shrink).
+past `max_bytes` of content the package is refused (`PackageTooLarge`), a blob that would
+pass it before it is read (one blob at a time is in memory). JSON is deflated; audio is
+stored as it is (it does not shrink).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def build_package(
     try:
         with zipfile.ZipFile(spool, "w", allowZip64=True) as archive:
             for item in inventory.items:
-                document = read_item(item.container, inventory.tenant_id, item.id)
+                document = read_item(item.container, item.tenant or inventory.tenant_id, item.id)
                 if document is None:
                     continue
                 clean = {k: v for k, v in document.items() if k not in SYSTEM_FIELDS}
@@ -93,6 +94,11 @@ def build_package(
                     zipfile.ZIP_DEFLATED,
                 )
             for blob in inventory.blobs:
+                info = blobs.properties(blob.container, blob.name)
+                if info is None:
+                    continue
+                if total + info.size > max_bytes:  # refused before it is read
+                    raise PackageTooLarge(f"more than {max_bytes} bytes")
                 found = blobs.fetch(blob.container, blob.name)
                 if found is None:
                     continue

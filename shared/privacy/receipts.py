@@ -150,16 +150,15 @@ def remaining_copies(
             detail="ids only: this receipt and the requests about the subject",
         ),
     ]
-    if subject_type == "user":
-        copies.append(
-            RemainingCopy(
-                copy_of="batch synthesis jobs",
-                until=after(timedelta(days=jobs_days)),
-                detail="a job's text and audio are stored without the user's id; "
-                "retention deletes them at the synthesized-audio horizon",
-            )
+    copies.append(
+        RemainingCopy(
+            copy_of="batch synthesis jobs",
+            until=after(timedelta(days=jobs_days)),
+            detail="a job's text and audio are stored without the user's or the voice's id; "
+            "retention deletes them at the synthesized-audio horizon",
         )
-    else:
+    )
+    if subject_type == "voice":
         copies.append(
             RemainingCopy(
                 copy_of="Custom Voice service",

@@ -7,6 +7,7 @@ keeps its signed receipt, which outlives the data it speaks of.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -68,12 +69,17 @@ class PrivacyRequests:
         self._clock = clock
 
     def create(
-        self, tenant_id: str, kind: RequestKind, subject: SubjectRequest, actor: str
+        self,
+        tenant_id: str,
+        kind: RequestKind,
+        subject: SubjectRequest,
+        actor: str,
+        request_id: str | None = None,
     ) -> PrivacyRequest:
         """Store a new running request."""
         now = self._clock().isoformat()
         request = PrivacyRequest(
-            id=new_request_id(kind),
+            id=request_id or new_request_id(kind),
             kind=kind,
             subject_type=subject.subject_type,
             subject_id=subject.subject_id,
@@ -125,3 +131,47 @@ class PrivacyRequests:
             {"@doc": DOC_TYPE, "@type": subject_type, "@id": subject_id},
         )
         return [str(item["id"]) for item in found]
+
+    def claim_erasure(self, tenant_id: str, subject: SubjectRequest, request_id: str) -> str:
+        """Make `request_id` the subject's one erasure unless another one has not ended;
+        the id of the erasure that holds the subject (this one when the claim won). One
+        lock document per subject, created or taken over ETag-checked: two requests at
+        once start one erasure."""
+        from azure.cosmos.exceptions import (
+            CosmosAccessConditionFailedError,
+            CosmosResourceExistsError,
+        )
+
+        key = hashlib.sha256(f"{subject.subject_type}:{subject.subject_id}".encode()).hexdigest()
+        lock_id = f"erasure-lock.{key[:32]}"
+        scope = self._scope(tenant_id)
+        document = {"id": lock_id, "docType": "privacy_lock", "request": request_id}
+        for _ in range(4):
+            try:
+                scope.create(document)
+                return request_id
+            except CosmosResourceExistsError:
+                pass
+            found = scope.read(lock_id)
+            if found is None:
+                continue  # released in between: try again
+            holder = str(found.get("request"))
+            if self._going(tenant_id, holder):
+                return holder
+            try:
+                scope.replace(lock_id, document, etag=found["_etag"])
+                return request_id
+            except CosmosAccessConditionFailedError:
+                continue  # another request took it over first: read who
+        raise RuntimeError("the erasure lock kept changing")
+
+    def release_erasure(self, tenant_id: str, subject_type: str, subject_id: str) -> None:
+        """Drop the subject's erasure lock (its erasure has ended)."""
+        key = hashlib.sha256(f"{subject_type}:{subject_id}".encode()).hexdigest()
+        self._scope(tenant_id).delete(f"erasure-lock.{key[:32]}")
+
+    def _going(self, tenant_id: str, request_id: str) -> bool:
+        try:
+            return self.get(tenant_id, "erasure", request_id).state in ("running", "incomplete")
+        except NotFound:
+            return False

@@ -28,11 +28,12 @@ from shared.runtime import Runtime, use_runtime
 from shared.storage.bootstrap import COSMOS_CONTAINERS
 from shared.synthesis.chain import SynthesisResult
 from shared.training.service import TrainingRun
+from tests.kit.audio import speech, wav
 from tests.kit.durable import OrchestrationDriver, OrchestrationResult, activities_of
 from tests.kit.fakes.custom_voice import FakeCustomVoice
 from tests.kit.host import json_body, request
 from tests.kit.settings import make_settings
-from tests.kit.training import enrolled_voice, run_for, training_settings
+from tests.kit.training import enrolled_voice, run_for, training_settings, upload
 from tests.training.test_revocation import Outage, Sleeper, remote, training_driver
 
 pytestmark = pytest.mark.integration
@@ -209,6 +210,8 @@ def test_an_erasure_leaves_nothing_of_the_voice_and_a_receipt_that_verifies(
 ) -> None:
     voice_id, run = deployed_voice(runtime)
     other_id, _ = deployed_voice(runtime)  # another talent: untouched
+    # A second file for an utterance id already taken: refused, reported apart.
+    upload(runtime, f"dev-tenant/{voice_id}/samples/utt-0.mp3", wav(speech()))
     gateway = MemoryOrchestrations()
     exported = json_body(
         post("/api/v1/privacy/exports", {"subject_type": "voice", "subject_id": voice_id}, gateway)
@@ -219,11 +222,17 @@ def test_an_erasure_leaves_nothing_of_the_voice_and_a_receipt_that_verifies(
     assert run.staging_container in {t.id for t in before.remote}
     other_before = everything_of(runtime, [other_id])
     held = everything_of(runtime, [voice_id])
+    duplicate = runtime.tenant_scope("recordings", "_unrouted").query(
+        "STARTSWITH(c.blobName, @p)", {"@p": f"uploads/'dev-tenant/{voice_id}/"}
+    )
+    assert [d["reasons"][0]["code"] for d in duplicate] == ["duplicate_utterance"]
     assert {"blob:uploads", "blob:processed", "cosmos:voices", "cosmos:ledger"} <= set(held)
 
     view, result = erase("voice", voice_id)
 
-    assert result.output == {"state": "completed", "rounds": 1}
+    # The first round removes everything but the profile; the second, past the settling
+    # time, finds nothing came back and removes the profile.
+    assert result.output == {"state": "completed", "rounds": 2}
     assert view["state"] == "completed" and view["receipt"]["complete"] is True
     assert runtime.privacy_inventory.take("dev-tenant", "voice", voice_id).empty
     left = everything_of(runtime, [voice_id])
@@ -278,20 +287,23 @@ def test_a_store_that_is_down_makes_the_receipt_incomplete_until_a_later_round_s
         current = runtime.privacy_requests.get("dev-tenant", "erasure", erasure_id)
         if current.state == "incomplete" and not seen:
             seen.append(current.receipt or {})
+            # The profile is kept: it names what Custom Voice still holds.
+            assert runtime.voice_records.read("dev-tenant", voice_id) is not None
             outage.down = False  # the service comes back before the next round
 
     driver = driver_of(gateway, erasure_id, on_idle=watch)
     result = driver.run()
 
-    assert result.output == {"state": "completed", "rounds": 2}
+    # Round 1 fails on Custom Voice; round 2 removes the rest; round 3 confirms.
+    assert result.output == {"state": "completed", "rounds": 3}
     driver.assert_deterministic()
     (first,) = seen
     assert first["complete"] is False and first["rounds"] == 1
     failed = {line["store"]: line for line in first["stores"] if line["failed"]}
     assert failed["custom_voice:endpoint"]["error"] == "unavailable"
-    assert failed["cosmos:voices"]["error"] == "waits_for_custom_voice"
+    assert "cosmos:voices" not in {line["store"] for line in first["stores"]}
     final = get(f"/api/v1/privacy/erasures/{erasure_id}")["receipt"]
-    assert final["complete"] is True and final["rounds"] == 2
+    assert final["complete"] is True and final["rounds"] == 3
     assert all(line["failed"] == 0 for line in final["stores"])
     removed = {line["store"]: line["removed"] for line in final["stores"]}
     assert removed["blob:uploads"] == 5  # removed in round 1, still counted in round 2
@@ -421,3 +433,118 @@ def test_a_hold_placed_while_an_erasure_runs_stops_its_deletes_and_then_blocks_i
         k: v for k, v in before.items() if k not in records
     }
     assert after["cosmos:voices"] == [voice_id]  # its consent revoked, the profile kept
+
+
+def user_with_realtime(runtime: Runtime, user: str) -> tuple[str, str]:
+    """A user's chat session, its realtime connection (ended) and a turn's audio."""
+    session, connection = f"s-{user}", f"c-{user}"
+    runtime.tenant_scope("chat", "dev-tenant").upsert(
+        {"id": session, "kind": "session", "userId": user, "dataClass": "chat_history"}
+    )
+    runtime.tenant_scope("realtime", "dev-tenant").upsert(
+        {
+            "id": connection,
+            "kind": "connection",
+            "userId": user,
+            "sessionId": session,
+            "state": "disconnected",
+            "dataClass": "chat_history",
+        }
+    )
+    runtime.blob_store.write(
+        "realtime-audio",
+        f"dev-tenant/{session}/{connection}/turn-1.pcm",
+        b"\0" * 480,
+        content_type="application/octet-stream",
+    )
+    return session, connection
+
+
+def test_a_failed_batch_keeps_what_finds_its_audio_until_a_later_round_removes_it(
+    runtime: Runtime,
+) -> None:
+    user = "u" + hashlib.sha256(str(id(runtime)).encode()).hexdigest()[:12]
+    session, _ = user_with_realtime(runtime, user)
+    gateway = MemoryOrchestrations()
+    body = {"subject_type": "user", "subject_id": user}
+    erasure_id = json_body(post("/api/v1/privacy/erasures", body, gateway))["erasure_id"]
+    activities = activities_of(privacy.bp)
+    blobs = activities["privacy_erasure_blobs"]
+    refused: list[str] = []
+
+    def storage_down_once(data: Any) -> Any:
+        if data["source"]["container"] == "realtime-audio" and len(refused) < 3:
+            refused.append(data["source"]["prefix"])  # every retry of the first round fails
+            raise ConnectionError("storage unreachable")
+        return blobs(data)
+
+    activities["privacy_erasure_blobs"] = storage_down_once
+    kept: list[bool] = []
+
+    def watch(driver: OrchestrationDriver) -> None:
+        current = runtime.privacy_requests.get("dev-tenant", "erasure", erasure_id)
+        if current.state == "incomplete" and not kept:  # the connection still names it
+            kept.append(
+                runtime.tenant_scope("realtime", "dev-tenant").read(f"c-{user}") is not None
+            )
+
+    result = OrchestrationDriver(
+        privacy.privacy_erasure_orchestrator,
+        activities,
+        input=gateway.started[erasure_id],
+        instance_id=erasure_id,
+        on_idle=watch,
+    ).run()
+
+    assert refused and kept == [True]
+    assert result.output["state"] == "completed"
+    receipt = get(f"/api/v1/privacy/erasures/{erasure_id}")["receipt"]
+    lines = {line["store"]: line for line in receipt["stores"]}
+    assert lines["blob:realtime-audio"]["removed"] == 1 and receipt["complete"] is True
+    assert set(everything_of(runtime, [user, session])) <= {f"cosmos:{n}" for n in KEPT_CONTAINERS}
+
+
+def test_an_export_being_written_holds_the_erasure_open_until_its_package_is_gone(
+    runtime: Runtime,
+) -> None:
+    voice_id = enrolled_voice(runtime)
+    body = {"subject_type": "voice", "subject_id": voice_id}
+    exports = MemoryOrchestrations()
+    export_id = json_body(post("/api/v1/privacy/exports", body, exports))["export_id"]
+    erasures = MemoryOrchestrations()
+    erasure_id = json_body(post("/api/v1/privacy/erasures", body, erasures))["erasure_id"]
+    refused = post("/api/v1/privacy/exports", body, MemoryOrchestrations())
+    assert refused.status_code == 409 and json_body(refused)["reason"] == "erasure_running"
+    first: list[dict[str, Any]] = []
+
+    def export_lands(driver: OrchestrationDriver) -> None:
+        current = runtime.privacy_requests.get("dev-tenant", "erasure", erasure_id)
+        if current.state == "incomplete" and not first:
+            first.append(current.receipt or {})
+            driver_of(exports, export_id).run()  # the package is written after the listing
+
+    result = driver_of(erasures, erasure_id, on_idle=export_lands).run()
+
+    assert result.output["state"] == "completed"
+    (receipt,) = first
+    assert {"store": "privacy:export", "error": "export_running"}.items() <= next(
+        line for line in receipt["stores"] if line["store"] == "privacy:export"
+    ).items()
+    final = get(f"/api/v1/privacy/erasures/{erasure_id}")["receipt"]
+    assert {line["store"]: line["removed"] for line in final["stores"]}["blob:exports"] == 1
+    assert get(f"/api/v1/privacy/exports/{export_id}")["package_deleted"] is True
+
+
+def test_requests_at_once_start_one_erasure(runtime: Runtime) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    voice_id = enrolled_voice(runtime)
+    body = {"subject_type": "voice", "subject_id": voice_id}
+    gateway = MemoryOrchestrations()
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(lambda _: post("/api/v1/privacy/erasures", body, gateway), range(4))
+        )
+    assert sorted(a.status_code for a in answers) == [200, 200, 200, 202]
+    assert len({json_body(a)["erasure_id"] for a in answers}) == 1
+    assert len(gateway.started) == 1
