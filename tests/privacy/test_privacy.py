@@ -111,7 +111,13 @@ def get(path: str) -> Any:
     return json_body(response)
 
 
-def driver_of(gateway: MemoryOrchestrations, instance: str, **options: Any) -> OrchestrationDriver:
+def driver_of(
+    gateway: MemoryOrchestrations,
+    instance: str,
+    activities: dict[str, Any] | None = None,
+    **options: Any,
+) -> OrchestrationDriver:
+    """The instance the request started, on the replay engine (with these activities)."""
     orchestrator = (
         privacy.privacy_export_orchestrator
         if gateway.names[instance] == EXPORTS
@@ -119,7 +125,7 @@ def driver_of(gateway: MemoryOrchestrations, instance: str, **options: Any) -> O
     )
     return OrchestrationDriver(
         orchestrator,
-        activities_of(privacy.bp),
+        activities or activities_of(privacy.bp),
         input=gateway.started[instance],
         instance_id=instance,
         **options,
@@ -413,12 +419,7 @@ def test_a_hold_placed_while_an_erasure_runs_stops_its_deletes_and_then_blocks_i
 
     activities["privacy_erasure_plan"] = plan_then_hold
     before = everything_of(runtime, [voice_id])
-    result = OrchestrationDriver(
-        privacy.privacy_erasure_orchestrator,
-        activities,
-        input=gateway.started[erasure_id],
-        instance_id=erasure_id,
-    ).run()
+    result = driver_of(gateway, erasure_id, activities).run()
 
     assert result.output["state"] == "blocked"
     view = get(f"/api/v1/privacy/erasures/{erasure_id}")
@@ -488,13 +489,7 @@ def test_a_failed_batch_keeps_what_finds_its_audio_until_a_later_round_removes_i
                 runtime.tenant_scope("realtime", "dev-tenant").read(f"c-{user}") is not None
             )
 
-    result = OrchestrationDriver(
-        privacy.privacy_erasure_orchestrator,
-        activities,
-        input=gateway.started[erasure_id],
-        instance_id=erasure_id,
-        on_idle=watch,
-    ).run()
+    result = driver_of(gateway, erasure_id, activities, on_idle=watch).run()
 
     assert refused and kept == [True]
     assert result.output["state"] == "completed"
