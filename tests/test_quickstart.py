@@ -7,13 +7,20 @@ stand-in providers, since Speech and Azure OpenAI are not reachable here.
 
 from __future__ import annotations
 
+import io
+import zipfile
+
 import httpx
 import pytest
+from pydantic import SecretStr
 
+from functions import privacy
 from shared.chat.facts import ExtractedFacts, FactCandidate
-from shared.config import Settings
+from shared.config import DEVELOPMENT_RECEIPT_KEY, Settings
+from shared.core.orchestrations import MemoryOrchestrations
 from shared.runtime import Runtime, use_runtime
 from tests.kit.audio import speech, wav
+from tests.kit.durable import OrchestrationDriver, activities_of
 from tests.kit.fakes.language_model import ScriptedModel
 from tests.kit.fakes.speech import ScriptedProviders
 from tests.kit.host import json_body, request
@@ -36,12 +43,14 @@ def upload(urls: dict[str, object], data: bytes, content_type: str) -> httpx.Res
     )
 
 
-def test_the_quickstart_from_enrolling_a_voice_to_a_stock_voice_speaking(
+def test_the_quickstart_from_enrolling_a_voice_to_erasing_it(
     live_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     providers = ScriptedProviders()
     model = ScriptedModel(facts=lambda _: ExtractedFacts(facts=[FINANCE]))
-    runtime = Runtime(live_settings, speech_providers=providers, chat_model=model)
+    # The example settings' development receipt key, as `scripts/run` has it.
+    settings = live_settings.model_copy(update={"receipt_key": SecretStr(DEVELOPMENT_RECEIPT_KEY)})
+    runtime = Runtime(settings, speech_providers=providers, chat_model=model)
     runtime.bootstrap()
     use_runtime(runtime)
     connection = live_settings.storage_connection_string or ""
@@ -139,3 +148,39 @@ def test_the_quickstart_from_enrolling_a_voice_to_a_stock_voice_speaking(
     assert [(f["subject"], f["predicate"], f["value"]) for f in facts] == [
         ("user", "works in", "finance at Contoso")
     ]
+
+    # 7. An admin exports what Timbre holds about the voice, then erases it; the
+    # orchestrations run on the Durable SDK's replay engine (the host runs them in Azure).
+    admin = "dev_alice_admin"
+    subject = {"subject_type": "voice", "subject_id": voice}
+    gateway = MemoryOrchestrations()
+    export = json_body(request("POST", "/api/v1/privacy/exports", body=subject, token=admin,
+                               orchestrations=gateway))  # fmt: skip
+    durable(gateway, export["export_id"]).run()
+    exported = json_body(
+        request("GET", f"/api/v1/privacy/exports/{export['export_id']}", token=admin)
+    )
+    package = zipfile.ZipFile(io.BytesIO(httpx.get(exported["download_url"], timeout=10).content))
+    assert f"blobs/uploads/dev-tenant/{voice}/samples/utt-0001.wav" in package.namelist()
+    erasure = json_body(request("POST", "/api/v1/privacy/erasures", body=subject, token=admin,
+                                orchestrations=gateway))  # fmt: skip
+    durable(gateway, erasure["erasure_id"]).run()
+    erased = json_body(
+        request("GET", f"/api/v1/privacy/erasures/{erasure['erasure_id']}", token=admin)
+    )
+    assert erased["state"] == "completed" and erased["receipt"]["complete"] is True
+    assert request("GET", f"/api/v1/voices/{voice}", token=AUTH).status_code == 404
+
+
+def durable(gateway: MemoryOrchestrations, instance: str) -> OrchestrationDriver:
+    """The instance a request started, on the replay engine."""
+    orchestrator = {
+        "privacy_export_orchestrator": privacy.privacy_export_orchestrator,
+        "privacy_erasure_orchestrator": privacy.privacy_erasure_orchestrator,
+    }[gateway.names[instance]]
+    return OrchestrationDriver(
+        orchestrator,
+        activities_of(privacy.bp),
+        input=gateway.started[instance],
+        instance_id=instance,
+    )
