@@ -27,6 +27,7 @@ import random
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -339,6 +340,33 @@ class AuditLog:
                 self._tails.pop(name, None)  # another writer got there first: re-read
             time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
         raise DependencyUnavailable("The audit log is too busy to append to; try again", retry=True)
+
+    def attach(self, tenant_id: str, ids: Iterable[str]) -> dict[str, Scalar]:
+        """Keep a list of ids (what one batch deleted) beside the tenant's log, written
+        once and never replaced, and return the details that name it in a record: the
+        manifest's blob, its SHA-256 and its count. The record's place in the chain
+        makes the digest, and so the list, tamper-evident. Nothing (an empty dict) when
+        audit is off."""
+        if not self.enabled:
+            return {}
+        listed = sorted(ids)
+        data = orjson.dumps({"tenant_id": tenant_id, "ids": listed})
+        now = self._clock().astimezone(UTC)
+        day = self.blob_name(tenant_id, now.date()).removesuffix(".jsonl")
+        name = f"{day}.manifests/{uuid.uuid4().hex}.json"
+        self._container.get_blob_client(name).upload_blob(data, overwrite=False)
+        return {
+            "manifest": name,
+            "manifest_sha256": hashlib.sha256(data).hexdigest(),
+            "ids": len(listed),
+        }
+
+    def manifest(self, name: str) -> list[str]:
+        """The ids a manifest lists (an auditor checks its digest against the record)."""
+        found: dict[str, Any] = orjson.loads(
+            self._container.get_blob_client(name).download_blob().readall()
+        )
+        return [str(item) for item in found["ids"]]
 
     def _append(self, blob: Any, data: bytes, position: int) -> bool:
         from azure.core.exceptions import AzureError, HttpResponseError, ResourceModifiedError

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from shared.audit import AuditEvent, AuditLog
+from shared.audit import AuditEvent, AuditLog, Scalar
 from shared.core.errors import Conflict, DependencyUnavailable, NotFound
 from shared.core.identity import Principal
 from shared.core.models import LazyModel
@@ -329,7 +329,7 @@ class PrivacyErasures:
             return Line(store=store, failed=1, error="legal_hold")
         page = self._blobs.list_page(source.container, page_size=MAX_BATCH, prefix=source.prefix)
         names = [blob.name for blob in page.blobs]
-        self._deleting(job, store, len(names))
+        self._deleting(job, store, names)
         existed = self._blobs.delete_many(source.container, names) if names else 0
         return Line(
             store=store,
@@ -345,7 +345,7 @@ class PrivacyErasures:
         if self._held_now(job):
             return Line(store=store, failed=1, error="legal_hold")
         ids = self._inventory.item_ids(job.tenant_id, source, limit=ITEMS_PER_STEP)
-        self._deleting(job, store, len(ids))
+        self._deleting(job, store, ids)
         partition = source.tenant or job.tenant_id
         removed = sum(self._items.delete(source.container, partition, i) for i in ids)
         return Line(
@@ -470,16 +470,22 @@ class PrivacyErasures:
         """A hold placed while the round runs stops its deletes (the next round is blocked)."""
         return self._hold_of(job.tenant_id, job.subject_type, job.subject_id) is not None
 
-    def _deleting(self, job: ErasureJob, store: str, listed: int) -> None:
-        # Recorded before the deletes: a deletion is never left unaudited.
-        if listed:
+    def _deleting(self, job: ErasureJob, store: str, ids: list[str]) -> None:
+        # Recorded before the deletes, with the manifest of their ids: a deletion is never
+        # left unaudited.
+        if ids:
             self._event(
                 job,
                 "privacy.erasure_delete",
-                {"receipt": job.request_id, "store": store, "listed": listed},
+                {
+                    "receipt": job.request_id,
+                    "store": store,
+                    "listed": len(ids),
+                    **self._audit.attach(job.tenant_id, ids),
+                },
             )
 
-    def _event(self, job: ErasureJob, action: str, details: dict[str, str | int]) -> None:
+    def _event(self, job: ErasureJob, action: str, details: dict[str, Scalar]) -> None:
         self._audit.record(
             job.tenant_id,
             ACTOR,

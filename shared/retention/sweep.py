@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from pydantic import Field
 
-from shared.audit import AuditEvent
+from shared.audit import AuditEvent, Scalar
 from shared.core.models import LazyModel
 from shared.retention.classify import (
     NO_HOLD,
@@ -106,6 +106,10 @@ class AuditRecorder(Protocol):
         self, tenant_id: str, actor: str, event: AuditEvent, *, request_id: str | None = None
     ) -> dict[str, Any] | None:
         """Append one event to the tenant's log."""
+        ...
+
+    def attach(self, tenant_id: str, ids: list[str]) -> dict[str, Scalar]:
+        """Keep the ids of a batch beside the log; the details that name them."""
         ...
 
 
@@ -275,9 +279,11 @@ class RetentionSweep:
                 doomed.append((item, *found))
         if not run.preview:
             # Recorded before the deletes: a deletion is never left unaudited.
-            by_tenant = Counter(str(item.get("tenantId", "")) for item, _, _ in doomed)
+            by_tenant: dict[str, list[str]] = {}
+            for item, _, _ in doomed:
+                by_tenant.setdefault(str(item.get("tenantId", "")), []).append(str(item["id"]))
             batch_id = uuid.uuid4().hex
-            for owner, count in by_tenant.items():
+            for owner, ids in by_tenant.items():
                 self._audit.record(
                     owner,
                     SYSTEM_ACTOR,
@@ -287,8 +293,9 @@ class RetentionSweep:
                         batch_id,
                         details={
                             "container": container,
-                            "items": count,
+                            "items": len(ids),
                             "policy_version": run.policy.version,
+                            **self._audit.attach(owner, ids),
                         },
                     ),
                 )
@@ -384,14 +391,14 @@ class RetentionSweep:
         self, run: _Run, container: str, batch: list[tuple[TaggedBlob, dict[str, str]]]
     ) -> None:
         tally: Counter[tuple[str, str, str]] = Counter()
-        by_tenant: Counter[str] = Counter()
-        for _, tags in batch:
+        by_tenant: dict[str, list[str]] = {}
+        for blob, tags in batch:
             tally[(container, tags["dataClass"], tags["dataRegion"])] += 1
-            by_tenant[tags.get("tenant", "unknown")] += 1
+            by_tenant.setdefault(tags.get("tenant", "unknown"), []).append(blob.name)
         if not run.preview:
             # Recorded before the delete: a deletion is never left unaudited.
             batch_id = uuid.uuid4().hex
-            for tenant, count in by_tenant.items():
+            for tenant, names in by_tenant.items():
                 self._audit.record(
                     tenant,
                     SYSTEM_ACTOR,
@@ -401,8 +408,9 @@ class RetentionSweep:
                         batch_id,
                         details={
                             "container": container,
-                            "blobs": count,
+                            "blobs": len(names),
                             "policy_version": run.policy.version,
+                            **self._audit.attach(tenant, names),
                         },
                     ),
                 )

@@ -275,6 +275,17 @@ def test_an_erasure_leaves_nothing_of_the_voice_and_a_receipt_that_verifies(
         for r in named
         if r["action"] != "privacy.erasure_request"
     )
+    # Each page's ids are kept beside the log, named by the record with their digest.
+    deleted: list[str] = []
+    for record in (r for r in named if r["action"] == "privacy.erasure_delete"):
+        details = record["details"]
+        audit = runtime.settings.audit_container
+        stored = runtime.blob_service.get_blob_client(audit, details["manifest"]).download_blob()
+        assert hashlib.sha256(stored.readall()).hexdigest() == details["manifest_sha256"]
+        ids = runtime.audit.manifest(details["manifest"])
+        assert len(ids) == details["listed"] == details["ids"]
+        deleted += ids
+    assert {blob.name for blob in before.blobs} <= set(deleted)
 
 
 def test_a_store_that_is_down_makes_the_receipt_incomplete_until_a_later_round_succeeds(

@@ -50,11 +50,16 @@ class Recorded:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, str, AuditEvent]] = []
+        self.manifests: list[tuple[str, list[str]]] = []
 
     def record(
         self, tenant_id: str, actor: str, event: AuditEvent, *, request_id: str | None = None
     ) -> None:
         self.events.append((tenant_id, actor, event))
+
+    def attach(self, tenant_id: str, ids: list[str]) -> dict[str, str | int]:
+        self.manifests.append((tenant_id, sorted(ids)))
+        return {"manifest": f"m{len(self.manifests)}", "ids": len(ids)}
 
 
 class World:
@@ -161,6 +166,16 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
         store.delete(container, name)
 
 
+def manifested(world: World) -> list[str]:
+    """The ids the tenant's deletion records name, through their manifests."""
+    audit = world.audit
+    if isinstance(audit, Recorded):
+        return [name for tenant, names in audit.manifests for name in names if tenant == T]
+    records = audit.read(T, audit.today())
+    names = [r["details"]["manifest"] for r in records if r["action"] == "retention.delete"]
+    return [listed for name in names for listed in audit.manifest(name)]
+
+
 def test_a_sweep_deletes_exactly_what_the_policy_says(world: World) -> None:
     report = world.sweep().run(budget_s=60, tenant_id=T)
 
@@ -168,6 +183,8 @@ def test_a_sweep_deletes_exactly_what_the_policy_says(world: World) -> None:
     assert world.remaining() == world.expected_kept
     assert report.deleted_total == len(world.expected_gone)
     assert report.held == 2 and report.unclassified == 1
+    # Every batch's record names the manifest of exactly the blobs it deleted.
+    assert sorted(manifested(world)) == sorted(name for _, name in world.expected_gone)
     by_key = {(r.container, r.data_class, r.region): r.count for r in report.deleted}
     assert by_key[("uploads", "raw_recording", "EU")] == 31
     held_tags = world.store.tags("uploads", f"{T}/v-held/samples/held.wav") or {}
@@ -364,6 +381,9 @@ def test_chat_history_in_cosmos_goes_at_its_horizon_and_nothing_sooner(
 
 class _FailingAudit:
     def record(self, *_: Any, **__: Any) -> None:
+        raise ConnectionError("the audit log is unreachable")
+
+    def attach(self, *_: Any) -> dict[str, str]:
         raise ConnectionError("the audit log is unreachable")
 
 
