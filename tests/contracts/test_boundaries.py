@@ -58,6 +58,9 @@ FLOW_MAY_IMPORT: dict[str, frozenset[str]] = {
     "realtime": frozenset({"chat", "agents", "synthesis"}),  # voice turns: the agent, the voices
     "audit": frozenset(),  # a service of every flow: it imports none of them
     "retention": frozenset(),  # classifies every flow's data by layout: imports none of them
+    # Finds a subject's data in every flow's stores and removes it through their owners.
+    "privacy": frozenset({"enrollment", "ingestion", "realtime", "retention", "training"}),
+    "alerts": frozenset(),  # reads the rollups every flow records: imports none of them
 }
 FLOWS = frozenset(FLOW_MAY_IMPORT) - {"audit"}
 COMPOSITION_ROOT = "runtime"
