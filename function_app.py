@@ -7,7 +7,7 @@ import azure.durable_functions as df
 # operations to the route table when imported): keep it, so the document stays stable.
 from functions import agents, audit, fallback, health
 from functions import voices, ingestion, synthesis, translation, synthesis_jobs, training
-from functions import chat, realtime, voice_demo, retention, privacy
+from functions import chat, realtime, voice_demo, retention, privacy, alerts
 # isort: on
 
 app = df.DFApp()
@@ -26,4 +26,5 @@ app.register_functions(realtime.bp)
 app.register_functions(voice_demo.bp)
 app.register_functions(retention.bp)
 app.register_functions(privacy.bp)
+app.register_functions(alerts.bp)
 app.register_functions(fallback.bp)  # last: the catch-all route

@@ -193,6 +193,14 @@ var cosmosContainers = [
     name: 'privacy'
     partitionKey: '/tenantId'
   }
+  {
+    name: 'health'
+    partitionKey: '/tenantId'
+  }
+  {
+    name: 'alerts'
+    partitionKey: '/tenantId'
+  }
 ]
 
 // Production keeps an audit retention policy even if the parameter says 0.
@@ -337,6 +345,9 @@ var appSettings = {
   // Trigger settings the host resolves when it indexes the app (%NAME% in the bindings).
   TIMBRE_REALTIME_TURN_QUEUE: 'voice-turns'
   TIMBRE_RETENTION_SCHEDULE: '0 15 * * * *'
+  TIMBRE_PROBE_SCHEDULE: '0 * * * * *'
+  TIMBRE_ALERT_SCHEDULE: '30 * * * * *'
+  TIMBRE_NOTIFICATIONS_TOPIC: 'notifications'
   // What an erasure receipt says of the copies outside the app's reach (these resources).
   TIMBRE_BLOB_SOFT_DELETE_DAYS: string(deleteRetentionDays)
   TIMBRE_LOG_RETENTION_DAYS: string(logRetentionDays)

@@ -227,6 +227,29 @@ def respond(
     queued: list[str] | None = None,
 ) -> func.HttpResponse:
     """Run one request through the pipeline and map its result or error."""
+    response = _respond(req, operation, handler, orchestrations, queued=queued)
+    _count(operation, response.status_code)
+    return response
+
+
+def _count(operation: Operation, status: int) -> None:
+    """Count the request for the alert signals (in memory; written a few times a minute)."""
+    try:
+        signals = runtime().signals
+        signals.request(operation.tag, status)
+        signals.flush_soon()
+    except Exception:  # invalid settings (answered already) or a bug: never fail a request
+        log.debug("request not counted", extra={"event": "request_count_failed"})
+
+
+def _respond(
+    req: func.HttpRequest,
+    operation: Operation,
+    handler: Handler,
+    orchestrations: Orchestrations | None,
+    *,
+    queued: list[str] | None,
+) -> func.HttpResponse:
     request_id = request_id_from(req.headers)
     with bound(request_id):
         try:

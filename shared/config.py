@@ -8,13 +8,14 @@ setting by that name, never with the value (values may be secrets).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -35,6 +36,9 @@ from shared.audio.criteria import AudioThresholds
 from shared.core.errors import ConfigurationError
 from shared.synthesis.chain import DEFAULT_STOCK_VOICES
 from shared.translation import TranslationLimits
+
+if TYPE_CHECKING:
+    from shared.alerts.channels import ChannelSecrets
 
 __all__ = ["ConfigurationError", "Environment", "Settings", "get_settings", "load_settings"]
 
@@ -481,6 +485,103 @@ class Settings(BaseSettings):
         return self
 
     # ---- end of Privacy requests (issue 13) --------------------------------------------------
+
+    # ---- Health and alerts (issue 14) --------------------------------------------------------
+    # The probe round and the alert evaluation: when they run (NCRONTAB, read by the timer
+    # triggers) and how long one probe may take. The evaluation runs at second 30, so every
+    # instance's counts of the minute before have been written.
+    probe_schedule: str = Field("0 * * * * *", validation_alias="TIMBRE_PROBE_SCHEDULE")
+    probe_timeout_s: float = Field(
+        5.0, gt=0, le=30, validation_alias="TIMBRE_PROBE_TIMEOUT_SECONDS"
+    )
+    alert_schedule: str = Field("30 * * * * *", validation_alias="TIMBRE_ALERT_SCHEDULE")
+    # Changes to the default rules by rule id (threshold, window, minimum sample, cool-down,
+    # fire_after, clear_after, enabled), checked strictly.
+    alert_rules: Annotated[dict[str, Any] | None, NoDecode] = Field(
+        None, validation_alias="TIMBRE_ALERT_RULES"
+    )
+    # Which channels each severity goes to (JSON); the SOP's routes by default.
+    alert_routes: str | None = Field(None, validation_alias="TIMBRE_ALERT_ROUTES")
+    # The tenant whose admins see and manage the platform's alerts (the operator's own).
+    # Development and staging default to the dev tenant.
+    operator_tenant: str | None = Field(None, validation_alias="TIMBRE_OPERATOR_TENANT")
+    # Where notifications go: credentials all (Key Vault references in Azure).
+    slack_webhook_url: SecretStr | None = Field(None, validation_alias="TIMBRE_SLACK_WEBHOOK_URL")
+    teams_webhook_url: SecretStr | None = Field(None, validation_alias="TIMBRE_TEAMS_WEBHOOK_URL")
+    pagerduty_routing_key: SecretStr | None = Field(
+        None, validation_alias="TIMBRE_PAGERDUTY_ROUTING_KEY"
+    )
+    email_webhook_url: SecretStr | None = Field(None, validation_alias="TIMBRE_EMAIL_WEBHOOK_URL")
+    # The Service Bus topic of domain events (alert changes, voice.deployed, erasures).
+    notifications_topic: str = Field("notifications", validation_alias="TIMBRE_NOTIFICATIONS_TOPIC")
+    # Application Insights: OpenTelemetry is loaded only when this is set.
+    appinsights_connection_string: SecretStr | None = Field(
+        None, validation_alias="APPLICATIONINSIGHTS_CONNECTION_STRING"
+    )
+
+    @field_validator("alert_rules", mode="before")
+    @classmethod
+    def _alert_rules(cls, value: Any) -> dict[str, Any] | None:
+        from shared.alerts.rules import rules_from
+
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError("must be a JSON object of rule id -> changes") from None
+        if not isinstance(value, dict):
+            raise ValueError("must be a JSON object of rule id -> changes")
+        rules_from(value)  # every problem named at once
+        return value
+
+    @field_validator("alert_routes")
+    @classmethod
+    def _alert_routes(cls, value: str | None) -> str | None:
+        from shared.alerts.channels import Routes
+
+        Routes.parse(value)
+        return value
+
+    @model_validator(mode="after")
+    def _channel_urls(self) -> Settings:
+        self.channel_secrets()  # a URL that is not https names its setting, not its value
+        return self
+
+    def channel_secrets(self) -> ChannelSecrets:
+        """Where each notification channel is reached (values stay out of reprs)."""
+        from shared.alerts.channels import ChannelSecrets
+
+        def plain(value: SecretStr | None) -> str | None:
+            return value.get_secret_value() if value is not None else None
+
+        try:
+            return ChannelSecrets(
+                slack_webhook_url=plain(self.slack_webhook_url),
+                teams_webhook_url=plain(self.teams_webhook_url),
+                pagerduty_routing_key=plain(self.pagerduty_routing_key),
+                email_webhook_url=plain(self.email_webhook_url),
+            )
+        except ValueError as bad:
+            names = {
+                "slack_webhook_url": "TIMBRE_SLACK_WEBHOOK_URL",
+                "teams_webhook_url": "TIMBRE_TEAMS_WEBHOOK_URL",
+                "email_webhook_url": "TIMBRE_EMAIL_WEBHOOK_URL",
+            }
+            message = str(bad)
+            for field_name, setting in names.items():
+                message = message.replace(field_name, setting)
+            raise ValueError(message) from None
+
+    @property
+    def operator_tenant_id(self) -> str | None:
+        """The operator's tenant: the setting, else the dev tenant where dev tokens count."""
+        if self.operator_tenant:
+            return self.operator_tenant
+        return self.dev_tenant if self.dev_tokens_allowed else None
+
+    # ---- end of Health and alerts (issue 14) -------------------------------------------------
 
     @field_validator("auth_tenants", "auth_audiences", "webpubsub_access_keys", mode="before")
     @classmethod

@@ -25,6 +25,14 @@ if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient
 
     from shared.agents import AgentCatalog
+    from shared.alerts.evaluation import AlertEvaluator
+    from shared.alerts.lifecycle import Alert, Change
+    from shared.alerts.notifier import Notifier
+    from shared.alerts.outbox import EventPublisher, OutboxStore, PublishReport
+    from shared.alerts.probes import Probe, ProbeLog, ProbeOutcome
+    from shared.alerts.rules import Rule
+    from shared.alerts.signals import SignalCounter
+    from shared.alerts.store import AlertStore
     from shared.audit import AuditLog
     from shared.chat.language_model import LanguageModel
     from shared.chat.memory import ChatMemory
@@ -68,6 +76,8 @@ log = logging.getLogger(__name__)
 
 #: The partition of Timbre's own bookkeeping in the retention container (no tenant's data).
 SYSTEM_TENANT = "timbre-system"
+#: Each send of an outbox event to the notifications topic, at most (seconds).
+PUBLISH_TIMEOUT_S = 5.0
 SWEEP_CHECKPOINT = "retention-sweep-checkpoint"
 
 
@@ -90,11 +100,13 @@ class Runtime:
         utterances: UtteranceBuffer | None = None,
         speech_to_text: SpeechToText | None = None,
         text_to_speech: TextToSpeech | None = None,
+        publisher: EventPublisher | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         """Build nothing yet; the keyword arguments replace what settings would build."""
         self.settings = settings
         self.probes_in_flight: dict[str, Future[object]] = {}
+        self.dependency_probes_in_flight: dict[str, Future[Any]] = {}
         self._custom_voice = custom_voice
         self._translator = translator
         self._speech_providers = speech_providers
@@ -107,6 +119,7 @@ class Runtime:
         self._utterances = utterances
         self._speech_to_text = speech_to_text
         self._text_to_speech = text_to_speech
+        self._publisher = publisher
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
 
     @cached_property
@@ -144,7 +157,7 @@ class Runtime:
         """The bearer-token authenticator (dev tokens, Entra ID)."""
         from shared.core.auth import build_authenticator
 
-        return build_authenticator(self.settings)
+        return build_authenticator(self.settings, on_failure=self.signals.auth_failure)
 
     @cached_property
     def audit(self) -> AuditLog:
@@ -327,6 +340,7 @@ class Runtime:
             # The confirming round waits until an upload through a URL issued before the
             # erasure (its consent revoked) has landed and been ingested.
             timing=ErasureTiming(settle_s=max(900, settings.upload_url_minutes * 60 + 300)),
+            announce=self._erasure_completed,
         )
 
     def recordings(self, tenant_id: str) -> RecordingStore:
@@ -573,9 +587,11 @@ class Runtime:
         """Per-minute rollups of latency and counts (the alert rules read them)."""
         if self._rollups is not None:
             return self._rollups
+        from shared.core.monitoring import metered
         from shared.storage.rollups import CosmosRollups
 
-        return CosmosRollups(self.container("metrics"))
+        # Also custom metrics in Application Insights, when telemetry is on.
+        return metered(CosmosRollups(self.container("metrics")))
 
     @cached_property
     def chat_memory(self) -> ChatMemory:
@@ -838,6 +854,218 @@ class Runtime:
             tags=self.retention_tagger.tags,
         )
 
+    # ---- Health and alerts (issue 14) -------------------------------------------------------
+
+    @cached_property
+    def signals(self) -> SignalCounter:
+        """Requests and authentication failures, counted here and written a few times a
+        minute (the flusher thread starts with the first request)."""
+        from shared.alerts.signals import SignalCounter
+
+        return SignalCounter(lambda: self.rollups, clock=self.clock)
+
+    @cached_property
+    def alert_rules(self) -> tuple[Rule, ...]:
+        """The SOP's rules with TIMBRE_ALERT_RULES applied."""
+        from shared.alerts.rules import rules_from
+
+        return rules_from(self.settings.alert_rules)
+
+    @cached_property
+    def alert_store(self) -> AlertStore:
+        """The platform's alerts."""
+        from shared.alerts.store import AlertStore
+
+        return AlertStore(lambda: self.tenant_scope("alerts", SYSTEM_TENANT))
+
+    @cached_property
+    def alerts(self) -> AlertEvaluator:
+        """The evaluation minute, and the admins' acknowledge and resolve."""
+        from shared.alerts.evaluation import AlertEvaluator
+
+        return AlertEvaluator(
+            rules=self.alert_rules,
+            store=self.alert_store,
+            rollups=self.rollups,
+            streaks=self.probe_log.streaks,
+            active_sessions=self._active_sessions,
+            announce=self._announce,
+            audit=self._audit_alert,
+            clock=self.clock,
+        )
+
+    @cached_property
+    def probe_log(self) -> ProbeLog:
+        """Probe rounds, hourly counts and streaks in the `health` container."""
+        from shared.alerts.probes import CosmosProbeLog
+
+        return CosmosProbeLog(self.container("health"), stamp=self.retention_tagger.stamp_item)
+
+    def probe_targets(self) -> dict[str, Probe | None]:
+        """Every dependency's probe (None where not configured), and the app's readiness."""
+        from shared.alerts.probe_targets import probe_targets
+        from shared.storage.clients import credential
+
+        targets = probe_targets(
+            self.settings,
+            blob_service=lambda: self.blob_service,
+            cosmos=lambda: self.cosmos,
+            credential=credential,
+        )
+        targets["app"] = self._ready_probe
+        return targets
+
+    def _ready_probe(self, seconds: float) -> None:
+        """The app's own readiness, as `/api/health/ready` reports it."""
+        from shared.alerts.probe_targets import ProbeFailed
+
+        report = self.readiness()
+        if report.status != "ready":
+            failing = sorted(check.name for check in report.checks if not check.ok)
+            raise ProbeFailed("not_ready", ",".join(failing) or None)
+
+    def probe_round(self) -> list[ProbeOutcome]:
+        """One round of probes, every one at once within TIMBRE_PROBE_TIMEOUT_SECONDS, kept."""
+        from shared.alerts.probes import run_round
+
+        outcomes = run_round(
+            self.probe_targets(),
+            timeout_s=self.settings.probe_timeout_s,
+            clock=self.clock,
+            in_flight=self.dependency_probes_in_flight,
+        )
+        try:
+            self.probe_log.record(outcomes)
+        except Exception:
+            # Cosmos itself may be what is down: say what the round found, then fail the
+            # invocation (the host's failure count is what Azure Monitor watches).
+            log.exception(
+                "probe round not kept",
+                extra={
+                    "event": "probe_round_unkept",
+                    "down": sorted(o.dependency for o in outcomes if o.status == "down"),
+                },
+            )
+            raise
+        return outcomes
+
+    @cached_property
+    def outbox(self) -> OutboxStore:
+        """Domain events waiting for the notifications topic."""
+        from shared.alerts.outbox import CosmosOutbox
+
+        return CosmosOutbox(self.container("outbox"))
+
+    def publish_outbox(self) -> PublishReport:
+        """Send pending events to the notifications topic; nothing sent (and a warning)
+        while Service Bus is not configured, so they wait in the outbox."""
+        from shared.alerts.outbox import PublishReport, publish_pending
+
+        publisher = self._event_publisher
+        if publisher is None:
+            pending = len(self.outbox.pending(100))
+            if pending:
+                log.warning(
+                    "outbox events wait: Service Bus is not configured",
+                    extra={"event": "outbox_unpublished", "pending": pending},
+                )
+            return PublishReport(0, 0, pending)
+        return publish_pending(self.outbox, publisher, clock=self.clock)
+
+    @cached_property
+    def _event_publisher(self) -> EventPublisher | None:
+        if self._publisher is not None:
+            return self._publisher
+        from shared.alerts.outbox import ServiceBusEventPublisher
+        from shared.storage.servicebus import BoundedSender
+
+        settings = self.settings
+        topic = settings.notifications_topic
+        if settings.servicebus_connection_string:
+            sender = BoundedSender(
+                topic,
+                kind="topic",
+                connection_string=settings.servicebus_connection_string,
+                timeout_s=PUBLISH_TIMEOUT_S,
+                thread_name="timbre-outbox",
+            )
+        elif settings.servicebus_namespace:
+            from shared.storage.clients import credential
+
+            sender = BoundedSender(
+                topic,
+                kind="topic",
+                namespace=settings.servicebus_namespace,
+                credential=credential(),
+                timeout_s=PUBLISH_TIMEOUT_S,
+                thread_name="timbre-outbox",
+            )
+        else:
+            return None
+        return ServiceBusEventPublisher(sender)
+
+    @cached_property
+    def notifier(self) -> Notifier:
+        """Delivers alert notices to Slack, Teams, PagerDuty and the email relay."""
+        from shared.alerts.channels import Routes
+        from shared.alerts.delivery import Deliverer
+        from shared.alerts.notifier import NOTIFY_LEASE, Notifier
+        from shared.storage.ledger import Ledger
+
+        settings = self.settings
+        return Notifier(
+            Deliverer(settings.channel_secrets()),
+            Routes.parse(settings.alert_routes),
+            Ledger(self.container("ledger"), clock=self.clock, lease=NOTIFY_LEASE),
+            self.clock,
+        )
+
+    def _active_sessions(self) -> int:
+        from shared.realtime.connections import count_connected
+
+        return count_connected(self.container("realtime"), self.clock())
+
+    def record_event(
+        self, event_type: str, tenant_id: str, event_id: str, data: dict[str, Any]
+    ) -> bool:
+        """Put a domain event in the tenant's outbox (once per id); True if it is new."""
+        from shared.alerts.outbox import OutboxEvent, write_event
+
+        event = OutboxEvent(
+            id=event_id,
+            type=event_type,
+            tenant_id=tenant_id,
+            session_id=event_id,
+            created_at=self.clock(),
+            data=data,
+        )
+        return write_event(self.tenant_scope("outbox", tenant_id), event)
+
+    def _erasure_completed(self, tenant_id: str, event_id: str, data: dict[str, Any]) -> None:
+        self.record_event("privacy.erasure_completed", tenant_id, event_id, data)
+
+    def _announce(self, change: Change) -> None:
+        from shared.alerts.outbox import alert_event, write_event
+
+        write_event(self.tenant_scope("outbox", SYSTEM_TENANT), alert_event(change))
+
+    def _audit_alert(self, alert: Alert, before: str | None, by: str) -> None:
+        from shared.audit import AuditEvent
+
+        tenant = self.settings.operator_tenant_id or SYSTEM_TENANT
+        self.audit.record(
+            tenant,
+            by,
+            AuditEvent(
+                f"alert.{alert.state}",
+                "alert",
+                alert.id,
+                details={"rule": alert.rule, "severity": alert.severity, "from": before or "none"},
+            ),
+        )
+
+    # ---- end of Health and alerts (issue 14) ------------------------------------------------
+
     def bootstrap(self) -> list[str]:
         """Create the database, containers and blob containers the app needs."""
         from shared.storage.bootstrap import bootstrap
@@ -878,8 +1106,23 @@ def runtime() -> Runtime:
 
                 settings = get_settings()
                 configure_logging(settings.log_level)
+                _configure_monitoring(settings)
                 _runtime = Runtime(settings)
     return _runtime
+
+
+def _configure_monitoring(settings: Settings) -> None:
+    """OpenTelemetry to Application Insights, loaded only when its connection string is set."""
+    import os
+
+    from shared.core.monitoring import configure_monitoring
+
+    secret = settings.appinsights_connection_string
+    configure_monitoring(
+        secret.get_secret_value() if secret else None,
+        service_name=os.environ.get("WEBSITE_SITE_NAME") or "timbre",
+        environment=settings.environment.value,
+    )
 
 
 def use_runtime(value: Runtime | None) -> None:

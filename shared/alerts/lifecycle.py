@@ -54,6 +54,8 @@ class Alert(LazyModel):
     breaches: int = 0  # breaching readings in a row
     clears: int = 0  # clear readings in a row
     notified: bool = False  # its firing was announced (a pending alert never is)
+    evaluated_at: str | None = None  # the evaluation minute last applied (a rerun skips it)
+    outbox_pending: bool = False  # a change saved whose event may not be in the outbox yet
 
     @property
     def open(self) -> bool:

@@ -58,8 +58,17 @@ class AuthFailures:
 
     WINDOW_S = 60.0
 
-    def __init__(self, clock: Clock = time.monotonic, *, max_events: int = 10_000) -> None:
+    def __init__(
+        self,
+        clock: Clock = time.monotonic,
+        *,
+        max_events: int = 10_000,
+        listener: Callable[[str], None] | None = None,
+    ) -> None:
         self._clock = clock
+        # Told of every failure too: the platform's signal counter, which the
+        # authentication-failure alert reads across instances.
+        self._listener = listener
         # Bounded: under a flood the count saturates at max_events, far above any threshold.
         self._events: deque[tuple[float, str]] = deque(maxlen=max_events)
         self._lock = threading.Lock()
@@ -70,6 +79,11 @@ class AuthFailures:
             now = self._clock()
             self._prune(now)
             self._events.append((now, reason))
+        if self._listener is not None:
+            try:
+                self._listener(reason)
+            except Exception:  # counting never fails the request it counts
+                logger.warning("auth failure not counted", extra={"event": "auth_count_failed"})
 
     def count(self, window_s: float = WINDOW_S) -> int:
         """Failures within the last `window_s` seconds (at most one minute is kept)."""
@@ -474,11 +488,16 @@ def _roles(values: Any, prefix: str) -> frozenset[Role]:
     return frozenset(known[v.lower()] for v in values if isinstance(v, str) and v.lower() in known)
 
 
-def build_authenticator(settings: Settings) -> Authenticator:
-    """An Authenticator with its own JWKS client; callers cache it per process."""
+def build_authenticator(
+    settings: Settings, *, on_failure: Callable[[str], None] | None = None
+) -> Authenticator:
+    """An Authenticator with its own JWKS client; callers cache it per process.
+
+    `on_failure` is told the reason of every authentication and authorization failure."""
     client = httpx.Client(
         timeout=settings.auth_jwks_timeout_s,
         follow_redirects=False,
         headers={"User-Agent": f"timbre/{settings.version}"},
     )
-    return Authenticator(settings, JwksCache(settings, client), auth_failures)
+    failures = auth_failures if on_failure is None else AuthFailures(listener=on_failure)
+    return Authenticator(settings, JwksCache(settings, client), failures)

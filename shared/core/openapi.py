@@ -88,6 +88,11 @@ PATH_PARAMETERS: dict[str, PathParameter] = {
             "hold_id", r"hold-[0-9a-f]{32}", "A legal hold's id: hold- and 32 lowercase hex"
         ),
         PathParameter(
+            "alert_id",
+            r"[a-z][a-z0-9_]{0,39}\.[0-9a-f]{24}\.[0-9]{1,12}",
+            "An alert's id: its rule, a digest of its subject and when it opened",
+        ),
+        PathParameter(
             "export_id", r"exp-[0-9a-f]{32}", "A privacy export's id: exp- and 32 lowercase hex"
         ),
         PathParameter(

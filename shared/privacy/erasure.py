@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
@@ -192,6 +192,7 @@ class PrivacyErasures:
         remaining: Callable[[datetime, str], list[RemainingCopy]],
         clock: Callable[[], datetime],
         timing: ErasureTiming | None = None,
+        announce: Callable[[str, str, dict[str, Any]], None] | None = None,
     ) -> None:
         self._requests = requests
         self._inventory = inventory
@@ -206,6 +207,8 @@ class PrivacyErasures:
         self._remaining = remaining
         self._clock = clock
         self._timing = timing or ErasureTiming()
+        # (tenant, event id, data): the `privacy.erasure_completed` event, to the outbox.
+        self._announce = announce
 
     # ---- the API -------------------------------------------------------------------------
 
@@ -382,6 +385,18 @@ class PrivacyErasures:
             ),
             self._key(),
         )
+        if complete and self._announce is not None:
+            # Before the state: a retried round writes the same event id (written once).
+            self._announce(
+                job.tenant_id,
+                f"privacy.erasure_completed:{record.id}",
+                {
+                    "erasureId": record.id,
+                    "subjectType": record.subject_type,
+                    "completedAt": done.at,
+                    "rounds": done.round,
+                },
+            )
         if complete:
             state, reason = "completed", None
         elif failing:

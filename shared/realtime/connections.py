@@ -9,12 +9,16 @@ read and write it; audio events never do (they cost one blob write, nothing else
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ConfigDict, Field
 
 from shared.core.models import LazyModel
 from shared.storage.scope import TenantScope
+
+if TYPE_CHECKING:
+    from azure.cosmos import ContainerProxy
 
 DATA_CLASS = "chat_history"
 
@@ -80,3 +84,21 @@ class ConnectionStore:
         """Whether the turn was cancelled (barge-in) or its connection is gone."""
         record = self.get(tenant_id, connection_id)
         return record is None or record.state != "connected" or record.cancelled_through >= turn
+
+
+#: A connection whose last event is older than this is not counted as active: its
+#: `disconnected` event may have been lost (a client URL lives at most an hour).
+ACTIVE_WITHIN = timedelta(hours=2)
+
+
+def count_connected(container: ContainerProxy, now: datetime) -> int:
+    """Connections of every tenant open now (the active-sessions gauge of the alerts)."""
+    since = (now - ACTIVE_WITHIN).isoformat()
+    counted = container.query_items(
+        "SELECT VALUE COUNT(1) FROM c WHERE c.kind = 'connection' AND c.state = 'connected' "
+        "AND c.updatedAt >= @since",
+        parameters=[{"name": "@since", "value": since}],
+        enable_cross_partition_query=True,
+    )
+    # Cross-partition, one partial count per partition: their sum is the count.
+    return sum(int(partial) for partial in counted)  # type: ignore[call-overload]

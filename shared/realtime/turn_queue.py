@@ -7,52 +7,50 @@ and `message_id` is `{connection_id}:{turn}`, so a commit delivered twice is que
 (the queue needs `requiresSession` and `requiresDuplicateDetection`). The ticket carries
 names, never audio or text: the utterance is a blob.
 
-`ServiceBusTurnQueue` uses the aio client (`azure.servicebus.aio`) even though its callers
-are synchronous: the sync client hangs indefinitely on a host that accepts TCP and never
-answers, timeouts set or not, while an aio send inside `asyncio.wait_for` stops on time
-(LOCAL-FACTS.md). One event loop runs in a daemon thread for the life of the process and
-holds one client and one sender (an AMQP connection takes several round trips to open, so
-it is reused); sync callers hand each put to that loop and wait at most `timeout_s`. The
-SDK's clients are not coroutine-safe, so puts take turns on the sender (a lock, inside the
-time budget). After any failure the sender is dropped (closed in the background, bounded)
-and the next put opens a new connection. The SDK's own retries are kept small
-(`retry_total=1`, 0.2 s backoff) and its `timeout` is the remaining budget; `wait_for` is
-what guarantees the bound.
+`ServiceBusTurnQueue` puts each ticket through a `BoundedSender`
+(`shared.storage.servicebus`): one AMQP connection reused, every put bounded by `timeout_s`
+even on a host that accepts TCP and never answers, the connection replaced after a failure.
+A put that is not acknowledged in time raises `QueueUnavailable` (503, `turn_queue_timeout`
+or `turn_queue_unavailable`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import inspect
 import json
 import logging
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from shared.core.errors import DEFAULT_RETRY_AFTER_S, DependencyUnavailable
+from shared.storage.servicebus import (
+    MAX_ID_LENGTH,
+    BoundedSender,
+    MessageSender,
+    SenderFactory,
+    SendFailed,
+)
 
 if TYPE_CHECKING:
-    from azure.core.credentials import AccessToken, TokenCredential
+    from azure.core.credentials import TokenCredential
     from azure.core.credentials_async import AsyncTokenCredential
-    from azure.servicebus import ServiceBusMessage
 
 logger = logging.getLogger(__name__)
 
 CONTENT_TYPE: Final = "application/json"
-#: Service Bus limits both the session id and the message id to 128 characters.
-MAX_ID_LENGTH: Final = 128
-SDK_RETRY_TOTAL: Final = 1
-SDK_RETRY_BACKOFF_S: Final = 0.2
 
-# A failed sender is closed in the background; its close may hang on a silent peer.
-_CLOSE_TIMEOUT_S: Final = 2.0
-# Slack for handing the put to the loop thread and back; `wait_for` bounds the send.
-_HANDOFF_GRACE_S: Final = 0.25
+__all__ = [
+    "CONTENT_TYPE",
+    "MAX_ID_LENGTH",
+    "InvalidTicket",
+    "MemoryTurnQueue",
+    "QueueUnavailable",
+    "SenderFactory",
+    "ServiceBusTurnQueue",
+    "TurnQueue",
+    "TurnSender",
+    "TurnTicket",
+]
 
 
 class InvalidTicket(ValueError):
@@ -144,78 +142,8 @@ class TurnQueue(Protocol):
         ...
 
 
-class TurnSender(Protocol):
-    """What the queue uses of `azure.servicebus.aio.ServiceBusSender` (the test seam)."""
-
-    # `timeout` mirrors the SDK's signature: its own total budget, inside our `wait_for`.
-    async def send_messages(
-        self,
-        message: ServiceBusMessage,
-        *,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> None:
-        """Send one message and wait for the service's acknowledgement."""
-        ...
-
-    async def close(self) -> None:
-        """Close the link and its connection."""
-        ...
-
-
-#: Builds a sender; called on the queue's loop thread, again after every failure.
-SenderFactory = Callable[[], TurnSender]
-
-
-class _ClientSender:
-    """One aio `ServiceBusClient` (one AMQP connection) and its queue sender."""
-
-    def __init__(self, client: Any, queue: str) -> None:
-        self._client = client
-        self._sender = client.get_queue_sender(queue)
-
-    async def send_messages(
-        self,
-        message: ServiceBusMessage,
-        *,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> None:
-        await self._sender.send_messages(message, timeout=timeout)
-
-    async def close(self) -> None:
-        try:
-            await self._sender.close()
-        finally:
-            await self._client.close()
-
-
-class _ThreadedCredential:
-    """A sync `TokenCredential` for the aio client: each token is fetched in a worker thread."""
-
-    def __init__(self, credential: TokenCredential) -> None:
-        self._credential = credential
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return await asyncio.to_thread(self._credential.get_token, *scopes, **kwargs)
-
-    async def close(self) -> None:
-        return None
-
-    async def __aenter__(self) -> _ThreadedCredential:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        return None
-
-
-def _check_connection_string(connection_string: str) -> None:
-    parts = {}
-    for segment in connection_string.strip().rstrip(";").split(";"):
-        name, _, value = segment.partition("=")
-        parts[name.strip().lower()] = value.strip()
-    if not parts.get("endpoint", "").startswith("sb://"):
-        raise ValueError("the Service Bus connection string needs Endpoint=sb://...")
-    if not (parts.get("sharedaccesskey") or parts.get("sharedaccesssignature")):
-        raise ValueError("the Service Bus connection string needs a SharedAccessKey or signature")
+#: The sender port the queue's `sender_factory` builds (the test seam).
+TurnSender = MessageSender
 
 
 class ServiceBusTurnQueue:
@@ -233,170 +161,42 @@ class ServiceBusTurnQueue:
     ) -> None:
         if not queue:
             raise ValueError("the turn queue needs a queue name")
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be positive")
-        # Cold start: the SDK loads when the queue is built, not when the app is imported.
-        from azure.servicebus import ServiceBusMessage
-        from azure.servicebus.exceptions import OperationTimeoutError
-
-        self._message_type = ServiceBusMessage
-        self._sdk_timeout = OperationTimeoutError
-        self._timeout_s = timeout_s
-        self._factory = sender_factory or self._default_factory(
-            queue, connection_string, namespace, credential
+        self._sender = BoundedSender(
+            queue,
+            kind="queue",
+            connection_string=connection_string,
+            namespace=namespace,
+            credential=credential,
+            timeout_s=timeout_s,
+            sender_factory=sender_factory,
+            thread_name="timbre-turn-queue",
         )
-        self._thread_lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        self._sender: TurnSender | None = None
-        self._send_lock: asyncio.Lock | None = None
-        self._closing: set[asyncio.Task[None]] = set()
 
     def put(self, ticket: TurnTicket) -> None:
         """Queue one turn; `QueueUnavailable` when it cannot be queued within `timeout_s`."""
-        message = self._message_type(
-            ticket.to_json().encode("utf-8"),
-            session_id=ticket.connection_id,
-            message_id=ticket.message_id,
-            content_type=CONTENT_TYPE,
-        )
-        loop = self._running()
-        started = time.monotonic()
-        deadline = started + self._timeout_s
-        future = asyncio.run_coroutine_threadsafe(self._send(message, deadline), loop)
         try:
-            future.result(timeout=self._timeout_s + _HANDOFF_GRACE_S)
-            return
-        except (TimeoutError, concurrent.futures.TimeoutError):
-            future.cancel()  # `wait_for` ran out (or the loop did not answer in time)
-            reason, cause = "turn_queue_timeout", "timeout"
-        except self._sdk_timeout:
-            reason, cause = "turn_queue_timeout", "timeout"  # the SDK's own, a moment earlier
-        except Exception as error:
-            reason, cause = "turn_queue_unavailable", type(error).__name__
-        logger.warning(
-            "Turn not queued: %s after %.2f s",
-            cause,
-            time.monotonic() - started,
-            extra={"tenant": ticket.tenant_id, "session": ticket.session_id, "turn": ticket.turn},
-        )
-        raise QueueUnavailable(reason=reason)
+            self._sender.send(
+                ticket.to_json().encode("utf-8"),
+                message_id=ticket.message_id,
+                session_id=ticket.connection_id,
+                content_type=CONTENT_TYPE,
+            )
+        except SendFailed as failed:
+            logger.warning(
+                "Turn not queued: %s after %.2f s",
+                failed.cause,
+                failed.elapsed_s,
+                extra={
+                    "tenant": ticket.tenant_id,
+                    "session": ticket.session_id,
+                    "turn": ticket.turn,
+                },
+            )
+            raise QueueUnavailable(reason=f"turn_queue_{failed.reason}") from None
 
     def close(self) -> None:
         """Close the connection and stop the loop thread (a process keeps its queue open)."""
-        with self._thread_lock:
-            loop, thread = self._loop, self._thread
-            self._closed = True
-            self._loop = self._thread = None
-        if loop is None or thread is None:
-            return
-        shutdown = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
-        try:
-            shutdown.result(timeout=_CLOSE_TIMEOUT_S + 1)
-        except (TimeoutError, concurrent.futures.TimeoutError):
-            shutdown.cancel()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=_CLOSE_TIMEOUT_S)
-        if not thread.is_alive():
-            loop.close()
-
-    def _running(self) -> asyncio.AbstractEventLoop:
-        """The queue's event loop, started in its daemon thread on first use."""
-        with self._thread_lock:
-            if self._closed:
-                raise RuntimeError("the turn queue is closed")
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=loop.run_forever, name="timbre-turn-queue", daemon=True
-                )
-                thread.start()
-                self._loop, self._thread = loop, thread
-            return self._loop
-
-    async def _send(self, message: ServiceBusMessage, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        await asyncio.wait_for(self._send_in_turn(message, deadline), timeout=remaining)
-
-    async def _send_in_turn(self, message: ServiceBusMessage, deadline: float) -> None:
-        if self._send_lock is None:
-            self._send_lock = asyncio.Lock()
-        async with self._send_lock:
-            sender = self._sender
-            if sender is None:
-                sender = self._sender = self._factory()
-            try:
-                budget = max(0.001, deadline - time.monotonic())
-                await sender.send_messages(message, timeout=budget)
-            except BaseException:
-                # Cancelled by the deadline or failed: the connection may be half-open.
-                self._discard(sender)
-                raise
-
-    def _discard(self, sender: TurnSender) -> None:
-        if self._sender is sender:
-            self._sender = None
-        task = asyncio.get_running_loop().create_task(self._close_quietly(sender))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    async def _close_quietly(self, sender: TurnSender) -> None:
-        try:
-            await asyncio.wait_for(sender.close(), timeout=_CLOSE_TIMEOUT_S)
-        except Exception as error:
-            logger.debug("Closing a failed turn queue sender: %s", type(error).__name__)
-
-    async def _shutdown(self) -> None:
-        if self._sender is not None:
-            self._discard(self._sender)
-        if self._closing:
-            await asyncio.wait(set(self._closing), timeout=_CLOSE_TIMEOUT_S)
-        leftovers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in leftovers:
-            task.cancel()
-        await asyncio.gather(*leftovers, return_exceptions=True)
-
-    @staticmethod
-    def _default_factory(
-        queue: str,
-        connection_string: str | None,
-        namespace: str | None,
-        credential: AsyncTokenCredential | TokenCredential | None,
-    ) -> SenderFactory:
-        options: dict[str, Any] = {
-            "retry_total": SDK_RETRY_TOTAL,
-            "retry_backoff_factor": SDK_RETRY_BACKOFF_S,
-            "retry_backoff_max": 1.0,
-        }
-        if connection_string is not None and namespace is None:
-            _check_connection_string(connection_string)
-
-            def from_connection_string() -> TurnSender:
-                from azure.servicebus.aio import ServiceBusClient
-
-                client = ServiceBusClient.from_connection_string(connection_string, **options)
-                return _ClientSender(client, queue)
-
-            return from_connection_string
-        if namespace is not None and connection_string is None:
-            if credential is None:
-                raise ValueError("a Service Bus namespace needs a credential (managed identity)")
-            if inspect.iscoroutinefunction(credential.get_token):
-                async_credential: Any = credential
-            else:
-                async_credential = _ThreadedCredential(credential)  # type: ignore[arg-type]
-
-            def from_namespace() -> TurnSender:
-                from azure.servicebus.aio import ServiceBusClient
-
-                client = ServiceBusClient(namespace, async_credential, **options)
-                return _ClientSender(client, queue)
-
-            return from_namespace
-        raise ValueError("give either a Service Bus connection string or a namespace")
+        self._sender.close()
 
 
 class MemoryTurnQueue:

@@ -114,7 +114,7 @@ class AuditRecorder(Protocol):
 
 
 #: The Cosmos containers whose items carry `dataClass` and `dataRegion`, in sweep order.
-ITEM_CONTAINERS = ("chat", "realtime", "recordings")
+ITEM_CONTAINERS = ("chat", "realtime", "recordings", "health")
 # The item's last write, as the item records it.
 _ANCHORS = ("updatedAt", "at", "createdAt", "processedAt")
 

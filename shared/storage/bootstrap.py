@@ -41,6 +41,8 @@ COSMOS_CONTAINERS: tuple[CosmosContainerSpec, ...] = (
     CosmosContainerSpec("realtime"),  # realtime voice connections and their turns
     CosmosContainerSpec("retention"),  # legal holds, and the sweep's checkpoint
     CosmosContainerSpec("privacy"),  # privacy requests: exports, erasures and their receipts
+    CosmosContainerSpec("health"),  # probe results: each round, hourly counts, failure streaks
+    CosmosContainerSpec("alerts"),  # alerts and their lifecycle, one open per rule and subject
 )
 
 # The blob containers the app needs; the audit container name comes from settings.

@@ -12,6 +12,7 @@ the orchestration history.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Callable
@@ -447,20 +448,27 @@ class TrainingService:
         self.set_status(
             run, "deployed", endpointId=endpoint_id, deployedAt=self._clock().isoformat()
         )
-        self._outbox(run.tenant_id).upsert(
-            {
-                "id": f"voice.deployed:{run.voice_id}:{run.dataset_version}",
-                "type": "voice.deployed",
-                "data": {
-                    "voiceId": run.voice_id,
-                    "endpointId": endpoint_id,
-                    "voiceName": run.voice_name,
-                    "datasetVersion": run.dataset_version,
-                },
-                "createdAt": self._clock().isoformat(),
-                "published": False,
-            }
-        )
+        self._announce_deployed(run, endpoint_id)
+
+    def _announce_deployed(self, run: TrainingRun, endpoint_id: str) -> None:
+        """`voice.deployed` into the outbox once: create-if-absent, since an upsert of an
+        event already published would make it pending again (and publish it twice)."""
+        from azure.cosmos.exceptions import CosmosResourceExistsError
+
+        event = {
+            "id": f"voice.deployed:{run.voice_id}:{run.dataset_version}",
+            "sessionId": f"voice:{run.voice_id}",  # a voice's events stay in order
+            "type": "voice.deployed",
+            "data": {
+                "voiceId": run.voice_id,
+                "endpointId": endpoint_id,
+                "datasetVersion": run.dataset_version,
+            },
+            "createdAt": self._clock().isoformat(),
+            "published": False,
+        }
+        with contextlib.suppress(CosmosResourceExistsError):  # written by an earlier try
+            self._outbox(run.tenant_id).create(event)
 
     def _claim(self, run: TrainingRun, kind: RemoteKind, resource_id: str) -> None:
         """Record a resource about to be created, if consent still holds (one write).

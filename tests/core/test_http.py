@@ -386,6 +386,7 @@ WALK_PARAMETERS: dict[str, list[str]] = {
     "hold_id": ["hold-" + "0" * 32, "not-a-hold"],
     "export_id": ["exp-" + "0" * 32, "not-an-export"],
     "erasure_id": ["era-" + "0" * 32, "not-an-erasure"],
+    "alert_id": ["dependency_down." + "0" * 24 + ".1", "not-an-alert"],
 }
 WALK_BODIES: dict[str, list[dict[str, Any]]] = {
     "create_voice": [

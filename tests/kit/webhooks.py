@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from tools.local_services.ports import HOST, free_port
 
@@ -60,6 +60,11 @@ class Received:
 class WebhookReceiver:
     """A loopback HTTP server that records requests and answers from a script."""
 
+    #: The content type of every answer.
+    content_type = "text/plain; charset=utf-8"
+    #: What serves (a subclass may quieten its error reports).
+    server_class: type[ThreadingHTTPServer] = ThreadingHTTPServer
+
     def __init__(self, default: Answer | None = None) -> None:
         self.default = default or Answer()
         self.received: list[Received] = []
@@ -77,14 +82,14 @@ class WebhookReceiver:
         handler = self._handler_class()
         for _ in range(5):
             try:
-                server = ThreadingHTTPServer((HOST, free_port()), handler)
+                server = self.server_class((HOST, free_port()), handler)
             except OSError as exc:  # the port was taken between probing and binding
                 if exc.errno != errno.EADDRINUSE:
                     raise
                 continue
             server.daemon_threads = True
             return server
-        raise RuntimeError("no free loopback port for the webhook receiver")
+        raise RuntimeError("no free loopback port for the receiver")
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
@@ -93,10 +98,19 @@ class WebhookReceiver:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
+                self._serve(with_body=True)
+
+            def do_GET(self) -> None:
+                self._serve(with_body=True)
+
+            def do_HEAD(self) -> None:
+                self._serve(with_body=False)
+
+            def _serve(self, *, with_body: bool) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
+                body = self.rfile.read(length) if length else b""
                 answer = receiver._record(
-                    Received("POST", self.path, dict(self.headers.items()), body)
+                    Received(self.command, self.path, dict(self.headers.items()), body)
                 )
                 if answer.hang:
                     receiver._release.wait()
@@ -106,10 +120,11 @@ class WebhookReceiver:
                 self.send_response(answer.status)
                 for name, value in answer.headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Type", receiver.content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                if with_body:
+                    self.wfile.write(payload)
 
             def log_message(self, *args: Any) -> None:
                 pass  # keep the test output (and any secrets in paths) quiet
@@ -128,16 +143,21 @@ class WebhookReceiver:
         """The port it listens on."""
         return int(self._server.server_address[1])
 
+    @property
+    def origin(self) -> str:
+        """`http://127.0.0.1:<port>`."""
+        return f"http://{HOST}:{self.port}"
+
     def url(self, path: str = "/") -> str:
         """An http URL on this receiver."""
-        return f"http://{HOST}:{self.port}{path}"
+        return self.origin + path
 
     def answer(self, *answers: Answer) -> None:
         """Queue answers for the next requests, in order."""
         with self._lock:
             self._script.extend(answers)
 
-    def start(self) -> WebhookReceiver:
+    def start(self) -> Self:
         """Start serving (the context manager does this)."""
         self._thread.start()
         return self
@@ -149,7 +169,7 @@ class WebhookReceiver:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> WebhookReceiver:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(

@@ -314,6 +314,18 @@ def test_a_store_that_is_down_makes_the_receipt_incomplete_until_a_later_round_s
     # Round 1 fails on Custom Voice; round 2 removes the rest; round 3 confirms.
     assert result.output == {"state": "completed", "rounds": 3}
     driver.assert_deterministic()
+    # Completion is announced once (not per round), naming the erasure, never the subject.
+    announced = [
+        event
+        for event in runtime.tenant_scope("outbox", "dev-tenant").query()
+        if event["type"] == "privacy.erasure_completed"
+    ]
+    assert [(e["id"], e["sessionId"], e["published"]) for e in announced] == [
+        (f"privacy.erasure_completed:{erasure_id}",) * 2 + (False,)
+    ]
+    assert announced[0]["data"]["erasureId"] == erasure_id
+    assert announced[0]["data"]["rounds"] == 3
+    assert voice_id not in json.dumps(announced)
     (first,) = seen
     assert first["complete"] is False and first["rounds"] == 1
     failed = {line["store"]: line for line in first["stores"] if line["failed"]}

@@ -87,7 +87,7 @@ def setting_default(name: str) -> float:
 def test_the_turn_queue_is_a_session_queue_with_duplicate_detection() -> None:
     (namespace,) = CONFIG["UserConfig"]["Namespaces"]
     assert namespace["Name"] == "sbemulatorns"  # the only namespace the emulator accepts
-    assert namespace["Topics"] == []  # required by its schema, as is Logging
+    assert [topic["Name"] for topic in namespace["Topics"]] == ["notifications"]
     assert CONFIG["UserConfig"]["Logging"]["Type"] in {"Console", "File", "File,Console"}
     properties = turn_queue()
     assert properties["RequiresSession"] is True  # session = connection: turns stay in order
@@ -123,6 +123,44 @@ def test_every_queue_property_is_within_the_emulators_limits() -> None:
     for name, (low, high) in LIMITS_S.items():
         assert low <= seconds(properties[name]) <= high, name
     assert 1 <= properties["MaxDeliveryCount"] <= 10
+
+
+def notifications_topic() -> dict[str, Any]:
+    """The emulator's topic that the settings name by default."""
+    default = Settings.model_fields["notifications_topic"].default
+    (namespace,) = CONFIG["UserConfig"]["Namespaces"]
+    topics = {topic["Name"]: topic for topic in namespace["Topics"]}
+    assert default in topics, f"the emulator declares no topic {default!r}"
+    return dict(topics[default])
+
+
+def test_the_notifications_topic_drops_duplicates_and_has_a_session_subscription_per_channel() -> (
+    None
+):
+    from shared.alerts.notifier import NOTIFY_LEASE
+
+    topic = notifications_topic()
+    # The message id is the outbox event id: a re-publish after a lost mark is dropped.
+    assert topic["Properties"]["RequiresDuplicateDetection"] is True
+    subscriptions = {s["Name"]: s["Properties"] for s in topic["Subscriptions"]}
+    triggers = {
+        fn.trigger["subscriptionName"]: fn.trigger
+        for fn in indexed().values()
+        if fn.trigger["type"] == "serviceBusTrigger" and "topicName" in fn.trigger
+    }
+    assert set(subscriptions) == set(triggers) == {"pagerduty", "slack", "teams", "email"}
+    for name, properties in subscriptions.items():
+        trigger = triggers[name]
+        assert trigger["topicName"] == "%TIMBRE_NOTIFICATIONS_TOPIC%"
+        assert trigger["connection"] == "ServiceBusConnection"
+        # Session = alert: trigger, acknowledge and resolve reach each channel in order.
+        assert properties["RequiresSession"] is True and trigger["isSessionsEnabled"] is True
+        # A channel that keeps failing ends in the dead-letter queue after ten tries...
+        assert properties["MaxDeliveryCount"] == 10
+        # ...and the lock outlasts the notifier's claim on a delivery.
+        assert seconds(properties["LockDuration"]) >= NOTIFY_LEASE.total_seconds()
+        assert 60 <= seconds(properties["LockDuration"]) <= 300  # the emulator's limits
+        assert 300 <= seconds(properties["DefaultMessageTimeToLive"]) <= 3600
 
 
 # -- compose.yaml --------------------------------------------------------------------------
@@ -182,7 +220,10 @@ def test_run_gives_func_the_emulators_documented_connection_string() -> None:
     assert start, "scripts/run never starts func with the emulator's settings"
     assignments = start.group(1).replace("\\\n", " ").split()
     assert "TIMBRE_REALTIME_TURNS=servicebus" in assignments
-    assert '"AzureWebJobs.voice_turn.Disabled=false"' in assignments
+    # Every Service Bus trigger the example settings disable is switched on with the emulator.
+    service_bus = [n for n, fn in indexed().items() if fn.trigger["type"] == "serviceBusTrigger"]
+    for name in service_bus:
+        assert f'"AzureWebJobs.{name}.Disabled=false"' in assignments, name
     assert 'ServiceBusConnection="$SERVICEBUS_EMULATOR"' in assignments
     assert "tools/local_services/servicebus/emulator up --settings local.settings.json" in RUN
 

@@ -3,12 +3,13 @@ activities over Azurite, the local Cosmos server and the fake Custom Voice servi
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from functions import training
+from shared.alerts.outbox import OutboxEvent
 from shared.core.orchestrations import MemoryOrchestrations
 from shared.enrollment.document import VoiceDocument, VoiceRecords
 from shared.enrollment.voices import VoiceCreate
@@ -103,6 +104,11 @@ def test_happy_path_from_uploads_to_a_deployed_voice(
     assert [(o["type"], o["data"]["endpointId"]) for o in outbox] == [
         ("voice.deployed", endpoint_id)
     ]
+    # Published, then written again by a retried activity: it stays published (written once).
+    trained_runtime.outbox.mark_published(OutboxEvent.from_document(outbox[0]), datetime.now(UTC))
+    trained_runtime.training.mark_deployed(run, endpoint_id)
+    (again,) = trained_runtime.tenant_scope("outbox", "dev-tenant").query()
+    assert again["published"] is True
     # Monitoring waited on durable timers, not in activities.
     assert result.elapsed > timedelta(minutes=3)
     driver.assert_deterministic()
