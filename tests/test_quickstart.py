@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 import zipfile
+from types import SimpleNamespace
 
 import httpx
 import pytest
+from azure.functions.timer import TimerRequest
 from pydantic import SecretStr
 
 from functions import privacy
@@ -23,7 +25,7 @@ from tests.kit.audio import speech, wav
 from tests.kit.durable import OrchestrationDriver, activities_of
 from tests.kit.fakes.language_model import ScriptedModel
 from tests.kit.fakes.speech import ScriptedProviders
-from tests.kit.host import json_body, request
+from tests.kit.host import indexed, json_body, request
 from tests.kit.triggers import deliver_upload, drain_queue
 
 pytestmark = pytest.mark.integration
@@ -170,6 +172,17 @@ def test_the_quickstart_from_enrolling_a_voice_to_erasing_it(
     )
     assert erased["state"] == "completed" and erased["receipt"]["complete"] is True
     assert request("GET", f"/api/v1/voices/{voice}", token=AUTH).status_code == 404
+
+    # 8. The platform watches itself: the probe timer (every minute under `func start`),
+    # then the uptime of each dependency, and the open alerts (none: nothing is down).
+    indexed()["health_probes"].call(
+        timer=TimerRequest(), context=SimpleNamespace(invocation_id="q8")
+    )
+    uptime = json_body(request("GET", "/api/v1/health/uptime", token=admin))
+    seen = {d["dependency"]: (d["last_status"], d["last_24h"]["availability"])
+            for d in uptime["dependencies"]}  # fmt: skip
+    assert seen["storage"] == seen["cosmos"] == seen["app"] == ("up", 1.0)
+    assert json_body(request("GET", "/api/v1/alerts?state=open", token=admin))["items"] == []
 
 
 def durable(gateway: MemoryOrchestrations, instance: str) -> OrchestrationDriver:

@@ -33,28 +33,10 @@ from shared.alerts.channels import (
     teams_message,
 )
 from shared.alerts.notice import AlertNotice
+from tests.kit.alerts import make_notice
 
 ROUTING_KEY = "R0UT1NGKEYs3cr3t000000000000000"
 SLACK_SECRET = "T000/B000/sl4cks3cr3t"
-
-
-def make_notice(**changes: Any) -> AlertNotice:
-    fields: dict[str, Any] = {
-        "event_id": "evt-1",
-        "alert_id": "realtime_error_rate:tenant:t1:2026-01-01T10:00",
-        "rule": "realtime_error_rate",
-        "title": "Realtime error rate above 5%",
-        "severity": "high",
-        "state": "firing",
-        "subject": "tenant:t1",
-        "value": 0.073,
-        "threshold": 0.05,
-        "window_minutes": 5,
-        "at": "2026-01-01T10:05:00+00:00",
-        "link": "https://timbre.example/api/v1/alerts/a1",
-    }
-    fields.update(changes)
-    return AlertNotice.model_validate(fields)
 
 
 # ---- the notice -------------------------------------------------------------------------------

@@ -12,16 +12,18 @@ import pytest
 
 from shared.alerts.channels import ChannelSecrets, Routes, request_for
 from shared.alerts.delivery import Deliverer
-from tests.alerts.test_channels import make_notice
+from tests.kit.alerts import (
+    EMAIL_PATH,
+    PAGERDUTY_PATH,
+    ROUTING_KEY,
+    SECRETS,
+    SLACK_PATH,
+    TEAMS_PATH,
+    Sleeps,
+    make_notice,
+)
 from tests.kit.settings import CLOSED
 from tests.kit.webhooks import Answer, WebhookReceiver
-
-SLACK_PATH = "/services/T000/B000/sl4cks3cr3t"
-TEAMS_PATH = "/workflows/t3amss3cr3t/triggers/manual/run"
-PAGERDUTY_PATH = "/v2/enqueue"
-EMAIL_PATH = "/relay/3ma1ls3cr3t"
-ROUTING_KEY = "R0UT1NGKEYs3cr3t000000000000000"
-SECRETS = ("sl4cks3cr3t", "t3amss3cr3t", "3ma1ls3cr3t", ROUTING_KEY)
 
 NOW = datetime(2026, 1, 1, 10, 5, tzinfo=UTC)
 
@@ -40,16 +42,6 @@ def secrets_for(receiver: WebhookReceiver) -> ChannelSecrets:
         email_webhook_url=receiver.url(EMAIL_PATH),
         pagerduty_url=receiver.url(PAGERDUTY_PATH),
     )
-
-
-class Sleeps:
-    """An injected `sleep` that records instead of waiting."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
 
 
 def deliverer(secrets: ChannelSecrets, sleeps: Sleeps | None = None, **options: Any) -> Deliverer:

@@ -15,6 +15,7 @@ the dependency is back, and every change is audited.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,22 +30,21 @@ from shared.alerts.outbox import OutboxEvent, ServiceBusEventPublisher
 from shared.config import Settings
 from shared.runtime import Runtime
 from shared.storage.servicebus import BoundedSender
-from tests.alerts.test_notifier import (
+from tests.kit.alerts import (
     EMAIL_PATH,
     PAGERDUTY_PATH,
     ROUTING_KEY,
     SLACK_PATH,
     TEAMS_PATH,
     Hooks,
-    Sent,
-    delivered,
+    channel_receivers,
 )
 from tests.kit.clock import FakeClock
 from tests.kit.host import indexed, json_body, request
 from tests.kit.probe_servers import ProbeServer
+from tests.kit.servicebus import SenderLog, Sent, delivered, fake_senders
 from tests.kit.settings import local_settings, start_runtime
 from tests.kit.webhooks import Answer
-from tests.storage.test_servicebus import SenderLog, fake_senders
 
 pytestmark = pytest.mark.integration
 
@@ -96,12 +96,8 @@ def platform(
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Platform]:
-    hooks = Hooks(
-        slack=_receiver(Answer(200, "ok")),
-        teams=_receiver(Answer(202)),
-        pagerduty=_receiver(Answer(202, '{"status":"success"}')),
-        email=_receiver(Answer(204)),
-    )
+    stack = contextlib.ExitStack()
+    hooks = stack.enter_context(channel_receivers())
     translator = ProbeServer(default=Answer(503, "down"))
     translator.start()
     settings = local_settings(
@@ -135,14 +131,7 @@ def platform(
     finally:
         sender.close()
         translator.stop()
-        for receiver in hooks.all():
-            receiver.stop()
-
-
-def _receiver(answer: Answer) -> Any:
-    from tests.kit.webhooks import WebhookReceiver
-
-    return WebhookReceiver(answer).start()
+        stack.close()
 
 
 def alerts(token: str = ADMIN, query: str = "") -> dict[str, Any]:
@@ -249,3 +238,21 @@ def test_a_failed_sign_in_burst_is_counted_and_fires(platform: Platform) -> None
     platform.minute()  # the minute of the failures
     (alert,) = alerts()["items"]
     assert (alert["rule"], alert["state"], alert["value"]) == ("auth_failures", "firing", 12)
+
+
+def test_the_local_loop_of_the_example_settings_has_nothing_down(
+    local_services: dict[str, str], request: pytest.FixtureRequest
+) -> None:
+    """A newcomer's `scripts/run` (Azurite, the Cosmos server, the Web PubSub stand-in, no
+    Azure AI services): the probes find every configured dependency up, so nobody is paged
+    on a laptop."""
+    from tests.kit.voice_stack import voice_stack
+
+    with voice_stack(local_services, request.node.nodeid) as stack:
+        outcomes = {o.dependency: o for o in stack.runtime.probe_round()}
+    assert {name: o.status for name, o in outcomes.items() if o.status != "not_configured"} == {
+        "storage": "up",
+        "cosmos": "up",
+        "web_pubsub": "up",
+        "app": "up",
+    }

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from azure.functions.servicebus import ServiceBusMessage as TriggerMessage
 
-from shared.alerts.channels import ChannelSecrets, Routes
+from shared.alerts.channels import Routes
 from shared.alerts.delivery import Deliverer, Delivery
 from shared.alerts.notice import AlertNotice
 from shared.alerts.notifier import (
@@ -28,69 +28,33 @@ from shared.alerts.notifier import (
     NotificationRetry,
     Notifier,
 )
-from shared.alerts.outbox import OutboxEvent, ServiceBusEventPublisher
+from shared.alerts.outbox import OutboxEvent
 from shared.runtime import Runtime
 from shared.storage.ledger import ClaimState, Ledger, ledger_id
-from shared.storage.servicebus import BoundedSender
-from tests.alerts.test_delivery import Sleeps
-from tests.alerts.test_outbox import lifecycle
+from tests.kit.alerts import (
+    ROUTING_KEY,
+    SECRETS,
+    SLACK_PATH,
+    Hooks,
+    Sleeps,
+    channel_receivers,
+    lifecycle,
+    secrets_for,
+)
 from tests.kit.clock import FakeClock
-from tests.kit.webhooks import Answer, WebhookReceiver
-from tests.storage.test_servicebus import SenderLog, body_of, fake_senders
+from tests.kit.servicebus import Sent, delivered, redeliveries, sent
+from tests.kit.webhooks import Answer
 
 pytestmark = pytest.mark.integration
 
 SYSTEM = "timbre-system"
-SLACK_PATH = "/services/T000/B000/sl4cks3cr3t"
-TEAMS_PATH = "/workflows/t3amss3cr3t/triggers/manual/run"
-PAGERDUTY_PATH = "/v2/enqueue"
-EMAIL_PATH = "/relay/3ma1ls3cr3t"
-ROUTING_KEY = "R0UT1NGKEYs3cr3t000000000000000"
-SECRETS = ("sl4cks3cr3t", "t3amss3cr3t", "3ma1ls3cr3t", ROUTING_KEY)
 NOW = datetime(2026, 12, 5, 13, 0, tzinfo=UTC)
-
-
-@dataclass
-class Hooks:
-    """One loopback receiver per channel, each answering as its channel does."""
-
-    slack: WebhookReceiver
-    teams: WebhookReceiver
-    pagerduty: WebhookReceiver
-    email: WebhookReceiver
-
-    def all(self) -> list[WebhookReceiver]:
-        return [self.slack, self.teams, self.pagerduty, self.email]
-
-    def calls(self) -> int:
-        return sum(len(receiver.received) for receiver in self.all())
 
 
 @pytest.fixture
 def hooks() -> Iterator[Hooks]:
-    receivers = Hooks(
-        slack=WebhookReceiver(Answer(200, "ok")),
-        teams=WebhookReceiver(Answer(202)),
-        pagerduty=WebhookReceiver(Answer(202, '{"status":"success","message":"Event processed"}')),
-        email=WebhookReceiver(Answer(204)),
-    )
-    for receiver in receivers.all():
-        receiver.start()
-    try:
+    with channel_receivers() as receivers:
         yield receivers
-    finally:
-        for receiver in receivers.all():
-            receiver.stop()
-
-
-def secrets_for(hooks: Hooks, *, email: bool = True) -> ChannelSecrets:
-    return ChannelSecrets(
-        slack_webhook_url=hooks.slack.url(SLACK_PATH),
-        teams_webhook_url=hooks.teams.url(TEAMS_PATH),
-        pagerduty_routing_key=ROUTING_KEY,
-        email_webhook_url=hooks.email.url(EMAIL_PATH) if email else None,
-        pagerduty_url=hooks.pagerduty.url(PAGERDUTY_PATH),
-    )
 
 
 @dataclass
@@ -139,62 +103,6 @@ def bench(live_runtime: Runtime, hooks: Hooks, clock: FakeClock) -> Iterator[Ben
 
 
 # ---- messages as the trigger hands them over --------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sent:
-    """A message the publisher sent (built by the real SDK) and the broker's sequence number."""
-
-    message: Any  # azure.servicebus.ServiceBusMessage
-    sequence: int
-
-    @property
-    def event(self) -> OutboxEvent:
-        return OutboxEvent.from_json(body_of(self.message))
-
-    @property
-    def session_id(self) -> str:
-        return str(self.message.session_id)
-
-
-_SEQUENCE = iter(range(1000, 10**6))
-
-
-def sent(*events: OutboxEvent) -> list[Sent]:
-    """What the publisher sends for `events` (through a fake sender port), as enqueued."""
-    log = SenderLog()
-    sender = BoundedSender(
-        "notifications", kind="topic", timeout_s=2.0, sender_factory=fake_senders(log)
-    )
-    publisher = ServiceBusEventPublisher(sender)
-    try:
-        for event in events:
-            publisher.publish(event)
-    finally:
-        publisher.close()
-    return [Sent(message, next(_SEQUENCE)) for message in log.messages]
-
-
-def delivered(
-    message: Sent, *, delivery_count: int = 1, sequence_number: int | None = None
-) -> TriggerMessage:
-    """One delivery of a sent message, as the Functions worker hands it to the trigger."""
-    sdk = message.message
-    return TriggerMessage(
-        body=body_of(sdk),
-        message_id=sdk.message_id,
-        session_id=sdk.session_id,
-        content_type=sdk.content_type,
-        delivery_count=delivery_count,
-        sequence_number=message.sequence if sequence_number is None else sequence_number,
-        application_properties=dict(sdk.application_properties or {}),
-        user_properties={},
-    )
-
-
-def redeliveries(message: Sent, times: int) -> list[TriggerMessage]:
-    """The first `times` deliveries of one message (same sequence number, counting up)."""
-    return [delivered(message, delivery_count=n) for n in range(1, times + 1)]
 
 
 def medium_firing() -> Sent:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from shared.alerts.lifecycle import Change, acknowledge, observe, resolve
 from shared.alerts.notice import AlertNotice
 from shared.alerts.outbox import (
     ALERT_CHANGED,
@@ -31,34 +30,10 @@ from shared.alerts.outbox import (
     publish_pending,
     write_event,
 )
-from shared.alerts.rules import DEFAULT_RULES, Reading, Rule
 from shared.storage.scope import TenantScope
 from shared.storage.servicebus import BoundedSender
-from tests.storage.test_servicebus import SenderLog, body_of, fake_senders
-
-T0 = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
-RULES = {rule.id: rule for rule in DEFAULT_RULES}
-ADMIN = "sub-admin-7"
-
-
-def changes_of(rule: Rule, subject: str = "app", *, start: datetime = T0) -> list[Change]:
-    """Firing (after as many breaches as the rule needs), acknowledged, resolved."""
-    breach = Reading(rule=rule.id, subject=subject, value=42.0, sample=1000, breached=True)
-    alert, change = None, None
-    at = start
-    while change is None:
-        alert, change = observe(alert, breach, rule, at)
-        at += timedelta(minutes=1)
-    assert alert is not None
-    alert, taken = acknowledge(alert, ADMIN, at)
-    _, closed = resolve(alert, ADMIN, at + timedelta(minutes=5))
-    assert closed is not None
-    return [change, taken, closed]
-
-
-def lifecycle(rule_id: str = "auth_failures", subject: str = "app") -> list[OutboxEvent]:
-    return [alert_event(change) for change in changes_of(RULES[rule_id], subject)]
-
+from tests.kit.alerts import ADMIN, RULES, T0, changes_of, lifecycle
+from tests.kit.servicebus import SenderLog, body_of, fake_senders
 
 # ---- the event of an alert change -------------------------------------------------------------
 

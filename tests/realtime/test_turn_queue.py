@@ -27,7 +27,7 @@ from shared.realtime.turn_queue import (
     TurnQueue,
     TurnTicket,
 )
-from tests.storage.test_servicebus import (
+from tests.kit.servicebus import (
     SenderLog,
     body_of,
     closed_port,

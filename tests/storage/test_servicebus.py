@@ -2,8 +2,7 @@
 port), one connection reused and replaced after a failure, every send bounded, and the real
 aio client failing on time against loopback ports.
 
-`SenderLog`, `FakeSender` and `fake_senders` are the sender port's fake, used by the turn
-queue's and the event publisher's tests too.
+The sender port's fake is `tests.kit.servicebus`.
 """
 
 from __future__ import annotations
@@ -14,87 +13,27 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 from azure.servicebus import ServiceBusMessage
-from azure.servicebus.exceptions import OperationTimeoutError, ServiceBusConnectionError
 
 from shared.storage.servicebus import (
     BoundedSender,
     EntityKind,
-    MessageSender,
     SendFailed,
 )
-
-# -- the fake sender port ----------------------------------------------------------------------
-
-Behaviour = Literal["ok", "fail", "hang", "timeout"]
-
-
-@dataclass
-class SenderLog:
-    """What the fake senders saw, shared by all those one factory made, and their script."""
-
-    script: list[Behaviour] = field(default_factory=list)  # per send; then "ok"
-    messages: list[ServiceBusMessage] = field(default_factory=list)
-    budgets: list[float | None] = field(default_factory=list)
-    made: int = 0
-    closed: int = 0
-    in_flight: int = 0
-    most_in_flight: int = 0
-
-
-class FakeSender:
-    """A `MessageSender` that records the SDK's messages, or fails, or hangs, as scripted."""
-
-    def __init__(self, log: SenderLog) -> None:
-        self.log = log
-
-    async def send_messages(
-        self,
-        message: ServiceBusMessage,
-        *,
-        timeout: float | None = None,  # noqa: ASYNC109 - the SDK's signature
-    ) -> None:
-        log = self.log
-        behaviour = log.script.pop(0) if log.script else "ok"
-        log.budgets.append(timeout)
-        log.in_flight += 1
-        log.most_in_flight = max(log.most_in_flight, log.in_flight)
-        try:
-            if behaviour == "fail":
-                raise ServiceBusConnectionError(message="Failed to initiate the connection")
-            if behaviour == "timeout":
-                raise OperationTimeoutError(message="Timed out waiting for the AMQP link to open.")
-            if behaviour == "hang":
-                await asyncio.Event().wait()
-            await asyncio.sleep(0.002)  # a round trip: lets other sends try to overlap
-            log.messages.append(message)
-        finally:
-            log.in_flight -= 1
-
-    async def close(self) -> None:
-        self.log.closed += 1
-
-
-def fake_senders(log: SenderLog) -> Callable[[], MessageSender]:
-    """A `sender_factory` whose senders share `log`."""
-
-    def make() -> MessageSender:
-        log.made += 1
-        return FakeSender(log)
-
-    return make
-
-
-def body_of(message: ServiceBusMessage) -> bytes:
-    """The body of a message the SDK built."""
-    return b"".join(message.body)
+from tests.kit.servicebus import (
+    FakeSender,
+    SenderLog,
+    body_of,
+    closed_port,
+    emulator_connection_string,
+    fake_senders,
+)
 
 
 @pytest.fixture
@@ -238,21 +177,6 @@ def test_a_closed_sender_refuses_to_send(log: SenderLog) -> None:
 # -- the real aio client -----------------------------------------------------------------------
 
 TIMEOUT_S = 1.5
-
-
-def emulator_connection_string(port: int) -> str:
-    # `UseDevelopmentEmulator=true`: plain AMQP on the endpoint's port (no TLS, port kept).
-    return (
-        f"Endpoint=sb://127.0.0.1:{port};SharedAccessKeyName=RootManageSharedAccessKey;"
-        "SharedAccessKey=not-a-real-key;UseDevelopmentEmulator=true;"
-    )
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 @pytest.fixture
